@@ -114,7 +114,7 @@ static Shape infer_shape(Shape shape, int64_t numel, const char* op) {
 static std::optional<Shape> view_strides(const Shape& old_shape, const Shape& old_strides, const Shape& new_shape) {
   const int64_t numel = shape_numel(old_shape);
   Shape out(new_shape.size());
-  if (numel == 0) return contiguous_strides(new_shape);
+  if (numel == 0 || old_shape.empty()) return contiguous_strides(new_shape);
   int64_t view_d = int64_t(new_shape.size()) - 1;
   int64_t chunk_base_stride = old_strides.empty() ? 1 : old_strides.back();
   int64_t tensor_numel = 1, view_numel = 1;

@@ -1,0 +1,123 @@
+// The backward engine: finds the nodes reachable from the roots (iteratively, so a graph
+// of any depth fits on the stack), counts each node's consumers, then runs nodes in
+// dependency order, summing gradients here and nowhere else.
+#include <unordered_map>
+#include <unordered_set>
+
+#include "autograd/variable.h"
+#include "framework/tensor_ops.h"
+
+namespace normlab {
+
+namespace {
+
+// slot += g; the first gradient is kept as is, later ones are added out of place (a node
+// may hand the same tensor to several inputs).
+void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? add(slot, g) : g; }
+
+void accumulate_leaf(VariableImpl& leaf, const Tensor& g) {
+  if (!leaf.grad.defined()) {
+    const bool owned = g.is_contiguous() && g.storage().use_count() == 1 && g.offset() == 0;
+    leaf.grad = owned ? g : g.clone();
+  } else {
+    add_(leaf.grad, g);
+  }
+}
+
+}  // namespace
+
+void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& seeds, bool retain_graph) {
+  NL_CHECK(roots.size() == seeds.size(), "backward: ", roots.size(), " roots but ", seeds.size(), " seeds");
+  std::unordered_map<Node*, std::vector<Tensor>> buffers;  // gradients waiting for each node's outputs
+  std::vector<Node*> stack;
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const Variable& root = roots[i];
+    NL_CHECK(root.defined(), "backward: root ", i, " is undefined");
+    NL_CHECK(root.requires_grad(), "backward: the output of shape ", to_string(root.shape()),
+             " does not require grad (no input requires grad, or it was computed under NoGradGuard)");
+    Tensor seed = seeds[i];
+    if (!seed.defined()) {
+      NL_CHECK(root.numel() == 1, "backward: the output has shape ", to_string(root.shape()),
+               "; a non-scalar output needs a seed gradient of the same shape");
+      seed = ones(root.shape(), root.dtype());
+    }
+    NL_CHECK(seed.shape() == root.shape(), "backward: seed shape ", to_string(seed.shape()),
+             " does not match output shape ", to_string(root.shape()));
+    NL_CHECK(seed.dtype() == root.dtype(), "backward: seed dtype ", dtype_name(seed.dtype()),
+             " does not match output dtype ", dtype_name(root.dtype()));
+    if (root.is_leaf()) {
+      accumulate_leaf(*root.impl(), seed);
+      continue;
+    }
+    Node* node = root.grad_fn().get();
+    auto& slots = buffers[node];
+    slots.resize(node->outputs().size());
+    accumulate(slots[root.output_nr()], seed);
+    stack.push_back(node);
+  }
+
+  // Count, for every reachable node, how many edges lead into it.
+  std::unordered_map<Node*, int> pending;
+  std::unordered_set<Node*> seen(stack.begin(), stack.end());
+  std::vector<Node*> roots_nodes(seen.begin(), seen.end());
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (const Variable& in : n->inputs()) {
+      Node* next = in.grad_fn().get();
+      if (!next) continue;
+      pending[next]++;
+      if (seen.insert(next).second) stack.push_back(next);
+    }
+  }
+  std::vector<Node*> ready;
+  for (Node* n : roots_nodes)
+    if (pending[n] == 0) ready.push_back(n);
+
+  // Nodes freed by this backward must outlive the loop (an input's grad_fn may be the last
+  // owner of the next node).
+  std::vector<std::shared_ptr<Node>> keep_alive;
+  while (!ready.empty()) {
+    Node* node = ready.back();
+    ready.pop_back();
+    NL_CHECK(!node->released(), "backward: the graph through node '", node->name(),
+             "' was already freed by an earlier backward(); pass retain_graph=true to the first call to "
+             "backpropagate through it again");
+    std::vector<Tensor> grad_out = std::move(buffers[node]);
+    buffers.erase(node);
+    grad_out.resize(node->outputs().size());
+    for (size_t k = 0; k < grad_out.size(); ++k)
+      if (!grad_out[k].defined()) grad_out[k] = zeros(node->outputs()[k].shape, node->outputs()[k].dtype);
+
+    std::vector<Tensor> grad_in = node->backward(grad_out);
+    grad_out.clear();
+    const auto& inputs = node->inputs();
+    NL_CHECK(grad_in.size() == inputs.size(), "backward: node '", node->name(), "' returned ", grad_in.size(),
+             " gradients for ", inputs.size(), " inputs");
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const Variable& in = inputs[i];
+      const Tensor& g = grad_in[i];
+      if (in.requires_grad() && g.defined()) {
+        NL_CHECK(g.shape() == in.shape() && g.dtype() == in.dtype(), "backward: node '", node->name(),
+                 "' returned a gradient of shape ", to_string(g.shape()), " (", dtype_name(g.dtype()),
+                 ") for input ", i, " of shape ", to_string(in.shape()), " (", dtype_name(in.dtype()), ")");
+        if (Node* next = in.grad_fn().get()) {
+          auto& slots = buffers[next];
+          slots.resize(next->outputs().size());
+          accumulate(slots[in.output_nr()], g);
+        } else {
+          accumulate_leaf(*in.impl(), g);
+        }
+      }
+      if (Node* next = in.grad_fn().get())
+        if (--pending[next] == 0) ready.push_back(next);
+    }
+    if (!retain_graph) {
+      for (const Variable& in : inputs)
+        if (in.grad_fn()) keep_alive.push_back(in.grad_fn());
+      node->release();
+    }
+  }
+}
+
+}  // namespace normlab

@@ -1,0 +1,149 @@
+// Engine tests: graph shapes, accumulation, grad mode, freed graphs, deep chains.
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "framework/tensor_ops.h"
+
+using namespace normlab;
+
+namespace {
+Variable leaf(std::vector<double> v, Shape s) { return Variable(from_vector(v, s, DType::f64), true); }
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+template <class F> std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(engine)
+
+BOOST_AUTO_TEST_CASE(diamond_graph) {
+  // y = (2x) * (3x) = 6 x^2 -> dy/dx = 12 x; both branches meet in one node.
+  Variable x = leaf({1.5, -2.0}, {2});
+  Variable y = sum(mul(x * 2.0, x * 3.0));
+  y.backward();
+  BOOST_TEST(x.grad().at({0}) == 18.0);
+  BOOST_TEST(x.grad().at({1}) == -24.0);
+}
+
+BOOST_AUTO_TEST_CASE(variable_used_twice) {
+  Variable x = leaf({3.0}, {});
+  Variable y = x * x + x;  // dy/dx = 2x + 1
+  y.backward();
+  BOOST_TEST(x.grad().item() == 7.0);
+}
+
+BOOST_AUTO_TEST_CASE(accumulates_over_two_backward_calls) {
+  Variable x = leaf({2.0}, {});
+  (x * 5.0).backward();
+  (x * x).backward();
+  BOOST_TEST(x.grad().item() == 9.0);
+  x.zero_grad();
+  BOOST_TEST(!x.grad().defined());
+  (x * 5.0).backward();
+  BOOST_TEST(x.grad().item() == 5.0);
+}
+
+BOOST_AUTO_TEST_CASE(no_grad_records_nothing) {
+  Variable x = leaf({1.0, 2.0}, {2});
+  Variable y;
+  {
+    NoGradGuard guard;
+    BOOST_TEST(!grad_enabled());
+    y = sum(x * x);
+  }
+  BOOST_TEST(grad_enabled());
+  BOOST_TEST(!y.requires_grad());
+  BOOST_TEST(y.is_leaf());
+  BOOST_TEST(contains(error_of([&] { y.backward(); }), "does not require grad"));
+}
+
+BOOST_AUTO_TEST_CASE(retain_graph_and_freed_graph) {
+  Variable x = leaf({2.0}, {});
+  Variable y = exp(x) * x;
+  y.backward({}, /*retain_graph=*/true);
+  y.backward();
+  const double once = std::exp(2.0) * 3.0;  // d/dx x e^x = (1 + x) e^x
+  BOOST_TEST(std::abs(x.grad().item() - 2 * once) < 1e-12);
+  const std::string msg = error_of([&] { y.backward(); });
+  BOOST_TEST(contains(msg, "already freed"), msg);
+  BOOST_TEST(contains(msg, "retain_graph"), msg);
+}
+
+BOOST_AUTO_TEST_CASE(detach_stops_gradient) {
+  Variable x = leaf({4.0}, {});
+  Variable y = x * x.detach();  // only the first factor carries gradient
+  y.backward();
+  BOOST_TEST(x.grad().item() == 4.0);
+  BOOST_TEST(x.detach().data().storage() == x.data().storage());
+}
+
+BOOST_AUTO_TEST_CASE(non_scalar_needs_seed) {
+  Variable x = leaf({1.0, 2.0, 3.0}, {3});
+  Variable y = x * 2.0;
+  const std::string msg = error_of([&] { y.backward(); });
+  BOOST_TEST(contains(msg, "[3]"), msg);
+  BOOST_TEST(contains(msg, "seed"), msg);
+  const std::string bad_seed = error_of([&] { y.backward(ones({2}, DType::f64)); });
+  BOOST_TEST(contains(bad_seed, "[2]"), bad_seed);
+  BOOST_TEST(contains(bad_seed, "[3]"), bad_seed);
+  y.backward(from_vector({1.0, 0.0, -1.0}, {3}, DType::f64));
+  BOOST_TEST(x.grad().at({0}) == 2.0);
+  BOOST_TEST(x.grad().at({2}) == -2.0);
+}
+
+BOOST_AUTO_TEST_CASE(unused_output_of_multi_output_node) {
+  Variable x = leaf({1, 2, 3, 4, 5}, {5});
+  auto parts = split(x, {2, 3}, 0);
+  sum(parts[1] * 3.0).backward();  // parts[0] gets no gradient: the engine feeds zeros
+  const std::vector<double> g = x.grad().to_vector<double>();
+  BOOST_TEST(g == std::vector<double>({0, 0, 3, 3, 3}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(several_roots) {
+  Variable x = leaf({2.0}, {});
+  Variable a = x * 3.0, b = x * x;
+  backward({a, b}, {Tensor(), Tensor()});
+  BOOST_TEST(x.grad().item() == 7.0);
+}
+
+BOOST_AUTO_TEST_CASE(chain_of_100000_ops) {
+  // Backward and destruction of a 100,000-node chain must not recurse.
+  Variable x = leaf({1.0}, {});
+  Variable y = x;
+  for (int i = 0; i < 100000; ++i) y = y * 1.00001;
+  y.backward();
+  BOOST_TEST(std::abs(x.grad().item() - std::pow(1.00001, 100000)) < 1e-6);
+  Variable z = x;
+  for (int i = 0; i < 100000; ++i) z = z + 1.0;
+  z = Variable();  // destroys the whole graph without backward
+  BOOST_TEST(!z.defined());
+}
+
+BOOST_AUTO_TEST_CASE(gradient_shapes_follow_inputs) {
+  // Broadcast inputs get gradients summed back to their own shapes.
+  Variable a = Variable(ones({2, 3}, DType::f64), true);
+  Variable b = Variable(ones({3}, DType::f64), true);
+  Variable c = Variable(ones({2, 1}, DType::f64), true);
+  sum((a + b) * c).backward();
+  BOOST_TEST(a.grad().shape() == Shape({2, 3}));
+  BOOST_TEST(b.grad().shape() == Shape({3}));
+  BOOST_TEST(c.grad().shape() == Shape({2, 1}));
+  BOOST_TEST(b.grad().at({0}) == 2.0);
+  BOOST_TEST(c.grad().at({1, 0}) == 6.0);
+}
+
+BOOST_AUTO_TEST_CASE(only_leaves_change_requires_grad) {
+  Variable x = leaf({1.0}, {});
+  Variable y = x * 2.0;
+  BOOST_TEST(contains(error_of([&] { y.set_requires_grad(false); }), "mul_scalar"));
+  BOOST_TEST(contains(error_of([] { Variable(zeros({2}, DType::i64), true); }), "i64"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

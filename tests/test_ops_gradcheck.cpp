@@ -1,0 +1,188 @@
+// One table of op cases, each checked against central finite differences in f64 (ggml's
+// test-backend-ops pattern). Shapes include size-1 and odd dims and broadcasting.
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "framework/tensor_ops.h"
+
+using namespace normlab;
+
+namespace {
+
+enum class Domain { normal, positive, spread };  // spread: values far apart (no ties, away from kinks)
+
+struct OpCase {
+  std::string name;
+  std::vector<Shape> shapes;
+  std::function<Variable(const std::vector<Variable>&)> fn;
+  Domain domain = Domain::normal;
+};
+
+Tensor make_input(const Shape& s, Domain d, Generator& gen) {
+  switch (d) {
+    case Domain::positive: return uniform(s, gen, 0.5, 2.0, DType::f64);
+    case Domain::spread: {
+      // A shuffled ramp with distinct values at least 0.1 apart, none near 0.
+      Tensor t = empty(s, DType::f64);
+      double* p = t.data<double>();
+      const int64_t n = t.numel();
+      for (int64_t i = 0; i < n; ++i) p[i] = (i % 2 ? 1 : -1) * (0.3 + 0.1 * double(i));
+      for (int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[int64_t(gen.uniform_at(gen.advance(1)) * double(i + 1))]);
+      return t;
+    }
+    default: return randn(s, gen, DType::f64);
+  }
+}
+
+Tensor tokens(const Shape& s, int64_t vocab, uint64_t seed) {
+  Generator gen(seed);
+  Tensor u = uniform(s, gen, 0.0, double(vocab), DType::f64);
+  Tensor t = empty(s, DType::i64);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<int64_t>()[i] = int64_t(u.data<double>()[i]);
+  return t;
+}
+
+std::vector<OpCase> op_cases() {
+  using V = const std::vector<Variable>&;
+  const Tensor tok = tokens({2, 5}, 7, 3);
+  Tensor tok_ignored = tokens({3, 4}, 6, 4);
+  tok_ignored.set({1, 2}, -100);
+  tok_ignored.set({0, 0}, -100);
+  return {
+      {"add", {{3, 4}, {3, 4}}, [](V x) { return add(x[0], x[1]); }},
+      {"add_broadcast", {{2, 3, 5}, {3, 1}}, [](V x) { return add(x[0], x[1]); }},
+      {"add_broadcast_both", {{4, 1}, {1, 5}}, [](V x) { return add(x[0], x[1]); }},
+      {"sub_broadcast", {{1}, {3, 7}}, [](V x) { return sub(x[0], x[1]); }},
+      {"mul_broadcast", {{2, 1, 3}, {4, 1}}, [](V x) { return mul(x[0], x[1]); }},
+      {"div_broadcast", {{3, 5}, {5}}, [](V x) { return div(x[0], x[1]); }, Domain::positive},
+      {"neg", {{7}}, [](V x) { return neg(x[0]); }},
+      {"add_scalar", {{2, 3}}, [](V x) { return x[0] + 2.5; }},
+      {"mul_scalar", {{1, 3}}, [](V x) { return x[0] * -1.75; }},
+      {"rsub_scalar", {{3}}, [](V x) { return 1.0 - x[0]; }},
+      {"pow", {{3, 5}}, [](V x) { return pow(x[0], 2.7); }, Domain::positive},
+      {"pow_integer", {{9}}, [](V x) { return pow(x[0], 3.0); }},
+      {"exp", {{3, 5}}, [](V x) { return exp(x[0]); }},
+      {"log", {{3, 5}}, [](V x) { return log(x[0]); }, Domain::positive},
+      {"sqrt", {{1, 7}}, [](V x) { return sqrt(x[0]); }, Domain::positive},
+      {"rsqrt", {{7, 1}}, [](V x) { return rsqrt(x[0]); }, Domain::positive},
+      {"tanh", {{4, 3}}, [](V x) { return tanh(x[0]); }},
+      {"relu", {{5, 3}}, [](V x) { return relu(x[0]); }, Domain::spread},
+      {"gelu", {{5, 3}}, [](V x) { return gelu(x[0]); }},
+      {"silu", {{5, 3}}, [](V x) { return silu(x[0]); }},
+      {"swiglu", {{3, 4}, {3, 4}}, [](V x) { return swiglu(x[0], x[1]); }},
+      {"sum_all", {{3, 5}}, [](V x) { return sum(x[0]); }},
+      {"sum_dim", {{3, 1, 5}}, [](V x) { return sum(x[0], {2}); }},
+      {"sum_dims_keepdim", {{2, 3, 5}}, [](V x) { return sum(x[0], {0, 2}, true); }},
+      {"sum_leading", {{4, 3, 5}}, [](V x) { return sum(x[0], {0, 1}); }},
+      {"mean_dim", {{3, 7}}, [](V x) { return mean(x[0], {-1}, true); }},
+      {"mean_all", {{1, 5}}, [](V x) { return mean(x[0]); }},
+      {"max_dim", {{3, 7}}, [](V x) { return max(x[0], 1); }, Domain::spread},
+      {"max_dim0_keepdim", {{5, 3, 2}}, [](V x) { return max(x[0], 0, true); }, Domain::spread},
+      {"matmul_2d", {{3, 5}, {5, 4}}, [](V x) { return matmul(x[0], x[1]); }},
+      {"matmul_1x1", {{1, 1}, {1, 1}}, [](V x) { return matmul(x[0], x[1]); }},
+      {"matmul_batched", {{2, 3, 5}, {2, 5, 1}}, [](V x) { return matmul(x[0], x[1]); }},
+      {"matmul_broadcast_batch", {{2, 1, 3, 4}, {3, 4, 5}}, [](V x) { return matmul(x[0], x[1]); }},
+      {"matmul_nd_by_2d", {{2, 3, 4}, {4, 7}}, [](V x) { return matmul(x[0], x[1]); }},
+      {"matmul_transposed", {{5, 3}, {4, 5}}, [](V x) { return matmul(transpose(x[0], 0, 1), transpose(x[1], 0, 1)); }},
+      {"reshape", {{2, 3, 4}}, [](V x) { return reshape(x[0], {4, -1}) * reshape(x[0], {4, 6}); }},
+      {"view", {{6, 1}}, [](V x) { return view(x[0], {2, 3}); }},
+      {"transpose", {{2, 3, 5}}, [](V x) { return transpose(x[0], 0, 2) * 2.0; }},
+      {"permute", {{2, 3, 5}}, [](V x) { return permute(x[0], {1, 2, 0}); }},
+      {"slice_step", {{7, 3}}, [](V x) { return slice(x[0], 0, 1, 7, 2); }},
+      {"narrow", {{3, 9}}, [](V x) { return narrow(x[0], -1, 2, 5); }},
+      {"concat", {{2, 3}, {2, 1}, {2, 4}}, [](V x) { return concat({x[0], x[1], x[2]}, 1); }},
+      {"split", {{7, 2}}, [](V x) { auto p = split(x[0], 3, 0); return concat({p[2], p[0] * 2.0}, 0); }},
+      {"softmax", {{3, 7}}, [](V x) { return softmax(x[0]); }},
+      {"softmax_single", {{4, 1}}, [](V x) { return softmax(x[0]); }},
+      {"log_softmax", {{2, 3, 5}}, [](V x) { return log_softmax(x[0]); }},
+      {"causal_mask_softmax", {{2, 4, 4}}, [](V x) { return softmax(causal_mask(x[0])); }},
+      {"causal_mask_rect", {{3, 5}}, [](V x) { return causal_mask(x[0], 0.0); }},
+      {"embedding", {{7, 3}}, [tok](V x) { return embedding(x[0], tok); }},
+      {"cross_entropy", {{2, 5, 7}}, [tok](V x) { return cross_entropy(x[0], tok); }},
+      {"cross_entropy_ignore_zloss", {{3, 4, 6}}, [tok_ignored](V x) { return cross_entropy(x[0], tok_ignored, -100, 1e-2); }},
+      {"attention", {{2, 4, 3}, {2, 4, 3}, {2, 4, 3}}, [](V x) {
+         Variable s = matmul(x[0], transpose(x[1], -1, -2)) * (1.0 / std::sqrt(3.0));
+         return matmul(softmax(causal_mask(s)), x[2]);
+       }},
+  };
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(ops_gradcheck)
+
+BOOST_AUTO_TEST_CASE(every_op_matches_finite_differences) {
+  std::printf("%-28s %14s %14s %8s\n", "op", "max rel err", "max abs err", "checked");
+  uint64_t seed = 100;
+  for (const OpCase& c : op_cases()) {
+    BOOST_TEST_CONTEXT("op " << c.name) {
+      Generator gen(seed++);
+      std::vector<Variable> inputs;
+      for (const Shape& s : c.shapes) inputs.emplace_back(make_input(s, c.domain, gen), true);
+      const GradcheckResult r = gradcheck(c.fn, inputs);
+      std::printf("%-28s %14.3e %14.3e %8lld\n", c.name.c_str(), r.max_rel_error, r.max_abs_error, (long long)r.checked);
+      BOOST_TEST(r.ok, r.report());
+      BOOST_TEST(r.max_rel_error < 1e-6, r.report());
+      BOOST_TEST(r.checked > 0);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_catches_a_wrong_gradient) {
+  // A deliberately wrong backward (2x instead of 3x^2) must be reported with its element.
+  auto wrong_cube = [](const std::vector<Variable>& x) {
+    const Tensor t = x[0].data();
+    return make_output("wrong_cube", {x[0]}, mul(mul(t, t), t), [t](const std::vector<Tensor>& g, const Node&) {
+      return std::vector<Tensor>{mul(g[0], mul_scalar(t, 2.0))};
+    });
+  };
+  Generator gen(5);
+  Variable x(uniform({4}, gen, 1.0, 2.0, DType::f64), true);
+  const GradcheckResult r = gradcheck(wrong_cube, {x});
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.max_rel_error > 0.1);
+  BOOST_TEST(r.input == 0);
+  BOOST_TEST(r.report().find("FAILED") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_probes_large_inputs) {
+  GradcheckOptions o;
+  o.max_full_elements = 10;
+  Generator gen(6);
+  Variable a(randn({6, 5}, gen, DType::f64), true), b(randn({5, 4}, gen, DType::f64), true);
+  const GradcheckResult r = gradcheck([](const std::vector<Variable>& x) { return tanh(matmul(x[0], x[1])); }, {a, b}, o);
+  BOOST_TEST(r.ok, r.report());
+  BOOST_TEST(r.probe);
+  BOOST_TEST(r.checked == 2 * o.probes);
+  BOOST_TEST(r.max_rel_error < 1e-6, r.report());
+}
+
+BOOST_AUTO_TEST_CASE(two_point_stencil) {
+  // The plain central difference (L(x+h) - L(x-h)) / 2h also meets the bound at h = 1e-6.
+  Generator gen(7);
+  Variable a(randn({3, 4}, gen, DType::f64), true), b(randn({4, 2}, gen, DType::f64), true);
+  GradcheckOptions o;
+  o.stencil = 2;
+  o.eps = 1e-6;
+  const GradcheckResult r = gradcheck([](const std::vector<Variable>& x) { return gelu(matmul(x[0], x[1])); }, {a, b}, o);
+  BOOST_TEST(r.ok, r.report());
+  BOOST_TEST(r.max_rel_error < 1e-6, r.report());
+  BOOST_TEST(r.checked == 20);
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_needs_f64) {
+  Variable x(ones({2}, DType::f32), true);
+  try {
+    gradcheck([](const std::vector<Variable>& v) { return v[0] * 2.0; }, {x});
+    BOOST_FAIL("expected an error");
+  } catch (const Error& e) {
+    BOOST_TEST(std::string(e.what()).find("f32") != std::string::npos);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
