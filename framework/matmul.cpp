@@ -136,14 +136,16 @@ Tensor compact(const Tensor& t) {
   const Tensor out = empty(base.shape(), base.dtype());
   const Shape batch(base.shape().begin(), base.shape().end() - 2);
   const std::vector<int64_t> off = batch_offsets(batch, Shape(base.strides().begin(), base.strides().end() - 2));
-  const int64_t col_blocks = ceil_div(C, 64), grain = std::max<int64_t>(1, (int64_t(1) << 16) / (64 * R));
+  // Threads take blocks of 64 columns of each matrix.
+  constexpr int64_t kCols = 64;
+  const int64_t col_blocks = ceil_div(C, kCols), grain = std::max<int64_t>(1, (int64_t(1) << 16) / (kCols * R));
   NL_DISPATCH_FLOATING(base.dtype(), "matmul", [&] {
     const scalar_t* src = base.data<scalar_t>();
     scalar_t* dst = out.data<scalar_t>();
     parallel_for(0, int64_t(off.size()) * col_blocks, grain, [&](int64_t u0, int64_t u1) {
       for (int64_t u = u0; u < u1; ++u) {
-        const int64_t m = u / col_blocks, j0 = (u % col_blocks) * 64;
-        transpose_copy(src + off[size_t(m)] + j0 * sc, sc, dst + m * R * C + j0, C, R, std::min<int64_t>(64, C - j0));
+        const int64_t m = u / col_blocks, j0 = (u % col_blocks) * kCols;
+        transpose_copy(src + off[size_t(m)] + j0 * sc, sc, dst + m * R * C + j0, C, R, std::min(kCols, C - j0));
       }
     });
   });
@@ -439,8 +441,8 @@ void run_unit(const Primitive& p, const float* a, const float* b, float* c) {
 // ---------------------------------------------------------------------------------------------
 // oneDNN: cutting the output into units
 
-// A unit should be worth far more than the ~1-2 us a oneDNN call costs, and there should be
-// enough of them to keep 16-32 threads busy. Blocks cut from one matrix keep at least kMinRows
+// A unit should be worth far more than the ~0.5 us a oneDNN call costs (4M multiply-adds take
+// ~25 us on one AVX-512 core), and there should be enough of them to keep 16 threads busy. Blocks cut from one matrix keep at least kMinRows
 // rows and kMinCols columns, so that oneDNN's kernels stay efficient.
 constexpr double kUnitMacs = double(1 << 22);
 constexpr int64_t kMaxUnits = 16;
@@ -454,10 +456,11 @@ struct Split {
   int64_t mb = 1, nb = 1; // rows and columns per unit (M and N unless single matrices are cut)
 };
 
-// a_cols / b_cols: a or b is stored column-major (a transposed view). oneDNN transposes such an
-// operand into its own buffer in each unit, so units must not share one: a transposed a is cut
-// by rows only, a transposed b by columns only.
-Split make_split(const MatmulDims& d, bool a_cols, bool b_cols) {
+// a_cols: a is stored column-major (a transposed view, as in the weight gradient x^T @ dy).
+// oneDNN's brgemm transposes such an a into its own buffer in every unit, and does that well,
+// so a transposed a is cut by rows only and no two units transpose the same part. (Measured on
+// a 2-core AVX-512 machine: a copied up front and cut into a grid was 1.4x slower.)
+Split make_split(const MatmulDims& d, bool a_cols) {
   Split s;
   const int64_t n_matrices = shape_numel(d.batch);
   const double macs = double(n_matrices) * double(d.M) * double(d.N) * double(d.K);
@@ -468,13 +471,12 @@ Split make_split(const MatmulDims& d, bool a_cols, bool b_cols) {
     // Cut each matrix into a grid of near-square blocks (least traffic per multiply-add) of
     // near-equal sizes, rounded to 16 (one AVX-512 vector of f32).
     const int64_t per_matrix = ceil_div(s.units, n_matrices);
-    const int64_t max_m_splits = b_cols && !a_cols ? 1 : std::max<int64_t>(1, d.M / kMinRows);
-    const int64_t max_n_splits = a_cols ? 1 : std::max<int64_t>(1, d.N / kMinCols);
     const double side = std::sqrt(double(d.M) * double(d.N) / double(per_matrix));
     const int64_t m_splits = std::clamp<int64_t>(a_cols ? per_matrix : int64_t(std::ceil(double(d.M) / side)), 1,
-                                                 max_m_splits);
+                                                 std::max<int64_t>(1, d.M / kMinRows));
     s.mb = std::min(d.M, round_up(ceil_div(d.M, m_splits), 16));
-    const int64_t n_splits = std::clamp<int64_t>(ceil_div(per_matrix, ceil_div(d.M, s.mb)), 1, max_n_splits);
+    const int64_t n_splits = std::clamp<int64_t>(ceil_div(per_matrix, ceil_div(d.M, s.mb)), 1,
+                                                 a_cols ? 1 : std::max<int64_t>(1, d.N / kMinCols));
     s.nb = std::min(d.N, round_up(ceil_div(d.N, n_splits), 16));
   }
   return s;
@@ -629,12 +631,14 @@ Tensor matmul_onednn(const Tensor& a_in, const Tensor& b_in) {
     c.zero_();
     return c;
   }
-  // Matrices oneDNN cannot take as they are are copied. So is a transposed b when both a and b
-  // are transposed (a's rows are cut, and each unit would transpose all of b again).
+  // Matrices oneDNN cannot take as they are are copied. So is a transposed b (x @ w^T) whose
+  // rows are cut: every unit would transpose all of b again, while one tiled copy up front
+  // costs little (measured: 1.06x of one oneDNN primitive at 1 thread, against 1.2x when
+  // cutting only columns of b instead).
   const bool a_cols = is_plain(a_in) && a_in.strides().back() != 1 && d.K > 1;
   const bool b_cols = is_plain(b_in) && b_in.strides().back() != 1 && d.N > 1;
-  const Split split = make_split(d, a_cols, b_cols);
-  const Tensor a = is_plain(a_in) && (!a_cols || split.nb == d.N) ? a_in : compact(a_in);
+  const Split split = make_split(d, a_cols);
+  const Tensor a = is_plain(a_in) ? a_in : compact(a_in);
   const Tensor b = is_plain(b_in) && (!b_cols || split.mb == d.M) ? b_in : compact(b_in);
   if (run_onednn(a, b, c, d, split, /*allow_ref=*/false)) return c;
   // oneDNN rejects this layout or would run it with its slow reference code (e.g. unusual

@@ -5,20 +5,14 @@
 
 #include "autograd/ops.h"
 #include "framework/tensor_ops.h"
+#include "test_util.h"
 
 using namespace normlab;
+using normlab::testing::contains;
+using normlab::testing::error_of;
 
 namespace {
 Variable leaf(std::vector<double> v, Shape s) { return Variable(from_vector(v, s, DType::f64), true); }
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-template <class F> std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(engine)

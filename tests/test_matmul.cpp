@@ -99,6 +99,7 @@ const std::vector<Case> kCases = {
     {{4, 1, 6}, {6, 9}},
     {{100, 33, 65}, {100, 65, 47}},
     {{300, 200}, {200, 170}},
+    {{250, 300}, {300, 390}},
     {{2, 3, 40, 24}, {1, 3, 24, 56}},
 };
 
@@ -166,6 +167,13 @@ BOOST_AUTO_TEST_CASE(strided_views_as_inputs) {
       {"attention q @ k^T", q, k.transpose(-1, -2)},
       {"attention sliced heads", q.slice(1, 0, 3, 2), k.slice(1, 1, 3).transpose(-1, -2)},
       {"batched transposed a, big", randn({6, 96, 80}, gen).transpose(1, 2), randn({6, 96, 72}, gen)},
+      // Big enough to be cut into several units: a transposed a is cut by rows, a transposed b
+      // is copied (tiled transpose) and cut into a grid.
+      {"big: a transposed", randn({400, 300}, gen).transpose(0, 1), randn({400, 200}, gen)},
+      {"big: b transposed (x @ w^T)", randn({300, 200}, gen), randn({170, 200}, gen).transpose(0, 1)},
+      {"big: both transposed", randn({400, 300}, gen).transpose(0, 1), randn({170, 400}, gen).transpose(0, 1)},
+      {"big: batched b transposed", randn({2, 300, 200}, gen), randn({2, 170, 200}, gen).transpose(1, 2)},
+      {"big: broadcast b transposed", randn({3, 300, 200}, gen), randn({170, 200}, gen).transpose(0, 1)},
   };
   for (const View& v : views) {
     BOOST_TEST_CONTEXT(v.name << ": " << to_string(v.a.shape()) << " x " << to_string(v.b.shape())) {
@@ -222,6 +230,8 @@ BOOST_AUTO_TEST_CASE(deterministic_across_thread_counts) {
       {"32x16384 @ 16384x32 padded", randn({32, 16400}, gen).narrow(1, 0, 16384), randn({16384, 32}, gen)},
       {"256x512 @ 512x384", randn({256, 512}, gen), randn({512, 384}, gen)},
       {"2x1x40x24 @ 3x24x56", randn({2, 1, 40, 24}, gen), randn({3, 24, 56}, gen)},
+      {"300x200 @ (170x200)^T", randn({300, 200}, gen), randn({170, 200}, gen).transpose(0, 1)},
+      {"(400x300)^T @ 400x200", randn({400, 300}, gen).transpose(0, 1), randn({400, 200}, gen)},
   };
   const size_t n_f32 = cases.size();
   for (size_t i = 0; i < n_f32; ++i)

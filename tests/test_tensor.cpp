@@ -5,20 +5,12 @@
 #include "framework/parallel.h"
 #include "framework/tensor.h"
 #include "framework/tensor_ops.h"
+#include "test_util.h"
 
 using namespace normlab;
+using normlab::testing::contains;
+using normlab::testing::error_of;
 
-namespace {
-template <class F> std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-}  // namespace
 
 BOOST_AUTO_TEST_SUITE(tensor)
 
