@@ -36,6 +36,7 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
+int64_t floor_pow2(int64_t a) { return a < 1 ? 1 : int64_t(1) << (63 - __builtin_clzll(uint64_t(a))); }
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -43,7 +44,7 @@ int64_t round_up(int64_t a, int64_t m) { return ceil_div(a, m) * m; }
 struct MatmulDims {
   Shape batch;  // broadcast batch shape (empty for 2-D x 2-D)
   int64_t M = 0, K = 0, N = 0;
-  Shape out;    // batch + {M, N}
+  Shape out;  // batch + {M, N}
 };
 
 std::string describe(const Tensor& t) {  // "f32 [2, 3]"
@@ -59,8 +60,8 @@ MatmulDims check_args(const Tensor& a, const Tensor& b, const char* op) {
            "); expected both f32 or both f64");
   NL_CHECK(a.dtype() == DType::f32 || a.dtype() == DType::f64, op, ": dtype ", dtype_name(a.dtype()),
            " is not supported (a: ", describe(a), ", b: ", describe(b), "); expected f32 or f64");
-  NL_CHECK(a.dim() >= 2 && b.dim() >= 2, op, ": expected inputs with at least 2 dims (a: ", describe(a), ", b: ",
-           describe(b), ")");
+  NL_CHECK(a.dim() >= 2 && b.dim() >= 2, op, ": expected inputs with at least 2 dims (a: ", describe(a),
+           ", b: ", describe(b), ")");
   MatmulDims d;
   d.M = a.shape()[a.dim() - 2];
   d.K = a.shape().back();
@@ -74,8 +75,8 @@ MatmulDims check_args(const Tensor& a, const Tensor& b, const char* op) {
   for (size_t i = 0; i < n; ++i) {
     const int64_t da = i < n - na ? 1 : a.shape()[i - (n - na)];
     const int64_t db = i < n - nb ? 1 : b.shape()[i - (n - nb)];
-    NL_CHECK(da == db || da == 1 || db == 1, op, ": batch dims do not broadcast: a ", to_string(a.shape()),
-             " and b ", to_string(b.shape()));
+    NL_CHECK(da == db || da == 1 || db == 1, op, ": batch dims do not broadcast: a ", to_string(a.shape()), " and b ",
+             to_string(b.shape()));
     d.batch[i] = da == 1 ? db : da;
   }
   d.out = d.batch;
@@ -241,7 +242,8 @@ class ScopedOmpThreads {
 // oneDNN: primitive cache
 
 // One oneDNN call: c[bs, ms, ns] = a[bs or 1, ms, K] @ b[bs or 1, K, ns]. A batch dim of size 1
-// broadcasts (that is how a stride-0 batch dim is described to oneDNN).
+// broadcasts (that is how a stride-0 batch dim is described to oneDNN). Its dims and strides are
+// the cache key; the oneDNN path is f32 only, so the dtype need not be part of it.
 struct UnitLayout {
   using Dims = std::array<int64_t, 3>;
   Dims a_dims, a_strides, b_dims, b_strides, c_dims, c_strides;
@@ -290,9 +292,9 @@ CacheKey make_key(const UnitLayout& l) {
 }
 
 struct Primitive {
-  uint64_t id = 0;       // unique for the process's lifetime (never reused, unlike an address)
-  bool ok = false;       // false: oneDNN could not create one for this layout
-  bool is_ref = false;   // oneDNN picked its slow reference implementation ("ref:any")
+  uint64_t id = 0;      // unique for the process's lifetime (never reused, unlike an address)
+  bool ok = false;      // false: oneDNN could not create one for this layout
+  bool is_ref = false;  // oneDNN picked its slow reference implementation ("ref:any")
   dnnl::matmul matmul;
   dnnl::memory::desc a_md, b_md, c_md, scratch_md;
   size_t scratch_bytes = 0;
@@ -425,7 +427,8 @@ void run_unit(const Primitive& p, const float* a, const float* b, float* c) {
   m.a.set_data_handle(const_cast<float*>(a));
   m.b.set_data_handle(const_cast<float*>(b));
   m.c.set_data_handle(c);
-  std::array<dnnl_exec_arg_t, 4> args{{{DNNL_ARG_SRC, m.a.get()}, {DNNL_ARG_WEIGHTS, m.b.get()}, {DNNL_ARG_DST, m.c.get()}, {}}};
+  std::array<dnnl_exec_arg_t, 4> args{
+      {{DNNL_ARG_SRC, m.a.get()}, {DNNL_ARG_WEIGHTS, m.b.get()}, {DNNL_ARG_DST, m.c.get()}, {}}};
   int n_args = 3;
   if (p.scratch_bytes > 0) {
     m.scratch.set_data_handle(thread_scratchpad(p.scratch_bytes));
@@ -442,8 +445,9 @@ void run_unit(const Primitive& p, const float* a, const float* b, float* c) {
 // oneDNN: cutting the output into units
 
 // A unit should be worth far more than the ~0.5 us a oneDNN call costs (4M multiply-adds take
-// ~25 us on one AVX-512 core), and there should be enough of them to keep 16 threads busy. Blocks cut from one matrix keep at least kMinRows
-// rows and kMinCols columns, so that oneDNN's kernels stay efficient.
+// ~25 us on one AVX-512 core), and there should be enough of them to keep 16 threads busy.
+// Blocks cut from one matrix keep at least kMinRows rows and kMinCols columns, so that oneDNN's
+// kernels stay efficient.
 constexpr double kUnitMacs = double(1 << 22);
 constexpr int64_t kMaxUnits = 16;
 constexpr int64_t kMinRows = 32;
@@ -452,8 +456,8 @@ constexpr int64_t kMinCols = 64;
 // How the output is cut into units. Everything here depends on shapes (and, for the batch
 // blocking, on which batch dims can be merged), never on the thread count.
 struct Split {
-  int64_t units = 1;      // units wanted in all
-  int64_t mb = 1, nb = 1; // rows and columns per unit (M and N unless single matrices are cut)
+  int64_t units = 1;       // units wanted in all
+  int64_t mb = 1, nb = 1;  // rows and columns per unit (M and N unless single matrices are cut)
 };
 
 // a_cols: a is stored column-major (a transposed view, as in the weight gradient x^T @ dy).
@@ -464,19 +468,23 @@ Split make_split(const MatmulDims& d, bool a_cols) {
   Split s;
   const int64_t n_matrices = shape_numel(d.batch);
   const double macs = double(n_matrices) * double(d.M) * double(d.N) * double(d.K);
-  s.units = std::clamp<int64_t>(int64_t(macs / kUnitMacs), 1, kMaxUnits);
+  // A power of two, so that units divide evenly among 2, 4, 8 or 16 threads.
+  s.units = floor_pow2(std::clamp<int64_t>(int64_t(macs / kUnitMacs), 1, kMaxUnits));
   s.mb = d.M;
   s.nb = d.N;
   if (s.units > n_matrices) {
-    // Cut each matrix into a grid of near-square blocks (least traffic per multiply-add) of
-    // near-equal sizes, rounded to 16 (one AVX-512 vector of f32).
-    const int64_t per_matrix = ceil_div(s.units, n_matrices);
-    const double side = std::sqrt(double(d.M) * double(d.N) / double(per_matrix));
-    const int64_t m_splits = std::clamp<int64_t>(a_cols ? per_matrix : int64_t(std::ceil(double(d.M) / side)), 1,
-                                                 std::max<int64_t>(1, d.M / kMinRows));
+    // Cut each matrix into a grid of near-square blocks (least traffic per multiply-add),
+    // m_splits x n_splits = per_matrix where the sizes allow, rounded to 16 (one AVX-512 vector).
+    const int64_t per_matrix = floor_pow2(ceil_div(s.units, n_matrices));
+    const int64_t max_m_splits = floor_pow2(std::max<int64_t>(1, d.M / kMinRows));
+    const int64_t max_n_splits = a_cols ? 1 : floor_pow2(std::max<int64_t>(1, d.N / kMinCols));
+    // Rows of blocks for square blocks, rounded to the nearest power of two (in log scale).
+    const double m_ideal = std::sqrt(double(per_matrix) * double(d.M) / double(d.N));
+    int64_t m_splits = a_cols ? per_matrix : floor_pow2(std::max<int64_t>(1, std::llround(m_ideal * std::sqrt(2.0))));
+    m_splits = std::clamp<int64_t>(m_splits, std::max<int64_t>(1, per_matrix / max_n_splits), per_matrix);
+    m_splits = std::min(m_splits, max_m_splits);
+    const int64_t n_splits = std::clamp<int64_t>(per_matrix / m_splits, 1, max_n_splits);
     s.mb = std::min(d.M, round_up(ceil_div(d.M, m_splits), 16));
-    const int64_t n_splits = std::clamp<int64_t>(ceil_div(per_matrix, ceil_div(d.M, s.mb)), 1,
-                                                 a_cols ? 1 : std::max<int64_t>(1, d.N / kMinCols));
     s.nb = std::min(d.N, round_up(ceil_div(d.N, n_splits), 16));
   }
   return s;
@@ -486,7 +494,7 @@ struct Plan {
   // Batch dims after dropping size-1 dims and merging dims that are contiguous in a, b and c.
   // The last (`inner`) is cut into blocks of `bb` entries; the others (`outer`) are iterated.
   Shape outer;
-  std::array<Shape, 3> outer_st;      // strides of a, b, c
+  std::array<Shape, 3> outer_st;  // strides of a, b, c
   int64_t inner = 1;
   std::array<int64_t, 3> inner_st{};  // strides of a, b, c
   int64_t bb = 1, mb = 1, nb = 1;     // unit sizes: batch entries, rows, columns
@@ -603,8 +611,8 @@ bool run_onednn(const Tensor& a, const Tensor& b, const Tensor& c, const MatmulD
       if (error.empty()) error = e.what();
     }
   });
-  NL_CHECK(error.empty(), "matmul_onednn: oneDNN failed on a ", to_string(a.shape()), " x b ",
-           to_string(b.shape()), ": ", error);
+  NL_CHECK(error.empty(), "matmul_onednn: oneDNN failed on a ", to_string(a.shape()), " x b ", to_string(b.shape()),
+           ": ", error);
   return true;
 }
 
@@ -623,8 +631,8 @@ Tensor matmul_ref(const Tensor& a, const Tensor& b) {
 
 Tensor matmul_onednn(const Tensor& a_in, const Tensor& b_in) {
   const MatmulDims d = check_args(a_in, b_in, "matmul_onednn");
-  NL_CHECK(a_in.dtype() == DType::f32, "matmul_onednn: expected f32 inputs (a: ", describe(a_in), ", b: ",
-           describe(b_in), "); oneDNN has no f64 matmul, use matmul or matmul_ref");
+  NL_CHECK(a_in.dtype() == DType::f32, "matmul_onednn: expected f32 inputs (a: ", describe(a_in),
+           ", b: ", describe(b_in), "); oneDNN has no f64 matmul, use matmul or matmul_ref");
   Tensor c = empty(d.out, DType::f32);
   if (c.numel() == 0) return c;
   if (d.K == 0) {

@@ -14,7 +14,7 @@
 //
 // Every backend gives bit-identical results for any OpenMP thread count (see matmul.cpp).
 // Bad input (rank < 2, mismatched inner or batch dims, f32 x f64, non-float dtypes, non-cpu
-// tensors) throws normlab::Error naming both shapes and both dtypes.
+// tensors) throws normlab::Error whose message names both shapes and, for dtype errors, both dtypes.
 #pragma once
 
 #include <cstdint>
