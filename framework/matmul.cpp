@@ -113,44 +113,14 @@ std::vector<int64_t> batch_offsets(const Shape& batch, const Shape& st) {
   return off;
 }
 
-// dst (R x C, row-major with leading dimension ld_dst) = src (R x C, column-major with leading
-// dimension ld_src), in 32 x 32 tiles so that both sides stay in L1.
-template <class T>
-void transpose_copy(const T* __restrict src, int64_t ld_src, T* __restrict dst, int64_t ld_dst, int64_t R, int64_t C) {
-  constexpr int64_t kTile = 32;
-  for (int64_t j0 = 0; j0 < C; j0 += kTile)
-    for (int64_t i0 = 0; i0 < R; i0 += kTile)
-      for (int64_t j = j0; j < std::min(C, j0 + kTile); ++j)
-        for (int64_t i = i0; i < std::min(R, i0 + kTile); ++i) dst[i * ld_dst + j] = src[i + j * ld_src];
-}
-
 // A view or copy of t whose matrices are contiguous; batch dims broadcast with stride 0 stay
-// broadcast (they are not materialized). Column-major matrices (transposed views) are copied in
-// tiles: Tensor::contiguous() would read them with a stride, element by element.
+// broadcast (they are not materialized). Transposed matrices are copied by Tensor::contiguous()
+// in cache-friendly tiles.
 Tensor compact(const Tensor& t) {
   Tensor base = t;
   for (int64_t d = 0; d + 2 < t.dim(); ++d)
     if (t.strides()[d] == 0 && t.shape()[d] > 1) base = base.narrow(d, 0, 1);
-  const int64_t R = base.shape()[base.dim() - 2], C = base.shape().back();
-  const int64_t sr = base.strides()[base.dim() - 2], sc = base.strides().back();
-  if (base.is_contiguous() || sr != 1 || sc < R || R < 2 || C < 2) return base.contiguous().expand(t.shape());
-  const Tensor out = empty(base.shape(), base.dtype());
-  const Shape batch(base.shape().begin(), base.shape().end() - 2);
-  const std::vector<int64_t> off = batch_offsets(batch, Shape(base.strides().begin(), base.strides().end() - 2));
-  // Threads take blocks of 64 columns of each matrix.
-  constexpr int64_t kCols = 64;
-  const int64_t col_blocks = ceil_div(C, kCols), grain = std::max<int64_t>(1, (int64_t(1) << 16) / (kCols * R));
-  NL_DISPATCH_FLOATING(base.dtype(), "matmul", [&] {
-    const scalar_t* src = base.data<scalar_t>();
-    scalar_t* dst = out.data<scalar_t>();
-    parallel_for(0, int64_t(off.size()) * col_blocks, grain, [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) {
-        const int64_t m = u / col_blocks, j0 = (u % col_blocks) * kCols;
-        transpose_copy(src + off[size_t(m)] + j0 * sc, sc, dst + m * R * C + j0, C, R, std::min(kCols, C - j0));
-      }
-    });
-  });
-  return out.expand(t.shape());
+  return base.contiguous().expand(t.shape());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -261,28 +261,61 @@ template <class T> static T from_double(double v) {
   else return T(v);
 }
 
+template <class D, class S> static D convert(S v) {
+  if constexpr (std::is_same_v<D, S>) return v;
+  else return from_double<D>(to_double(v));
+}
+
+// dst[i, j] = src[i, j] for a P x L block where the destination is unit-stride along j and
+// the source along i: 32 x 32 tiles keep both sides on few cache lines.
+template <class D, class S>
+static void transpose_copy(D* dst, int64_t dst_row_stride, const S* src, int64_t src_col_stride, int64_t P, int64_t L) {
+  constexpr int64_t kTile = 32;
+  parallel_for(0, (P + kTile - 1) / kTile, std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1) / kTile), [&](int64_t tb, int64_t te) {
+    for (int64_t i0 = tb * kTile; i0 < std::min(P, te * kTile); i0 += kTile)
+      for (int64_t j0 = 0; j0 < L; j0 += kTile)
+        for (int64_t i = i0; i < std::min(i0 + kTile, P); ++i)
+          for (int64_t j = j0; j < std::min(j0 + kTile, L); ++j)
+            dst[i * dst_row_stride + j] = convert<D>(src[i + j * src_col_stride]);
+  });
+}
+
 void Tensor::copy_from(const Tensor& src) {
   NL_CHECK(src.shape() == shape_, "copy_from: source shape ", to_string(src.shape()),
            " does not match destination shape ", to_string(shape_));
   visit_dtype(dtype_, [&]<class D>() {
     visit_dtype(src.dtype(), [&]<class S>() {
-      D* dst = static_cast<D*>(storage_->data());
-      const S* s = static_cast<const S*>(src.storage()->data());
-      const int64_t doff = offset_, soff = src.offset();
+      D* dst = static_cast<D*>(storage_->data()) + offset_;
+      const S* s = static_cast<const S*>(src.storage()->data()) + src.offset();
+      // Transposing copy: the destination is unit-stride along the last dim, the source
+      // along another dim p; copy (p, last) planes in tiles.
+      const int64_t last = dim() - 1;
+      int64_t p = -1;
+      if (last >= 1 && shape_[last] > 1 && strides_[last] == 1 && src.strides()[last] != 1)
+        for (int64_t d = 0; d < last; ++d)
+          if (shape_[d] > 1 && src.strides()[d] == 1) p = d;
+      if (p >= 0) {
+        Shape planes = shape_;
+        planes[p] = planes[last] = 1;
+        for_each_strided<2>(planes, {strides_, src.strides()}, 1,
+                            [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> inc) {
+          for (int64_t r = 0; r < n; ++r)
+            transpose_copy(dst + off[0] + r * inc[0], strides_[p], s + off[1] + r * inc[1], src.strides()[last],
+                           shape_[p], shape_[last]);
+        });
+        return;
+      }
       for_each_strided<2>(shape_, {strides_, src.strides()}, 1 << 15,
                           [&](std::array<int64_t, 2> off, int64_t n, std::array<int64_t, 2> inc) {
-        D* d = dst + doff + off[0];
-        const S* p = s + soff + off[1];
+        D* d = dst + off[0];
+        const S* ps = s + off[1];
         if constexpr (std::is_same_v<D, S>) {
           if (inc[0] == 1 && inc[1] == 1) {
-            std::memcpy(d, p, size_t(n) * sizeof(D));
+            std::memcpy(d, ps, size_t(n) * sizeof(D));
             return;
           }
         }
-        for (int64_t i = 0; i < n; ++i) {
-          if constexpr (std::is_same_v<D, S>) d[i * inc[0]] = p[i * inc[1]];
-          else d[i * inc[0]] = from_double<D>(to_double(p[i * inc[1]]));
-        }
+        for (int64_t i = 0; i < n; ++i) d[i * inc[0]] = convert<D>(ps[i * inc[1]]);
       });
     });
   });

@@ -85,6 +85,25 @@ BOOST_AUTO_TEST_CASE(reshape_view_and_contiguous) {
   BOOST_TEST(contains(error_of([&] { t.reshape({-1, -1}); }), "only one dim"));
 }
 
+BOOST_AUTO_TEST_CASE(transposing_copies_match_element_access) {
+  // Tiled transposing copies: odd sizes past one tile, batched planes, a dtype change.
+  Generator gen(3);
+  const Tensor x = randn({3, 37, 70}, gen, DType::f64);
+  for (const Tensor& view : {x.transpose(1, 2), x.permute({2, 0, 1}), x.transpose(0, 2).slice(1, 1, 37, 3)}) {
+    const Tensor c = view.contiguous();
+    const Tensor f = view.to(DType::f32);
+    BOOST_TEST(c.is_contiguous());
+    bool same = true;
+    for (int64_t i = 0; i < c.size(0); ++i)
+      for (int64_t j = 0; j < c.size(1); ++j)
+        for (int64_t k = 0; k < c.size(2); ++k) {
+          same = same && c.at({i, j, k}) == view.at({i, j, k});
+          same = same && f.at({i, j, k}) == double(float(view.at({i, j, k})));
+        }
+    BOOST_TEST(same, "view of shape " << to_string(view.shape()));
+  }
+}
+
 BOOST_AUTO_TEST_CASE(dtype_conversion) {
   Tensor d = from_vector<double>({1.5, -2.25, 1e-3, 3.0}, {2, 2});
   Tensor f = d.to(DType::f32);
