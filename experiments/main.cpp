@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "experiments/bench.h"
 #include "experiments/demo.h"
 #include "framework/error.h"
 
@@ -17,6 +18,7 @@ void print_help() {
       "\n"
       "commands:\n"
       "  demo [--steps N] [--seed S]   train a small attention model on the previous-token task\n"
+      "  bench                         matmul backends, engine overhead and copy bandwidth, side by side\n"
       "  --help                        this text\n"
       "  --version                     the version\n",
       NORMLAB_VERSION);
@@ -64,6 +66,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", e.what());
       return 1;
     }
+    return 0;
+  }
+  if (command == "bench") {
+    if (argc > 2) {
+      std::fprintf(stderr, "normlab bench: unknown argument '%s' (see normlab --help)\n", argv[2]);
+      return 2;
+    }
+    normlab::run_foundation_bench();
     return 0;
   }
   std::fprintf(stderr, "normlab: unknown command '%s' (see normlab --help)\n", command.c_str());
