@@ -1,6 +1,7 @@
 // Engine tests: graph shapes, accumulation, grad mode, freed graphs, deep chains.
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/ops.h"
@@ -138,6 +139,45 @@ BOOST_AUTO_TEST_CASE(only_leaves_change_requires_grad) {
   Variable y = x * 2.0;
   BOOST_TEST(contains(error_of([&] { y.set_requires_grad(false); }), "mul_scalar"));
   BOOST_TEST(contains(error_of([] { Variable(zeros({2}, DType::i64), true); }), "i64"));
+}
+
+BOOST_AUTO_TEST_CASE(dropout_masks_scales_and_is_seeded) {
+  Variable x(ones({200, 100}, DType::f64), true);
+  Generator g1(5), g2(5);
+  Variable y = dropout(x, 0.25, true, g1);
+  const std::vector<double> v = y.data().to_vector<double>();
+  const auto zeros_count = std::count(v.begin(), v.end(), 0.0);
+  const auto kept = std::count(v.begin(), v.end(), 1.0 / 0.75);
+  BOOST_TEST(zeros_count + kept == 20000);
+  BOOST_TEST(std::abs(double(zeros_count) / 20000 - 0.25) < 0.02);
+  BOOST_TEST(dropout(x, 0.25, true, g2).data().to_vector<double>() == v);  // same seed, same mask
+  sum(y).backward();
+  BOOST_TEST(x.grad().to_vector<double>() == v);  // dL/dx = mask / (1 - p)
+  BOOST_TEST(dropout(x, 0.25, false, g1).same(x));  // eval: identity
+  BOOST_TEST(dropout(x, 0.0, true, g1).same(x));
+  BOOST_TEST(contains(error_of([&] { dropout(x, 1.0, true, g1); }), "1"));
+}
+
+BOOST_AUTO_TEST_CASE(op_errors_name_the_bad_values) {
+  Variable logits(zeros({2, 3, 5}, DType::f64), true);
+  Tensor targets = zeros({2, 3}, DType::i64);
+  targets.set({1, 2}, 7);
+  std::string msg = error_of([&] { cross_entropy(logits, targets); });
+  BOOST_TEST(contains(msg, "target 7"), msg);
+  msg = error_of([&] { cross_entropy(logits, zeros({3, 2}, DType::i64)); });
+  BOOST_TEST(contains(msg, "[3, 2]"), msg);
+  BOOST_TEST(contains(msg, "[2, 3, 5]"), msg);
+  Variable table(zeros({4, 2}, DType::f64), true);
+  msg = error_of([&] { embedding(table, from_vector<int64_t>({0, 4}, {2})); });
+  BOOST_TEST(contains(msg, "index 4"), msg);
+  msg = error_of([&] { matmul(Variable(zeros({2, 3})), Variable(zeros({4, 5}))); });
+  BOOST_TEST(contains(msg, "[2, 3]"), msg);
+  BOOST_TEST(contains(msg, "[4, 5]"), msg);
+  msg = error_of([&] { add(Variable(zeros({2, 3})), Variable(zeros({2, 3}, DType::f64))); });
+  BOOST_TEST(contains(msg, "f32"), msg);
+  BOOST_TEST(contains(msg, "f64"), msg);
+  msg = error_of([&] { split(Variable(zeros({5})), {2, 2}, 0); });
+  BOOST_TEST(contains(msg, "[2, 2]"), msg);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

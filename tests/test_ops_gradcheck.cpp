@@ -105,6 +105,10 @@ std::vector<OpCase> op_cases() {
       {"embedding", {{7, 3}}, [tok](V x) { return embedding(x[0], tok); }},
       {"cross_entropy", {{2, 5, 7}}, [tok](V x) { return cross_entropy(x[0], tok); }},
       {"cross_entropy_ignore_zloss", {{3, 4, 6}}, [tok_ignored](V x) { return cross_entropy(x[0], tok_ignored, -100, 1e-2); }},
+      {"dropout", {{4, 9}}, [](V x) {
+         Generator g(77);  // the same mask on every call
+         return dropout(x[0], 0.3, true, g);
+       }},
       {"attention", {{2, 4, 3}, {2, 4, 3}, {2, 4, 3}}, [](V x) {
          Variable s = matmul(x[0], transpose(x[1], -1, -2)) * (1.0 / std::sqrt(3.0));
          return matmul(softmax(causal_mask(s)), x[2]);
