@@ -1,19 +1,33 @@
 // The backward engine: finds the nodes reachable from the roots (iteratively, so a graph
 // of any depth fits on the stack), counts each node's consumers, then runs nodes in
 // dependency order, summing gradients here and nowhere else.
-#include <unordered_map>
-#include <unordered_set>
+#include <atomic>
 
 #include "autograd/variable.h"
 #include "framework/tensor_ops.h"
 
 namespace normlab {
 
+struct EngineAccess {
+  static uint64_t& visit(Node& n) { return n.visit_; }
+  static int& pending(Node& n) { return n.pending_; }
+  static std::vector<Tensor>& grads(Node& n) { return n.grad_outs_; }
+};
+
 namespace {
+
+using E = EngineAccess;
 
 // slot += g; the first gradient is kept as is, later ones are added out of place (a node
 // may hand the same tensor to several inputs).
 void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? add(slot, g) : g; }
+
+// Adds g into the buffer for output `output_nr` of `node`.
+void accumulate_output(Node& node, int output_nr, const Tensor& g) {
+  auto& slots = E::grads(node);
+  slots.resize(node.outputs().size());
+  accumulate(slots[output_nr], g);
+}
 
 void accumulate_leaf(VariableImpl& leaf, const Tensor& g) {
   if (!leaf.grad.defined()) {
@@ -24,12 +38,17 @@ void accumulate_leaf(VariableImpl& leaf, const Tensor& g) {
   }
 }
 
+uint64_t next_backward_id() {
+  static std::atomic<uint64_t> id{0};
+  return ++id;
+}
+
 }  // namespace
 
 void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& seeds, bool retain_graph) {
   NL_CHECK(roots.size() == seeds.size(), "backward: ", roots.size(), " roots but ", seeds.size(), " seeds");
-  std::unordered_map<Node*, std::vector<Tensor>> buffers;  // gradients waiting for each node's outputs
-  std::vector<Node*> stack;
+  const uint64_t id = next_backward_id();
+  std::vector<Node*> stack, root_nodes;
   for (size_t i = 0; i < roots.size(); ++i) {
     const Variable& root = roots[i];
     NL_CHECK(root.defined(), "backward: root ", i, " is undefined");
@@ -50,29 +69,35 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& see
       continue;
     }
     Node* node = root.grad_fn().get();
-    auto& slots = buffers[node];
-    slots.resize(node->outputs().size());
-    accumulate(slots[root.output_nr()], seed);
-    stack.push_back(node);
+    if (E::visit(*node) != id) {
+      E::visit(*node) = id;
+      E::pending(*node) = 0;
+      E::grads(*node).clear();
+      root_nodes.push_back(node);
+    }
+    accumulate_output(*node, root.output_nr(), seed);
   }
 
   // Count, for every reachable node, how many edges lead into it.
-  std::unordered_map<Node*, int> pending;
-  std::unordered_set<Node*> seen(stack.begin(), stack.end());
-  std::vector<Node*> roots_nodes(seen.begin(), seen.end());
+  stack = root_nodes;
   while (!stack.empty()) {
     Node* n = stack.back();
     stack.pop_back();
     for (const Variable& in : n->inputs()) {
       Node* next = in.grad_fn().get();
       if (!next) continue;
-      pending[next]++;
-      if (seen.insert(next).second) stack.push_back(next);
+      if (E::visit(*next) != id) {
+        E::visit(*next) = id;
+        E::pending(*next) = 0;
+        E::grads(*next).clear();
+        stack.push_back(next);
+      }
+      E::pending(*next)++;
     }
   }
   std::vector<Node*> ready;
-  for (Node* n : roots_nodes)
-    if (pending[n] == 0) ready.push_back(n);
+  for (Node* n : root_nodes)
+    if (E::pending(*n) == 0) ready.push_back(n);
 
   // Nodes freed by this backward must outlive the loop (an input's grad_fn may be the last
   // owner of the next node).
@@ -83,8 +108,8 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& see
     NL_CHECK(!node->released(), "backward: the graph through node '", node->name(),
              "' was already freed by an earlier backward(); pass retain_graph=true to the first call to "
              "backpropagate through it again");
-    std::vector<Tensor> grad_out = std::move(buffers[node]);
-    buffers.erase(node);
+    std::vector<Tensor> grad_out = std::move(E::grads(*node));
+    E::grads(*node).clear();
     grad_out.resize(node->outputs().size());
     for (size_t k = 0; k < grad_out.size(); ++k)
       if (!grad_out[k].defined()) grad_out[k] = zeros(node->outputs()[k].shape, node->outputs()[k].dtype);
@@ -97,20 +122,15 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& see
     for (size_t i = 0; i < inputs.size(); ++i) {
       const Variable& in = inputs[i];
       const Tensor& g = grad_in[i];
+      Node* next = in.grad_fn().get();
       if (in.requires_grad() && g.defined()) {
         NL_CHECK(g.shape() == in.shape() && g.dtype() == in.dtype(), "backward: node '", node->name(),
                  "' returned a gradient of shape ", to_string(g.shape()), " (", dtype_name(g.dtype()),
                  ") for input ", i, " of shape ", to_string(in.shape()), " (", dtype_name(in.dtype()), ")");
-        if (Node* next = in.grad_fn().get()) {
-          auto& slots = buffers[next];
-          slots.resize(next->outputs().size());
-          accumulate(slots[in.output_nr()], g);
-        } else {
-          accumulate_leaf(*in.impl(), g);
-        }
+        if (next) accumulate_output(*next, in.output_nr(), g);
+        else accumulate_leaf(*in.impl(), g);
       }
-      if (Node* next = in.grad_fn().get())
-        if (--pending[next] == 0) ready.push_back(next);
+      if (next && --E::pending(*next) == 0) ready.push_back(next);
     }
     if (!retain_graph) {
       for (const Variable& in : inputs)

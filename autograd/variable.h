@@ -92,10 +92,15 @@ class Node {
 
  private:
   friend std::vector<Variable> make_outputs(const std::shared_ptr<Node>&, std::vector<Variable>, std::vector<Tensor>);
+  friend struct EngineAccess;
   std::string name_;
   std::vector<Variable> inputs_;
   std::vector<OutputMeta> outputs_;
   bool released_ = false;
+  // Engine state, used only while a backward runs through this node.
+  uint64_t visit_ = 0;             // id of the last backward that reached this node
+  int pending_ = 0;                // consumers that have not yet sent their gradient
+  std::vector<Tensor> grad_outs_;  // gradients summed so far, one per output
 };
 
 // A node whose backward is a function (flashlight's pattern): the lambda captures only
