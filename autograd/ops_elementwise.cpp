@@ -110,23 +110,24 @@ Variable relu(const Variable& x) {
                   [](auto y, auto g) { return y > 0 ? g : decltype(y)(0); });
 }
 
-// GELU, tanh form: y = 0.5 x (1 + t), t = tanh(u), u = k (x + c x^3), k = sqrt(2/pi), c = 0.044715.
-// dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2).
 namespace {
 constexpr double kGeluK = 0.79788456080286535588;  // sqrt(2/pi)
 constexpr double kGeluC = 0.044715;
 }  // namespace
 
+// GELU, tanh form: y = 0.5 x (1 + tanh(u)), u = k (x + c x^3), k = sqrt(2/pi), c = 0.044715.
+// Computed through the identity 0.5 (1 + tanh(u)) = sigmoid(2u) =: s (one exp, no tanh):
+//   y = x s,  dy/dx = s + x * 2 s (1 - s) * k (1 + 3 c x^2).
 Variable gelu(const Variable& x) {
   return unary_op("gelu", x, Saves::input,
       [](auto v) {
         using T = decltype(v);
-        return T(0.5) * v * (T(1) + std::tanh(T(kGeluK) * (v + T(kGeluC) * v * v * v)));
+        return v / (T(1) + std::exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
       },
       [](auto v, auto g) {
         using T = decltype(v);
-        const T t = std::tanh(T(kGeluK) * (v + T(kGeluC) * v * v * v));
-        return g * (T(0.5) * (T(1) + t) + T(0.5) * v * (T(1) - t * t) * T(kGeluK) * (T(1) + T(3 * kGeluC) * v * v));
+        const T s = T(1) / (T(1) + std::exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
+        return g * (s + v * T(2) * s * (T(1) - s) * T(kGeluK) * (T(1) + T(3 * kGeluC) * v * v));
       });
 }
 
