@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include "autograd/ops.h"
 #include "framework/tensor_ops.h"
@@ -156,6 +157,28 @@ BOOST_AUTO_TEST_CASE(dropout_masks_scales_and_is_seeded) {
   BOOST_TEST(dropout(x, 0.25, false, g1).same(x));  // eval: identity
   BOOST_TEST(dropout(x, 0.0, true, g1).same(x));
   BOOST_TEST(contains(error_of([&] { dropout(x, 1.0, true, g1); }), "1"));
+}
+
+BOOST_AUTO_TEST_CASE(forward_values_match_their_formulas) {
+  // gelu is the tanh form, silu is x * sigmoid(x), in f64 and (to f32 rounding) in f32.
+  std::vector<double> xs;
+  for (double v = -12; v <= 12; v += 0.37) xs.push_back(v);
+  const Shape shape{int64_t(xs.size())};
+  const Variable x64(from_vector(xs, shape, DType::f64)), x32(from_vector(xs, shape, DType::f32));
+  const Tensor g64 = gelu(x64).data(), g32 = gelu(x32).data(), s64 = silu(x64).data();
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double v = xs[i];
+    const double gelu_ref = 0.5 * v * (1 + std::tanh(std::sqrt(2 / std::numbers::pi) * (v + 0.044715 * v * v * v)));
+    BOOST_TEST(std::abs(g64.at({int64_t(i)}) - gelu_ref) <= 1e-15 * std::max(1.0, std::abs(v)));
+    BOOST_TEST(std::abs(g32.at({int64_t(i)}) - gelu_ref) <= 2e-7 * std::max(1.0, std::abs(v)));
+    BOOST_TEST(std::abs(s64.at({int64_t(i)}) - v / (1 + std::exp(-v))) <= 1e-15 * std::max(1.0, std::abs(v)));
+  }
+  // cross_entropy with z-loss against a hand computation over two tokens (one ignored).
+  const Variable logits(from_vector<double>({1, 2, 3, 0.5, -1, 4}, {3, 2}));
+  const Tensor targets = from_vector<int64_t>({1, -100, 0}, {3});
+  const double lse0 = std::log(std::exp(1.0) + std::exp(2.0)), lse2 = std::log(std::exp(-1.0) + std::exp(4.0));
+  const double expect = ((lse0 - 2 + 0.1 * lse0 * lse0) + (lse2 + 1 + 0.1 * lse2 * lse2)) / 2;
+  BOOST_TEST(std::abs(cross_entropy(logits, targets, -100, 0.1).item() - expect) < 1e-14);
 }
 
 BOOST_AUTO_TEST_CASE(op_errors_name_the_bad_values) {
