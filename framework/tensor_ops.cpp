@@ -278,15 +278,23 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
 }
 
 double max_abs(const Tensor& x) {
-  double m = 0;
-  for (double v : x.to_vector<double>()) m = std::max(m, std::abs(v));
-  return m;
+  const Tensor c = x.contiguous();
+  return NL_DISPATCH_FLOATING(c.dtype(), "max_abs", [&] {
+    const scalar_t* p = c.data<scalar_t>();
+    double m = 0;
+    for (int64_t i = 0; i < c.numel(); ++i) m = std::max(m, double(std::abs(p[i])));
+    return m;
+  });
 }
 
 bool all_finite(const Tensor& x) {
-  for (double v : x.to_vector<double>())
-    if (!std::isfinite(v)) return false;
-  return true;
+  const Tensor c = x.contiguous();
+  return NL_DISPATCH_FLOATING(c.dtype(), "all_finite", [&] {
+    const scalar_t* p = c.data<scalar_t>();
+    bool finite = true;
+    for (int64_t i = 0; i < c.numel(); ++i) finite &= std::isfinite(p[i]);
+    return finite;
+  });
 }
 
 }  // namespace normlab

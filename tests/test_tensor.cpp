@@ -1,6 +1,8 @@
 // Tensor, views, factories, RNG, allocator, parallel_for and error messages.
 #include <boost/test/unit_test.hpp>
 
+#include <limits>
+
 #include "framework/allocator.h"
 #include "framework/parallel.h"
 #include "framework/tensor.h"
@@ -191,6 +193,13 @@ BOOST_AUTO_TEST_CASE(elementwise_and_reductions) {
   Tensor sm = softmax_lastdim(from_vector<double>({1000, 1000, -1e9}, {3}));
   BOOST_TEST(std::abs(sm.at({0}) - 0.5) < 1e-15);
   BOOST_TEST(cat({a, a}, 0).shape() == Shape({4, 3}));
+  BOOST_TEST(max_abs(from_vector<double>({1, -7, 3}, {3})) == 7.0);
+  Tensor f = from_vector<float>({1, 2, 3}, {3});
+  BOOST_TEST(all_finite(f));
+  f.set({1}, std::numeric_limits<double>::quiet_NaN());
+  BOOST_TEST(!all_finite(f));
+  f.set({1}, -std::numeric_limits<double>::infinity());
+  BOOST_TEST(!all_finite(f));
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_names_the_values) {
