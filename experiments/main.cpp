@@ -18,7 +18,8 @@ void print_help() {
       "\n"
       "commands:\n"
       "  demo [--steps N] [--seed S]   train a small attention model on the previous-token task\n"
-      "  bench                         matmul backends, engine overhead and copy bandwidth, side by side\n"
+      "  bench [--depth N]             matmul backends, engine overhead, copy bandwidth and a\n"
+      "                                transformer step of depth N (48) built from the ops\n"
       "  --help                        this text\n"
       "  --version                     the version\n",
       NORMLAB_VERSION);
@@ -69,11 +70,18 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "bench") {
-    if (argc > 2) {
-      std::fprintf(stderr, "normlab bench: unknown argument '%s' (see normlab --help)\n", argv[2]);
-      return 2;
+    int depth = 48;
+    for (int i = 2; i < argc; ++i) {
+      const std::string flag = argv[i];
+      if (flag == "--depth") {
+        depth = int(parse_int("--depth", i + 1 < argc ? argv[i + 1] : nullptr));
+        ++i;
+      } else {
+        std::fprintf(stderr, "normlab bench: unknown flag '%s' (see normlab --help)\n", flag.c_str());
+        return 2;
+      }
     }
-    normlab::run_foundation_bench();
+    normlab::run_foundation_bench(depth);
     return 0;
   }
   std::fprintf(stderr, "normlab: unknown command '%s' (see normlab --help)\n", command.c_str());
