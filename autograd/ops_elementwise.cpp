@@ -4,6 +4,7 @@
 
 #include "autograd/ops.h"
 #include "framework/elementwise.h"
+#include "framework/fast_math.h"
 #include "framework/tensor_ops.h"
 
 namespace normlab {
@@ -82,7 +83,7 @@ Variable pow(const Variable& x, double p) {
 }
 
 Variable exp(const Variable& x) {
-  return unary_op("exp", x, Saves::output, [](auto v) { return std::exp(v); }, [](auto y, auto g) { return g * y; });
+  return unary_op("exp", x, Saves::output, [](auto v) { return fast_exp(v); }, [](auto y, auto g) { return g * y; });
 }
 
 Variable log(const Variable& x) {
@@ -122,11 +123,11 @@ Variable gelu(const Variable& x) {
   return unary_op("gelu", x, Saves::input,
       [](auto v) {
         using T = decltype(v);
-        return v / (T(1) + std::exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
+        return v / (T(1) + fast_exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
       },
       [](auto v, auto g) {
         using T = decltype(v);
-        const T s = T(1) / (T(1) + std::exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
+        const T s = T(1) / (T(1) + fast_exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
         return g * (s + v * T(2) * s * (T(1) - s) * T(kGeluK) * (T(1) + T(3 * kGeluC) * v * v));
       });
 }
@@ -134,10 +135,10 @@ Variable gelu(const Variable& x) {
 // SiLU: y = x s, s = sigmoid(x); dy/dx = s (1 + x (1 - s)).
 Variable silu(const Variable& x) {
   return unary_op("silu", x, Saves::input,
-      [](auto v) { return v / (decltype(v)(1) + std::exp(-v)); },
+      [](auto v) { return v / (decltype(v)(1) + fast_exp(-v)); },
       [](auto v, auto g) {
         using T = decltype(v);
-        const T s = T(1) / (T(1) + std::exp(-v));
+        const T s = T(1) / (T(1) + fast_exp(-v));
         return g * s * (T(1) + v * (T(1) - s));
       });
 }

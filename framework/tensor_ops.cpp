@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "framework/elementwise.h"
+#include "framework/fast_math.h"
 #include "framework/parallel.h"
 
 namespace normlab {
@@ -215,7 +216,8 @@ Tensor softmax_lastdim(const Tensor& x) {
     for (int64_t i = 0; i < n; ++i) m = std::max(m, in[i]);
     if (m == -std::numeric_limits<T>::infinity()) m = 0;  // fully masked row
     double s = 0;
-    for (int64_t i = 0; i < n; ++i) s += double(out[i] = std::exp(in[i] - m));
+    for (int64_t i = 0; i < n; ++i) out[i] = fast_exp(in[i] - m);
+    for (int64_t i = 0; i < n; ++i) s += double(out[i]);
     const T inv = T(1.0 / s);
     for (int64_t i = 0; i < n; ++i) out[i] *= inv;
   });
@@ -248,7 +250,7 @@ Tensor log_softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(g)>>;
     double s = 0;
     for (int64_t i = 0; i < n; ++i) s += double(g[i]);
-    for (int64_t i = 0; i < n; ++i) dx[i] = g[i] - std::exp(yy[i]) * T(s);
+    for (int64_t i = 0; i < n; ++i) dx[i] = g[i] - fast_exp(yy[i]) * T(s);
   });
 }
 

@@ -1,9 +1,12 @@
 // Tensor, views, factories, RNG, allocator, parallel_for and error messages.
 #include <boost/test/unit_test.hpp>
 
+#include <bit>
+#include <cmath>
 #include <limits>
 
 #include "framework/allocator.h"
+#include "framework/fast_math.h"
 #include "framework/parallel.h"
 #include "framework/tensor.h"
 #include "framework/tensor_ops.h"
@@ -200,6 +203,20 @@ BOOST_AUTO_TEST_CASE(elementwise_and_reductions) {
   BOOST_TEST(!all_finite(f));
   f.set({1}, -std::numeric_limits<double>::infinity());
   BOOST_TEST(!all_finite(f));
+}
+
+BOOST_AUTO_TEST_CASE(exp_f32_is_within_two_ulp) {
+  auto ulps = [](float a, float b) { return std::abs(int64_t(std::bit_cast<int32_t>(a)) - std::bit_cast<int32_t>(b)); };
+  int64_t worst = 0, count = 0;
+  for (float x = -87.33f; x <= 88.37f; x += 1e-3f + 1e-4f * std::abs(x), ++count)
+    worst = std::max(worst, ulps(exp_f32(x), float(std::exp(double(x)))));
+  BOOST_TEST(count > 40000);
+  BOOST_TEST(worst <= 2);
+  BOOST_TEST(exp_f32(0.0f) == 1.0f);
+  BOOST_TEST(exp_f32(-100.0f) == 0.0f);
+  BOOST_TEST(exp_f32(-std::numeric_limits<float>::infinity()) == 0.0f);
+  BOOST_TEST(std::isinf(exp_f32(100.0f)));
+  BOOST_TEST(std::isnan(exp_f32(std::numeric_limits<float>::quiet_NaN())));
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_names_the_values) {

@@ -1,0 +1,44 @@
+// Inlinable f32 math that the compiler can vectorize (glibc's expf is an opaque call per
+// element). f64 keeps the C library's functions, so the f64 gradient checks see libm.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace normlab {
+
+// exp for float: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then Cephes' degree-6
+// polynomial for e^r, scaled by 2^n built from its bits. Within 2 ulp of the correctly
+// rounded result on [-87.33, 88.37] (tests/test_tensor.cpp sweeps the range); 0 below
+// (where e^x would be subnormal), +inf above; NaN stays NaN.
+inline float exp_f32(float x) {
+  constexpr float kLo = -87.33654f, kHi = 88.37626f;  // 2^n stays a normal float
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  float xc = x >= kLo ? x : kLo;         // also maps NaN to kLo (fixed below)
+  xc = xc <= kHi ? xc : kHi;
+  const float n = (xc * kLog2e + kRound) - kRound;
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const float scale = std::bit_cast<float>((int32_t(n) + 127) << 23);
+  float y = p * scale;
+  y = x > kHi ? std::numeric_limits<float>::infinity() : y;
+  y = x < kLo ? 0.0f : y;
+  return x != x ? x : y;
+}
+
+template <class T> inline T fast_exp(T x) {
+  if constexpr (std::is_same_v<T, float>) return exp_f32(x);
+  else return std::exp(x);
+}
+
+}  // namespace normlab
