@@ -11,6 +11,7 @@
 #include "autograd/module.h"
 #include "autograd/ops.h"
 #include "framework/allocator.h"
+#include "framework/fast_math.h"
 #include "framework/matmul.h"
 #include "framework/parallel.h"
 #include "framework/tensor_ops.h"
@@ -93,6 +94,20 @@ void bench_copy() {
   std::printf("add (x + x)           %8.2f  (%.2fx of the copy, counting one read)\n", bytes / t_add * 1e-9, t_copy / t_add);
 }
 
+void bench_exp() {
+  std::printf("\nexp, f32, one thread (ns per element)\n");
+  Generator gen(2);
+  const Tensor x = uniform({1 << 16}, gen, -20.0, 20.0);
+  Tensor y = empty_like(x);
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const int64_t n = x.numel();
+  const double t_fast = time_median(50, [&] { for (int64_t i = 0; i < n; ++i) yp[i] = exp_f32(xp[i]); });
+  const double t_libm = time_median(50, [&] { for (int64_t i = 0; i < n; ++i) yp[i] = std::exp(xp[i]); });
+  std::printf("exp_f32 %6.2f   libm expf %6.2f   (%.1fx)\n", t_fast * 1e9 / double(n), t_libm * 1e9 / double(n),
+              t_libm / t_fast);
+}
+
 // LayerNorm composed of autograd ops (the hand-derived layers come with norm/).
 Variable composed_layer_norm(const Variable& x) {
   const Variable centered = x - mean(x, {-1}, true);
@@ -146,6 +161,7 @@ void run_foundation_bench(int depth) {
   bench_matmul();
   bench_engine();
   bench_copy();
+  bench_exp();
   bench_transformer_step(depth);
 }
 
