@@ -137,14 +137,7 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, int64_t ig
     const scalar_t* xp = x.data<scalar_t>();
     double* lp = lse.data<double>();
     parallel_for(0, T, std::max<int64_t>(1, 4096 / std::max<int64_t>(V, 1)), [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const scalar_t* row = xp + t * V;
-        double m = -std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j < V; ++j) m = std::max(m, double(row[j]));
-        double s = 0;
-        for (int64_t j = 0; j < V; ++j) s += std::exp(double(row[j]) - m);
-        lp[t] = m + std::log(s);
-      }
+      for (int64_t t = b; t < e; ++t) lp[t] = log_sum_exp(xp + t * V, V);
     });
     for (int64_t t = 0; t < T; ++t)  // in order: deterministic
       if (tp[t] != ignore_index) total += lp[t] - double(xp[t * V + tp[t]]) + z_loss * lp[t] * lp[t];

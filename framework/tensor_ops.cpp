@@ -226,12 +226,7 @@ Tensor softmax_lastdim(const Tensor& x) {
 Tensor log_softmax_lastdim(const Tensor& x) {
   return map_rows(x, "log_softmax", [](const auto* in, auto* out, int64_t n) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
-    T m = -std::numeric_limits<T>::infinity();
-    for (int64_t i = 0; i < n; ++i) m = std::max(m, in[i]);
-    if (m == -std::numeric_limits<T>::infinity()) m = 0;
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i) s += std::exp(double(in[i] - m));
-    const T lse = T(double(m) + std::log(s));
+    const T lse = T(log_sum_exp(in, n));
     for (int64_t i = 0; i < n; ++i) out[i] = in[i] - lse;
   });
 }

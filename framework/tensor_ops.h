@@ -1,6 +1,9 @@
 // Eager, non-differentiable math on Tensors (f32 and f64): the kernels behind autograd's ops.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -34,6 +37,18 @@ Tensor softmax_lastdim(const Tensor& x);
 Tensor log_softmax_lastdim(const Tensor& x);
 Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y);      // y * (dy - sum(dy * y))
 Tensor log_softmax_lastdim_backward(const Tensor& dy, const Tensor& y);  // dy - exp(y) * sum(dy)
+
+// log(sum_i exp(x_i)) over one row of n values, in double and shifted by the row's maximum so
+// it cannot overflow; -inf for a row that is empty or all -inf. (Softmax normalizer, log Z.)
+template <class T>
+double log_sum_exp(const T* x, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, double(x[i]));
+  if (m == -std::numeric_limits<double>::infinity()) return m;
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(double(x[i]) - m);
+  return m + std::log(s);
+}
 
 // Concatenation along a dim; all other dims must match.
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
