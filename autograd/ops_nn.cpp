@@ -1,6 +1,5 @@
 // Matmul, softmax, causal masking, embedding, cross-entropy and dropout, with gradients.
 #include <cmath>
-#include <limits>
 
 #include "autograd/ops.h"
 #include "framework/elementwise.h"
