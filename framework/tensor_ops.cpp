@@ -1,7 +1,9 @@
 #include "framework/tensor_ops.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <tuple>
 #include <limits>
 
 #include "framework/elementwise.h"
@@ -172,36 +174,23 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 
 namespace {
 
-// Applies f(in_row, out_row, n) to every row of x viewed as [rows, last dim].
-template <class F>
-Tensor map_rows(const Tensor& x, const char* op, const F& f) {
+// Applies f(row of each input..., out_row, n) to every row of the inputs viewed as
+// [rows, last dim]; every input has the first one's shape and dtype.
+template <class F, class... Rest>
+Tensor map_rows(const char* op, const F& f, const Tensor& x, const Rest&... rest) {
   NL_CHECK(x.dim() >= 1, op, ": expected at least 1 dim, got shape ", to_string(x.shape()));
-  const Tensor xc = x.contiguous();
+  for (const Tensor& t : std::initializer_list<Tensor>{x, rest...}) {
+    NL_CHECK(t.shape() == x.shape(), op, ": shapes ", to_string(x.shape()), " and ", to_string(t.shape()), " differ");
+    NL_CHECK(t.dtype() == x.dtype(), op, ": dtypes ", dtype_name(x.dtype()), " and ", dtype_name(t.dtype()), " differ");
+  }
+  const std::array<Tensor, 1 + sizeof...(Rest)> in{x.contiguous(), rest.contiguous()...};
   Tensor out = empty(x.shape(), x.dtype());
   const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
   NL_DISPATCH_FLOATING(x.dtype(), op, [&] {
-    const scalar_t* p = xc.data<scalar_t>();
     scalar_t* o = out.data<scalar_t>();
     parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1)), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) f(p + r * n, o + r * n, n);
-    });
-  });
-  return out;
-}
-
-template <class F>
-Tensor map_rows2(const Tensor& a, const Tensor& b, const char* op, const F& f) {
-  NL_CHECK(a.shape() == b.shape(), op, ": shapes ", to_string(a.shape()), " and ", to_string(b.shape()), " differ");
-  NL_CHECK(a.dtype() == b.dtype(), op, ": dtypes ", dtype_name(a.dtype()), " and ", dtype_name(b.dtype()), " differ");
-  const Tensor ac = a.contiguous(), bc = b.contiguous();
-  Tensor out = empty(a.shape(), a.dtype());
-  const int64_t n = a.dim() == 0 ? 1 : a.size(-1), rows = n == 0 ? 0 : a.numel() / n;
-  NL_DISPATCH_FLOATING(a.dtype(), op, [&] {
-    const scalar_t* pa = ac.data<scalar_t>();
-    const scalar_t* pb = bc.data<scalar_t>();
-    scalar_t* o = out.data<scalar_t>();
-    parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1)), [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) f(pa + r * n, pb + r * n, o + r * n, n);
+      for (int64_t r = b; r < e; ++r)
+        std::apply([&](const auto&... t) { f(t.template data<scalar_t>() + r * n..., o + r * n, n); }, in);
     });
   });
   return out;
@@ -210,7 +199,7 @@ Tensor map_rows2(const Tensor& a, const Tensor& b, const char* op, const F& f) {
 }  // namespace
 
 Tensor softmax_lastdim(const Tensor& x) {
-  return map_rows(x, "softmax", [](const auto* in, auto* out, int64_t n) {
+  return map_rows("softmax", [](const auto* in, auto* out, int64_t n) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
     T m = -std::numeric_limits<T>::infinity();
     for (int64_t i = 0; i < n; ++i) m = std::max(m, in[i]);
@@ -220,33 +209,33 @@ Tensor softmax_lastdim(const Tensor& x) {
     for (int64_t i = 0; i < n; ++i) s += double(out[i]);
     const T inv = T(1.0 / s);
     for (int64_t i = 0; i < n; ++i) out[i] *= inv;
-  });
+  }, x);
 }
 
 Tensor log_softmax_lastdim(const Tensor& x) {
-  return map_rows(x, "log_softmax", [](const auto* in, auto* out, int64_t n) {
+  return map_rows("log_softmax", [](const auto* in, auto* out, int64_t n) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(in)>>;
     const T lse = T(log_sum_exp(in, n));
     for (int64_t i = 0; i < n; ++i) out[i] = in[i] - lse;
-  });
+  }, x);
 }
 
 Tensor softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
-  return map_rows2(dy, y, "softmax_backward", [](const auto* g, const auto* yy, auto* dx, int64_t n) {
+  return map_rows("softmax_backward", [](const auto* g, const auto* yy, auto* dx, int64_t n) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(g)>>;
     double dot = 0;
     for (int64_t i = 0; i < n; ++i) dot += double(g[i]) * double(yy[i]);
     for (int64_t i = 0; i < n; ++i) dx[i] = yy[i] * (g[i] - T(dot));
-  });
+  }, dy, y);
 }
 
 Tensor log_softmax_lastdim_backward(const Tensor& dy, const Tensor& y) {
-  return map_rows2(dy, y, "log_softmax_backward", [](const auto* g, const auto* yy, auto* dx, int64_t n) {
+  return map_rows("log_softmax_backward", [](const auto* g, const auto* yy, auto* dx, int64_t n) {
     using T = std::remove_cv_t<std::remove_pointer_t<decltype(g)>>;
     double s = 0;
     for (int64_t i = 0; i < n; ++i) s += double(g[i]);
     for (int64_t i = 0; i < n; ++i) dx[i] = g[i] - fast_exp(yy[i]) * T(s);
-  });
+  }, dy, y);
 }
 
 // ---------------------------------------------------------------------------------------------
