@@ -1,0 +1,91 @@
+// Shared plumbing of the norm layers: input checks, the (M rows x N features) view of a
+// tensor, and the deterministic column reduction behind dgamma/dbeta and batch statistics.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "autograd/module.h"
+#include "framework/error.h"
+#include "framework/parallel.h"
+#include "framework/tensor.h"
+
+namespace normlab {
+
+// Base of every norm module, so that placements and models can hold any of them.
+class NormLayer : public Module {
+ public:
+  virtual Variable forward(const Variable& x) = 0;
+};
+
+// Throws unless eps > 0 (and finite).
+inline void check_eps(double eps, const char* who) {
+  NL_CHECK(std::isfinite(eps) && eps > 0, who, ": eps must be a finite number > 0, got ", eps);
+}
+
+// Throws unless n >= 1.
+inline void check_features(int64_t n, const char* who, const char* what = "the feature size") {
+  NL_CHECK(n >= 1, who, ": ", what, " must be >= 1, got ", n);
+}
+
+// Checks that x is non-empty with last dim N, and returns the number of rows M = numel / N.
+inline int64_t rows_of(const Tensor& x, int64_t N, const char* who) {
+  NL_CHECK(x.defined(), who, ": the input is undefined");
+  NL_CHECK(x.dim() >= 1 && x.size(-1) == N, who, ": expected the last dim of the input to be ", N, ", got shape ",
+           to_string(x.shape()));
+  NL_CHECK(x.numel() > 0, who, ": the input is empty (shape ", to_string(x.shape()), ")");
+  return x.numel() / N;
+}
+
+// Throws unless t is a 1-D tensor of n elements with x's dtype (skipped when t is undefined).
+inline void check_vector(const Tensor& t, int64_t n, DType dtype, const char* who, const char* name) {
+  if (!t.defined()) return;
+  NL_CHECK(t.dim() == 1 && t.size(0) == n, who, ": ", name, " must have shape [", n, "], got ",
+           to_string(t.shape()));
+  NL_CHECK(t.dtype() == dtype, who, ": ", name, " has dtype ", dtype_name(t.dtype()), " but the input has ",
+           dtype_name(dtype));
+}
+
+// t's data, or null for an undefined tensor (optional gamma, beta, or an unwanted gradient).
+template <class T>
+T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
+// x's shape without its last dim: the shape of per-row statistics.
+inline Shape leading_shape(const Tensor& x) {
+  Shape s = x.shape();
+  s.pop_back();
+  return s;
+}
+
+// Rows per block of a deterministic row reduction: fixed by M alone, never by the thread count.
+inline int64_t reduction_block_rows(int64_t M) { return std::max<int64_t>(64, (M + 63) / 64); }
+
+// Sums per-row contributions into `width` double accumulators, deterministically: the rows
+// are cut into fixed blocks, each block accumulates into its own partial buffer (in
+// parallel), and the partials are added in block order. `row(i, acc)` adds row i's terms
+// into acc[0..width). The result is the same for any thread count.
+template <class F>
+std::vector<double> sum_rows(int64_t M, int64_t width, const F& row) {
+  const int64_t block = reduction_block_rows(M);
+  const int64_t blocks = (M + block - 1) / block;
+  std::vector<double> partial(size_t(blocks * width), 0.0);
+  parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      double* acc = partial.data() + b * width;
+      for (int64_t i = b * block, e = std::min(M, (b + 1) * block); i < e; ++i) row(i, acc);
+    }
+  });
+  std::vector<double> total(size_t(width), 0.0);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t j = 0; j < width; ++j) total[size_t(j)] += partial[size_t(b * width + j)];
+  return total;
+}
+
+// Rows per parallel_for chunk for per-row kernels of N features (about 16K elements a chunk).
+inline int64_t row_grain(int64_t N) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)); }
+
+}  // namespace normlab

@@ -1,0 +1,59 @@
+// LayerNorm (Ba et al. 2016): y = (x - mean) * rstd * gamma + beta over the last N features,
+// rstd = 1 / sqrt(var + eps) with the biased variance; saves mean and rstd per row.
+#pragma once
+
+#include "norm/common.h"
+
+namespace normlab {
+
+// ---- Reference kernels: M rows of N features, row-major; T is float or double. ----
+// gamma and beta may be null (no affine). Statistics accumulate in double.
+template <class T>
+void layer_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t M, int64_t N,
+                        double eps);
+// Writes dx, dgamma, dbeta (each may be null when not wanted); gamma may be null.
+template <class T>
+void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                         const T* rstd, int64_t M, int64_t N);
+
+// ---- Tensor level: x [..., N]; mean and rstd have x's leading shape. ----
+struct LayerNormStats {
+  Tensor y, mean, rstd;
+};
+LayerNormStats layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps);
+struct LayerNormGrads {
+  Tensor dx, dgamma, dbeta;
+};
+LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
+                                   const Tensor& rstd, bool want_dx, bool want_dgamma, bool want_dbeta);
+
+// ---- Autograd ----
+// The node of layer_norm: inputs (x, gamma?, beta?), its saved tensors visible for inspection.
+class LayerNormNode : public Node {
+ public:
+  LayerNormNode(Tensor x, Tensor gamma, Tensor mean, Tensor rstd, bool has_beta)
+      : Node("layer_norm"), x(std::move(x)), gamma(std::move(gamma)), mean(std::move(mean)), rstd(std::move(rstd)),
+        has_beta(has_beta) {}
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override;
+  void release() override;
+
+  Tensor x, gamma, mean, rstd;  // gamma undefined without affine
+  bool has_beta;
+};
+
+// gamma and beta may be undefined Variables (no affine / no bias).
+Variable layer_norm(const Variable& x, const Variable& gamma, const Variable& beta, double eps = 1e-5);
+
+// ---- Module: weight (ones) and bias (zeros) of [N] unless disabled. ----
+class LayerNorm : public NormLayer {
+ public:
+  explicit LayerNorm(int64_t N, double eps = 1e-5, bool elementwise_affine = true, bool bias = true,
+                     DType dtype = DType::f32);
+  Variable forward(const Variable& x) override;
+
+  int64_t N;
+  double eps;
+  Variable weight, bias;  // undefined when disabled
+};
+
+}  // namespace normlab
