@@ -1,0 +1,335 @@
+#include "norm/batch_norm/batch_norm.h"
+
+namespace normlab {
+
+// ---- Channel-norm kernels (shared with GroupNorm) ----
+
+template <class T>
+void channel_norm_apply(T* y, const T* x, const T* gamma, const T* beta, const double* mean, const double* rstd,
+                        int64_t N, int64_t C, int64_t S, ChannelStatMap map) {
+  parallel_for(0, N * C, row_grain(S), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t n = i / C, c = i % C, k = map(n, c);
+      const double mu = mean[k], rs = rstd[k];
+      const double g = gamma ? double(gamma[c]) : 1.0, b = beta ? double(beta[c]) : 0.0;
+      const T* xi = x + i * S;
+      T* yi = y + i * S;
+      for (int64_t s = 0; s < S; ++s) yi[s] = T((double(xi[s]) - mu) * rs * g + b);
+    }
+  });
+}
+
+// xhat = (x - mean_k) * rstd_k,  dxhat = dy * gamma_c,  k = map(n, c)
+// per row (n, c):  row_dy = sum_s dy,  row_dy_xhat = sum_s dy * xhat
+// dbeta_c = sum_n row_dy,  dgamma_c = sum_n row_dy_xhat                      (sum_rows: deterministic)
+// per statistic k, over the `count` values it normalizes:
+//   mean_dxhat = sum_{(n,c) in k} gamma_c * row_dy / count
+//   mean_dxhat_xhat = sum_{(n,c) in k} gamma_c * row_dy_xhat / count
+// batch statistics: dx = rstd_k * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+// fixed statistics: dx = rstd_k * dxhat   (mean and rstd do not depend on x)
+template <class T>
+void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                           const T* rstd, int64_t N, int64_t C, int64_t S, ChannelStatMap map, bool fixed_stats) {
+  const int64_t rows = N * C;
+  const bool shared = map.per_sample == 0;  // one statistic spans every sample (BatchNorm)
+  const bool dx_sums = dx && !fixed_stats;
+  const bool col_sums = dgamma || dbeta || (dx_sums && shared);
+  std::vector<double> row_dy, row_dy_xhat;
+  if (col_sums || dx_sums) {
+    row_dy.resize(size_t(rows));
+    row_dy_xhat.resize(size_t(rows));
+    parallel_for(0, rows, row_grain(S), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const int64_t k = map(i / C, i % C);
+        const double mu = double(mean[k]), rs = double(rstd[k]);
+        const T* xi = x + i * S;
+        const T* dyi = dy + i * S;
+        double sum_dy = 0, sum_dy_xhat = 0;
+        for (int64_t s = 0; s < S; ++s) {
+          sum_dy += double(dyi[s]);
+          sum_dy_xhat += double(dyi[s]) * (double(xi[s]) - mu) * rs;
+        }
+        row_dy[size_t(i)] = sum_dy;
+        row_dy_xhat[size_t(i)] = sum_dy_xhat;
+      }
+    });
+  }
+  // col[0..C): dgamma, col[C..2C): dbeta
+  std::vector<double> col;
+  if (col_sums) {
+    col = sum_rows(N, 2 * C, [&](int64_t n, double* a) {
+      for (int64_t c = 0; c < C; ++c) {
+        a[c] += row_dy_xhat[size_t(n * C + c)];
+        a[C + c] += row_dy[size_t(n * C + c)];
+      }
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      if (dgamma) dgamma[c] = T(col[size_t(c)]);
+      if (dbeta) dbeta[c] = T(col[size_t(C + c)]);
+    }
+  }
+  if (!dx) return;
+  // Per statistic: sum of dxhat and of dxhat * xhat, gathered in a fixed order.
+  std::vector<double> sum_dxhat, sum_dxhat_xhat;
+  if (dx_sums) {
+    const int64_t stats = shared ? (C + map.channels_per_stat - 1) / map.channels_per_stat : N * map.per_sample;
+    sum_dxhat.assign(size_t(stats), 0.0);
+    sum_dxhat_xhat.assign(size_t(stats), 0.0);
+    const int64_t src_rows = shared ? 1 : N;  // shared: the column sums, already over every sample
+    const double* src_dy = shared ? col.data() + C : row_dy.data();
+    const double* src_dy_xhat = shared ? col.data() : row_dy_xhat.data();
+    for (int64_t n = 0; n < src_rows; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t k = map(n, c);
+        const double g = gamma ? double(gamma[c]) : 1.0;
+        sum_dxhat[size_t(k)] += g * src_dy[n * C + c];
+        sum_dxhat_xhat[size_t(k)] += g * src_dy_xhat[n * C + c];
+      }
+  }
+  const double count = double(map.count(N, S));
+  parallel_for(0, rows, row_grain(S), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t c = i % C, k = map(i / C, c);
+      const double mu = double(mean[k]), rs = double(rstd[k]);
+      const double g = gamma ? double(gamma[c]) : 1.0;
+      const double mean_dxhat = dx_sums ? sum_dxhat[size_t(k)] / count : 0.0;
+      const double mean_dxhat_xhat = dx_sums ? sum_dxhat_xhat[size_t(k)] / count : 0.0;
+      const T* xi = x + i * S;
+      const T* dyi = dy + i * S;
+      T* dxi = dx + i * S;
+      for (int64_t s = 0; s < S; ++s) {
+        const double xhat = (double(xi[s]) - mu) * rs;
+        const double dxhat = double(dyi[s]) * g;
+        dxi[s] = T(rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+      }
+    }
+  });
+}
+
+// ---- BatchNorm kernels ----
+
+namespace {
+constexpr ChannelStatMap per_channel{0, 1};
+}
+
+// Two passes over the batch (mean, then the centered sum of squares), each a deterministic
+// sum_rows over the N*C rows of L values: exact for channels with a large mean.
+template <class T>
+void batch_norm_forward_train(T* y, T* mean, T* rstd, T* running_mean, T* running_var, const T* x, const T* gamma,
+                              const T* beta, int64_t N, int64_t C, int64_t L, double eps, double momentum) {
+  const double count = double(N * L);  // >= 2 (checked by the Tensor level)
+  const std::vector<double> sum = sum_rows(N * C, C, [&](int64_t i, double* a) {
+    const T* xi = x + i * L;
+    double s = 0;
+    for (int64_t l = 0; l < L; ++l) s += double(xi[l]);
+    a[i % C] += s;
+  });
+  std::vector<double> mu(static_cast<size_t>(C)), rs(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) mu[size_t(c)] = sum[size_t(c)] / count;
+  const std::vector<double> ss = sum_rows(N * C, C, [&](int64_t i, double* a) {
+    const T* xi = x + i * L;
+    const double m = mu[size_t(i % C)];
+    double s = 0;
+    for (int64_t l = 0; l < L; ++l) s += (double(xi[l]) - m) * (double(xi[l]) - m);
+    a[i % C] += s;
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    const double var = ss[size_t(c)] / count;
+    rs[size_t(c)] = 1.0 / std::sqrt(var + eps);
+    mean[c] = T(mu[size_t(c)]);
+    rstd[c] = T(rs[size_t(c)]);
+    if (running_mean) running_mean[c] = T((1 - momentum) * double(running_mean[c]) + momentum * mu[size_t(c)]);
+    if (running_var)
+      running_var[c] = T((1 - momentum) * double(running_var[c]) + momentum * var * count / (count - 1));
+  }
+  channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, L, per_channel);
+}
+
+// Also writes the statistics it used (mean = running_mean, rstd = 1 / sqrt(running_var + eps))
+// for the backward.
+template <class T>
+void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                             const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
+                             double eps) {
+  std::vector<double> mu(static_cast<size_t>(C)), rs(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    mu[size_t(c)] = double(running_mean[c]);
+    rs[size_t(c)] = 1.0 / std::sqrt(double(running_var[c]) + eps);
+    mean[c] = running_mean[c];
+    rstd[c] = T(rs[size_t(c)]);
+  }
+  channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, L, per_channel);
+}
+
+// Statistics per channel over its count = N*L values (see channel_norm_backward):
+// xhat = (x - mean) * rstd,  dxhat = dy * gamma
+// training: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (means over the N*L values)
+// eval:     dx = rstd * dxhat                                                 (running statistics are constants)
+// dgamma = sum_{n,l} dy * xhat,  dbeta = sum_{n,l} dy
+template <class T>
+void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                         const T* rstd, int64_t N, int64_t C, int64_t L, bool training) {
+  channel_norm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, L, per_channel, !training);
+}
+
+#define NL_INSTANTIATE_BATCH_NORM(T)                                                                              \
+  template void channel_norm_apply<T>(T*, const T*, const T*, const T*, const double*, const double*, int64_t,     \
+                                      int64_t, int64_t, ChannelStatMap);                                           \
+  template void channel_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,    \
+                                         int64_t, int64_t, ChannelStatMap, bool);                                  \
+  template void batch_norm_forward_train<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t,    \
+                                            int64_t, double, double);                                              \
+  template void batch_norm_forward_eval<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,  \
+                                           int64_t, int64_t, double);                                              \
+  template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,      \
+                                       int64_t, int64_t, bool);
+NL_INSTANTIATE_BATCH_NORM(float)
+NL_INSTANTIATE_BATCH_NORM(double)
+#undef NL_INSTANTIATE_BATCH_NORM
+
+// ---- Tensor level ----
+
+namespace {
+void check_momentum(double momentum, const char* who) {
+  NL_CHECK(std::isfinite(momentum) && momentum >= 0 && momentum <= 1, who, ": momentum must be in [0, 1], got ",
+           momentum);
+}
+
+// A running statistic: updated in place, so it must be a contiguous [C] tensor of x's dtype.
+void check_running(const Tensor& t, int64_t C, DType dtype, const char* name) {
+  check_vector(t, C, dtype, "batch_norm", name);
+  NL_CHECK(!t.defined() || t.is_contiguous(), "batch_norm: ", name, " must be contiguous (it is updated in place)");
+}
+}  // namespace
+
+int64_t batch_norm_check_input(const Tensor& x, int64_t C, bool training, const char* who) {
+  NL_CHECK(x.defined(), who, ": the input is undefined");
+  NL_CHECK((x.dim() == 2 || x.dim() == 3) && x.size(1) == C, who, ": expected an input of shape [N, ", C,
+           "] or [N, ", C, ", L], got shape ", to_string(x.shape()));
+  NL_CHECK(x.numel() > 0, who, ": the input is empty (shape ", to_string(x.shape()), ")");
+  const int64_t L = x.dim() == 3 ? x.size(2) : 1;
+  NL_CHECK(!training || x.size(0) * L > 1, who, ": training needs more than one value per channel to compute ",
+           "a batch variance, got shape ", to_string(x.shape()));
+  return L;
+}
+
+BatchNormStats batch_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in,
+                                  const Tensor& running_mean, const Tensor& running_var, bool training,
+                                  double momentum, double eps) {
+  check_eps(eps, "batch_norm");
+  check_momentum(momentum, "batch_norm");
+  NL_CHECK(x_in.defined() && x_in.dim() >= 2, "batch_norm: expected an input of shape [N, C] or [N, C, L], got ",
+           x_in.defined() ? to_string(x_in.shape()) : std::string("an undefined tensor"));
+  const int64_t C = x_in.size(1);
+  const int64_t L = batch_norm_check_input(x_in, C, training, "batch_norm");
+  const int64_t N = x_in.size(0);
+  const DType dtype = x_in.dtype();
+  check_vector(gamma_in, C, dtype, "batch_norm", "gamma");
+  check_vector(beta_in, C, dtype, "batch_norm", "beta");
+  check_running(running_mean, C, dtype, "running_mean");
+  check_running(running_var, C, dtype, "running_var");
+  NL_CHECK(training || (running_mean.defined() && running_var.defined()),
+           "batch_norm: eval mode needs running_mean and running_var");
+  NL_CHECK(running_mean.defined() == running_var.defined(),
+           "batch_norm: running_mean and running_var must be both defined or both undefined");
+  const Tensor x = x_in.contiguous();
+  const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
+  const Tensor beta = beta_in.defined() ? beta_in.contiguous() : Tensor();
+  BatchNormStats out{empty(x.shape(), dtype), empty({C}, dtype), empty({C}, dtype)};
+  NL_DISPATCH_FLOATING(dtype, "batch_norm", [&] {
+    if (training)
+      batch_norm_forward_train<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
+                                         out.rstd.data<scalar_t>(), ptr_or_null<scalar_t>(running_mean),
+                                         ptr_or_null<scalar_t>(running_var), x.data<scalar_t>(),
+                                         ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), N, C, L, eps,
+                                         momentum);
+    else
+      batch_norm_forward_eval<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
+                                        x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
+                                        ptr_or_null<scalar_t>(beta), running_mean.data<scalar_t>(),
+                                        running_var.data<scalar_t>(), N, C, L, eps);
+  });
+  return out;
+}
+
+NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& gamma_in, const Tensor& mean,
+                                const Tensor& rstd, ChannelStatMap map, bool fixed_stats, bool want_dx,
+                                bool want_dgamma, bool want_dbeta, const char* who) {
+  NL_CHECK(dy_in.shape() == x.shape(), who, ": dy has shape ", to_string(dy_in.shape()), " but x has ",
+           to_string(x.shape()));
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
+  const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
+  const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
+  NormGrads g;
+  if (want_dx) g.dx = empty(x.shape(), x.dtype());
+  if (want_dgamma) g.dgamma = empty({C}, x.dtype());
+  if (want_dbeta) g.dbeta = empty({C}, x.dtype());
+  NL_DISPATCH_FLOATING(x.dtype(), who, [&] {
+    channel_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
+                                    ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(), xc.data<scalar_t>(),
+                                    ptr_or_null<scalar_t>(gamma), mean.contiguous().data<scalar_t>(),
+                                    rstd.contiguous().data<scalar_t>(), N, C, S, map, fixed_stats);
+  });
+  return g;
+}
+
+BatchNormGrads batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
+                                   const Tensor& rstd, bool training, bool want_dx, bool want_dgamma,
+                                   bool want_dbeta) {
+  return channel_norm_backward(dy, x, gamma, mean, rstd, per_channel, !training, want_dx, want_dgamma, want_dbeta,
+                               "batch_norm_backward");
+}
+
+// ---- Autograd ----
+
+std::vector<Tensor> AffineNormNode::backward(const std::vector<Tensor>& grad_outputs) {
+  const bool has_gamma = gamma.defined();
+  const size_t gamma_slot = 1, beta_slot = has_gamma ? 2 : 1;
+  NormGrads g = grads(grad_outputs[0], needs_input_grad(0), has_gamma && needs_input_grad(gamma_slot),
+                      has_beta && needs_input_grad(beta_slot));
+  std::vector<Tensor> out{g.dx};
+  if (has_gamma) out.push_back(g.dgamma);
+  if (has_beta) out.push_back(g.dbeta);
+  return out;
+}
+
+void AffineNormNode::release() {
+  x = gamma = mean = rstd = Tensor();
+  Node::release();
+}
+
+NormGrads BatchNormNode::grads(const Tensor& dy, bool want_dx, bool want_dgamma, bool want_dbeta) const {
+  return batch_norm_backward(dy, x, gamma, mean, rstd, training, want_dx, want_dgamma, want_dbeta);
+}
+
+Variable batch_norm(const Variable& x, const Variable& gamma, const Variable& beta, const Tensor& running_mean,
+                    const Tensor& running_var, bool training, double momentum, double eps) {
+  BatchNormStats s = batch_norm_forward(x.data(), data_or_undefined(gamma), data_or_undefined(beta), running_mean,
+                                        running_var, training, momentum, eps);
+  return affine_norm_output(x, gamma, beta, s.y, [&] {
+    return std::make_shared<BatchNormNode>(x.data(), data_or_undefined(gamma), s.mean, s.rstd, training,
+                                           beta.defined());
+  });
+}
+
+// ---- Module ----
+
+BatchNorm::BatchNorm(int64_t C_, double eps_, double momentum_, bool affine, DType dtype)
+    : C(C_), eps(eps_), momentum(momentum_) {
+  check_features(C, "BatchNorm", "the number of channels C");
+  check_eps(eps, "BatchNorm");
+  check_momentum(momentum, "BatchNorm");
+  if (affine) {
+    weight = register_parameter("weight", ones({C}, dtype));
+    bias = register_parameter("bias", zeros({C}, dtype));
+  }
+  register_buffer("running_mean", zeros({C}, dtype));
+  register_buffer("running_var", ones({C}, dtype));
+}
+
+Variable BatchNorm::forward(const Variable& x) {
+  batch_norm_check_input(x.data(), C, training(), "BatchNorm");
+  return batch_norm(x, weight, bias, running_mean(), running_var(), training(), momentum, eps);
+}
+
+}  // namespace normlab

@@ -1,0 +1,159 @@
+#include "norm/dyt/dyt.h"
+
+namespace normlab {
+
+namespace {
+// t = tanh(u) and dt/du = 1 - t^2; the identity ablation has t = u and dt/du = 1.
+inline double squash(double u, bool identity) { return identity ? u : std::tanh(u); }
+inline double squash_slope(double t, bool identity) { return identity ? 1.0 : 1.0 - t * t; }
+}  // namespace
+
+template <class T>
+void dyt_forward(T* y, const T* x, double alpha, const T* gamma, const T* beta, int64_t M, int64_t N, bool identity) {
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * N;
+      T* yi = y + i * N;
+      for (int64_t j = 0; j < N; ++j)
+        yi[j] = T(double(gamma[j]) * squash(alpha * double(xi[j]), identity) + double(beta[j]));
+    }
+  });
+}
+
+// u = alpha * x,  t = tanh(u) (identity: t = u),  dt_du = 1 - t^2 (identity: 1)
+// du = dy * gamma * dt_du
+// dx = du * alpha,  dalpha = sum_rows(du * x),  dgamma = sum_rows(dy * t),  dbeta = sum_rows(dy)
+// (So dalpha = sum(dx * x) / alpha: the DyT gradient-of-alpha identity the tests check.)
+template <class T>
+void dyt_backward(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x, double alpha, const T* gamma,
+                  int64_t M, int64_t N, bool identity) {
+  if (dx) {
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* xi = x + i * N;
+        const T* dyi = dy + i * N;
+        T* dxi = dx + i * N;
+        for (int64_t j = 0; j < N; ++j) {
+          const double t = squash(alpha * double(xi[j]), identity);
+          const double du = double(dyi[j]) * double(gamma[j]) * squash_slope(t, identity);
+          dxi[j] = T(du * alpha);
+        }
+      }
+    });
+  }
+  if (dalpha || dgamma || dbeta) {
+    // acc[0..N): dgamma, acc[N..2N): dbeta, acc[2N]: dalpha
+    const std::vector<double> acc = sum_rows(M, 2 * N + 1, [&](int64_t i, double* a) {
+      const T* xi = x + i * N;
+      const T* dyi = dy + i * N;
+      double row_dalpha = 0;
+      for (int64_t j = 0; j < N; ++j) {
+        const double t = squash(alpha * double(xi[j]), identity);
+        const double du = double(dyi[j]) * double(gamma[j]) * squash_slope(t, identity);
+        row_dalpha += du * double(xi[j]);
+        a[j] += double(dyi[j]) * t;
+        a[N + j] += double(dyi[j]);
+      }
+      a[2 * N] += row_dalpha;
+    });
+    for (int64_t j = 0; j < N; ++j) {
+      if (dgamma) dgamma[j] = T(acc[size_t(j)]);
+      if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);
+    }
+    if (dalpha) dalpha[0] = T(acc[size_t(2 * N)]);
+  }
+}
+
+template void dyt_forward<float>(float*, const float*, double, const float*, const float*, int64_t, int64_t, bool);
+template void dyt_forward<double>(double*, const double*, double, const double*, const double*, int64_t, int64_t,
+                                  bool);
+template void dyt_backward<float>(float*, float*, float*, float*, const float*, const float*, double, const float*,
+                                  int64_t, int64_t, bool);
+template void dyt_backward<double>(double*, double*, double*, double*, const double*, const double*, double,
+                                   const double*, int64_t, int64_t, bool);
+
+namespace {
+// Checks alpha ([1], x's dtype, finite) and returns its value.
+double alpha_value(const Tensor& alpha, DType dtype, const char* who) {
+  NL_CHECK(alpha.defined(), who, ": alpha is undefined");
+  check_vector(alpha, 1, dtype, who, "alpha");
+  const double a = alpha.item();
+  NL_CHECK(std::isfinite(a), who, ": alpha must be finite, got ", a);
+  return a;
+}
+}  // namespace
+
+Tensor dyt_forward(const Tensor& x_in, const Tensor& alpha, const Tensor& gamma_in, const Tensor& beta_in,
+                   bool identity) {
+  NL_CHECK(x_in.defined() && x_in.dim() >= 1, "dyt: the input needs at least 1 dim");
+  const int64_t N = x_in.size(-1);
+  const int64_t M = rows_of(x_in, N, "dyt");
+  const double a = alpha_value(alpha, x_in.dtype(), "dyt");
+  NL_CHECK(gamma_in.defined() && beta_in.defined(), "dyt: gamma and beta are required");
+  check_vector(gamma_in, N, x_in.dtype(), "dyt", "gamma");
+  check_vector(beta_in, N, x_in.dtype(), "dyt", "beta");
+  const Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
+  Tensor y = empty(x.shape(), x.dtype());
+  NL_DISPATCH_FLOATING(x.dtype(), "dyt", [&] {
+    dyt_forward<scalar_t>(y.data<scalar_t>(), x.data<scalar_t>(), a, gamma.data<scalar_t>(), beta.data<scalar_t>(),
+                          M, N, identity);
+  });
+  return y;
+}
+
+DyTGrads dyt_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& alpha, const Tensor& gamma_in,
+                      bool identity, bool want_dx, bool want_dalpha, bool want_dgamma, bool want_dbeta) {
+  const int64_t N = x_in.size(-1);
+  const int64_t M = x_in.numel() / N;
+  NL_CHECK(dy_in.shape() == x_in.shape(), "dyt_backward: dy has shape ", to_string(dy_in.shape()), " but x has ",
+           to_string(x_in.shape()));
+  const double a = alpha_value(alpha, x_in.dtype(), "dyt_backward");
+  const Tensor dy = dy_in.contiguous(), x = x_in.contiguous(), gamma = gamma_in.contiguous();
+  DyTGrads g;
+  if (want_dx) g.dx = empty(x.shape(), x.dtype());
+  if (want_dalpha) g.dalpha = empty({1}, x.dtype());
+  if (want_dgamma) g.dgamma = empty({N}, x.dtype());
+  if (want_dbeta) g.dbeta = empty({N}, x.dtype());
+  NL_DISPATCH_FLOATING(x.dtype(), "dyt_backward", [&] {
+    dyt_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dalpha),
+                           ptr_or_null<scalar_t>(g.dgamma), ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(),
+                           x.data<scalar_t>(), a, gamma.data<scalar_t>(), M, N, identity);
+  });
+  return g;
+}
+
+std::vector<Tensor> DyTNode::backward(const std::vector<Tensor>& grad_outputs) {
+  DyTGrads g = dyt_backward(grad_outputs[0], x, alpha, gamma, identity, needs_input_grad(0), needs_input_grad(1),
+                            needs_input_grad(2), needs_input_grad(3));
+  return {g.dx, g.dalpha, g.dgamma, g.dbeta};
+}
+
+void DyTNode::release() {
+  x = alpha = gamma = Tensor();
+  Node::release();
+}
+
+Variable dyt(const Variable& x, const Variable& alpha, const Variable& gamma, const Variable& beta, bool identity) {
+  NL_CHECK(x.defined() && alpha.defined() && gamma.defined() && beta.defined(),
+           "dyt: x, alpha, gamma and beta are all required");
+  Tensor y = dyt_forward(x.data(), alpha.data(), gamma.data(), beta.data(), identity);
+  std::vector<Variable> inputs{x, alpha, gamma, beta};
+  if (!any_requires_grad(inputs)) return Variable(y);
+  auto node = std::make_shared<DyTNode>(x.data(), alpha.data(), gamma.data(), identity);
+  return make_outputs(node, std::move(inputs), {y})[0];
+}
+
+DyT::DyT(int64_t N_, double alpha0, bool identity_, DType dtype) : N(N_), identity(identity_) {
+  check_features(N, "DyT");
+  NL_CHECK(std::isfinite(alpha0), "DyT: alpha0 must be finite, got ", alpha0);
+  alpha = register_parameter("alpha", full({1}, alpha0, dtype));
+  weight = register_parameter("weight", ones({N}, dtype));
+  bias = register_parameter("bias", zeros({N}, dtype));
+}
+
+Variable DyT::forward(const Variable& x) {
+  rows_of(x.data(), N, "DyT");
+  return dyt(x, alpha, weight, bias, identity);
+}
+
+}  // namespace normlab

@@ -1,0 +1,272 @@
+#include "norm/fused_add_norm/fused_add_norm.h"
+
+namespace normlab {
+
+namespace {
+
+// Runs f(i0, i1) on consecutive blocks of at most row_grain(N) rows, the blocks in parallel,
+// so that a fused kernel does all its steps on one block while it is in cache. The kernels
+// that f calls run serially inside (parallel_for does not nest).
+template <class F>
+void for_row_blocks(int64_t M, int64_t N, const F& f) {
+  const int64_t grain = row_grain(N);
+  parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t i0 = r0; i0 < r1; i0 += grain) f(i0, std::min(r1, i0 + grain));
+  });
+}
+
+// Forward of a fused pair: h = x + r on a block, then norm_rows(i0, i1) normalizes its rows of h.
+template <class T, class F>
+void add_then_norm(T* h, const T* x, const T* r, int64_t M, int64_t N, const F& norm_rows) {
+  for_row_blocks(M, N, [&](int64_t i0, int64_t i1) {
+    for (int64_t k = i0 * N; k < i1 * N; ++k) h[k] = x[k] + r[k];
+    norm_rows(i0, i1);
+  });
+}
+
+// Backward of a fused pair: norm_dx(i0, i1) writes the norm's dx for a block's rows of
+// dh_total, then dh (when given) is added: dh_total = dh + dx_norm.
+template <class T, class F>
+void norm_dx_plus_dh(T* dh_total, const T* dh, int64_t M, int64_t N, const F& norm_dx) {
+  for_row_blocks(M, N, [&](int64_t i0, int64_t i1) {
+    norm_dx(i0, i1);
+    if (dh)
+      for (int64_t k = i0 * N; k < i1 * N; ++k) dh_total[k] += dh[k];
+  });
+}
+
+// Checks that x and r are non-empty with one shape and dtype; returns the number of rows.
+int64_t rows_of_pair(const Tensor& x, const Tensor& r, const char* who) {
+  NL_CHECK(x.defined() && x.dim() >= 1, who, ": the input needs at least 1 dim");
+  NL_CHECK(r.defined(), who, ": the residual r is undefined");
+  NL_CHECK(r.shape() == x.shape(), who, ": the residual r has shape ", to_string(r.shape()), " but x has ",
+           to_string(x.shape()));
+  NL_CHECK(r.dtype() == x.dtype(), who, ": the residual r has dtype ", dtype_name(r.dtype()), " but x has ",
+           dtype_name(x.dtype()));
+  return rows_of(x, x.size(-1), who);
+}
+
+Tensor contiguous_or_undefined(const Tensor& t) { return t.defined() ? t.contiguous() : Tensor(); }
+
+// The operands of a fused backward, checked and contiguous, with h's rows M and features N.
+struct BackwardArgs {
+  Tensor dh, dy, h, gamma;  // dh and gamma may be undefined
+  int64_t M, N;
+};
+BackwardArgs backward_args(const Tensor& dh, const Tensor& dy, const Tensor& h, const Tensor& gamma,
+                           const char* who) {
+  NL_CHECK(dy.shape() == h.shape(), who, ": dy has shape ", to_string(dy.shape()), " but h has ",
+           to_string(h.shape()));
+  NL_CHECK(!dh.defined() || dh.shape() == h.shape(), who, ": dh has shape ", to_string(dh.shape()), " but h has ",
+           to_string(h.shape()));
+  const int64_t N = h.size(-1);
+  return {contiguous_or_undefined(dh), dy.contiguous(), h.contiguous(), contiguous_or_undefined(gamma),
+          h.numel() / N, N};
+}
+
+}  // namespace
+
+template <class T>
+void add_layer_norm_forward(T* h, T* y, T* mean, T* rstd, const T* x, const T* r, const T* gamma, const T* beta,
+                            int64_t M, int64_t N, double eps) {
+  add_then_norm(h, x, r, M, N, [&](int64_t i0, int64_t i1) {
+    layer_norm_forward<T>(y + i0 * N, mean + i0, rstd + i0, h + i0 * N, gamma, beta, i1 - i0, N, eps);
+  });
+}
+
+// h = x + r, so dL/dx = dL/dr = dL/dh (total) = dh + dh_norm, where dh_norm is layer_norm's
+// dx from dy (see layer_norm_backward):  dh_total = dh + rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+// dgamma, dbeta: layer_norm's, from dy and h.
+template <class T>
+void add_layer_norm_backward(T* dh_total, T* dgamma, T* dbeta, const T* dh, const T* dy, const T* h, const T* gamma,
+                             const T* mean, const T* rstd, int64_t M, int64_t N) {
+  if (dh_total) {
+    norm_dx_plus_dh(dh_total, dh, M, N, [&](int64_t i0, int64_t i1) {
+      layer_norm_backward<T>(dh_total + i0 * N, nullptr, nullptr, dy + i0 * N, h + i0 * N, gamma, mean + i0,
+                             rstd + i0, i1 - i0, N);
+    });
+  }
+  if (dgamma || dbeta) layer_norm_backward<T>(nullptr, dgamma, dbeta, dy, h, gamma, mean, rstd, M, N);
+}
+
+template <class T>
+void add_rms_norm_forward(T* h, T* y, T* rrms, const T* x, const T* r, const T* gamma, int64_t M, int64_t N,
+                          double eps, bool unit_offset) {
+  add_then_norm(h, x, r, M, N, [&](int64_t i0, int64_t i1) {
+    rms_norm_forward<T>(y + i0 * N, rrms + i0, h + i0 * N, gamma, i1 - i0, N, eps, unit_offset);
+  });
+}
+
+// h = x + r, so dL/dx = dL/dr = dh + dh_norm, where dh_norm is rms_norm's dx from dy
+// (see rms_norm_backward):  dh_total = dh + rrms * (dxhat - xhat * mean(dxhat * xhat))
+// dgamma: rms_norm's, from dy and h.
+template <class T>
+void add_rms_norm_backward(T* dh_total, T* dgamma, const T* dh, const T* dy, const T* h, const T* gamma,
+                           const T* rrms, int64_t M, int64_t N, bool unit_offset) {
+  if (dh_total) {
+    norm_dx_plus_dh(dh_total, dh, M, N, [&](int64_t i0, int64_t i1) {
+      rms_norm_backward<T>(dh_total + i0 * N, nullptr, dy + i0 * N, h + i0 * N, gamma, rrms + i0, i1 - i0, N,
+                           unit_offset);
+    });
+  }
+  if (dgamma) rms_norm_backward<T>(nullptr, dgamma, dy, h, gamma, rrms, M, N, unit_offset);
+}
+
+template void add_layer_norm_forward<float>(float*, float*, float*, float*, const float*, const float*, const float*,
+                                            const float*, int64_t, int64_t, double);
+template void add_layer_norm_forward<double>(double*, double*, double*, double*, const double*, const double*,
+                                             const double*, const double*, int64_t, int64_t, double);
+template void add_layer_norm_backward<float>(float*, float*, float*, const float*, const float*, const float*,
+                                             const float*, const float*, const float*, int64_t, int64_t);
+template void add_layer_norm_backward<double>(double*, double*, double*, const double*, const double*,
+                                              const double*, const double*, const double*, const double*, int64_t,
+                                              int64_t);
+template void add_rms_norm_forward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t,
+                                          int64_t, double, bool);
+template void add_rms_norm_forward<double>(double*, double*, double*, const double*, const double*, const double*,
+                                           int64_t, int64_t, double, bool);
+template void add_rms_norm_backward<float>(float*, float*, const float*, const float*, const float*, const float*,
+                                           const float*, int64_t, int64_t, bool);
+template void add_rms_norm_backward<double>(double*, double*, const double*, const double*, const double*,
+                                            const double*, const double*, int64_t, int64_t, bool);
+
+AddLayerNormStats add_layer_norm_forward(const Tensor& x_in, const Tensor& r_in, const Tensor& gamma_in,
+                                         const Tensor& beta_in, double eps) {
+  check_eps(eps, "add_layer_norm");
+  const int64_t M = rows_of_pair(x_in, r_in, "add_layer_norm");
+  const int64_t N = x_in.size(-1);
+  check_vector(gamma_in, N, x_in.dtype(), "add_layer_norm", "gamma");
+  check_vector(beta_in, N, x_in.dtype(), "add_layer_norm", "beta");
+  const Tensor x = x_in.contiguous(), r = r_in.contiguous();
+  const Tensor gamma = contiguous_or_undefined(gamma_in), beta = contiguous_or_undefined(beta_in);
+  AddLayerNormStats out{empty(x.shape(), x.dtype()), empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype()),
+                        empty(leading_shape(x), x.dtype())};
+  NL_DISPATCH_FLOATING(x.dtype(), "add_layer_norm", [&] {
+    add_layer_norm_forward<scalar_t>(out.h.data<scalar_t>(), out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
+                                     out.rstd.data<scalar_t>(), x.data<scalar_t>(), r.data<scalar_t>(),
+                                     ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), M, N, eps);
+  });
+  return out;
+}
+
+AddLayerNormGrads add_layer_norm_backward(const Tensor& dh, const Tensor& dy, const Tensor& h, const Tensor& gamma,
+                                          const Tensor& mean, const Tensor& rstd,
+                                          bool want_dh_total, bool want_dgamma, bool want_dbeta) {
+  const BackwardArgs a = backward_args(dh, dy, h, gamma, "add_layer_norm_backward");
+  AddLayerNormGrads g;
+  if (want_dh_total) g.dh_total = empty(h.shape(), h.dtype());
+  if (want_dgamma) g.dgamma = empty({a.N}, h.dtype());
+  if (want_dbeta) g.dbeta = empty({a.N}, h.dtype());
+  NL_DISPATCH_FLOATING(h.dtype(), "add_layer_norm_backward", [&] {
+    add_layer_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dh_total), ptr_or_null<scalar_t>(g.dgamma),
+                                      ptr_or_null<scalar_t>(g.dbeta), ptr_or_null<scalar_t>(a.dh),
+                                      a.dy.data<scalar_t>(), a.h.data<scalar_t>(), ptr_or_null<scalar_t>(a.gamma),
+                                      mean.contiguous().data<scalar_t>(), rstd.contiguous().data<scalar_t>(), a.M, a.N);
+  });
+  return g;
+}
+
+AddRMSNormStats add_rms_norm_forward(const Tensor& x_in, const Tensor& r_in, const Tensor& gamma_in, double eps,
+                                     bool unit_offset) {
+  check_eps(eps, "add_rms_norm");
+  const int64_t M = rows_of_pair(x_in, r_in, "add_rms_norm");
+  const int64_t N = x_in.size(-1);
+  check_vector(gamma_in, N, x_in.dtype(), "add_rms_norm", "gamma");
+  const Tensor x = x_in.contiguous(), r = r_in.contiguous();
+  const Tensor gamma = contiguous_or_undefined(gamma_in);
+  AddRMSNormStats out{empty(x.shape(), x.dtype()), empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
+  NL_DISPATCH_FLOATING(x.dtype(), "add_rms_norm", [&] {
+    add_rms_norm_forward<scalar_t>(out.h.data<scalar_t>(), out.y.data<scalar_t>(), out.rrms.data<scalar_t>(),
+                                   x.data<scalar_t>(), r.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), M, N, eps,
+                                   unit_offset);
+  });
+  return out;
+}
+
+AddRMSNormGrads add_rms_norm_backward(const Tensor& dh, const Tensor& dy, const Tensor& h, const Tensor& gamma,
+                                      const Tensor& rrms, bool unit_offset, bool want_dh_total, bool want_dgamma) {
+  const BackwardArgs a = backward_args(dh, dy, h, gamma, "add_rms_norm_backward");
+  AddRMSNormGrads g;
+  if (want_dh_total) g.dh_total = empty(h.shape(), h.dtype());
+  if (want_dgamma) g.dgamma = empty({a.N}, h.dtype());
+  NL_DISPATCH_FLOATING(h.dtype(), "add_rms_norm_backward", [&] {
+    add_rms_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dh_total), ptr_or_null<scalar_t>(g.dgamma),
+                                    ptr_or_null<scalar_t>(a.dh), a.dy.data<scalar_t>(), a.h.data<scalar_t>(),
+                                    ptr_or_null<scalar_t>(a.gamma), rrms.contiguous().data<scalar_t>(), a.M, a.N,
+                                    unit_offset);
+  });
+  return g;
+}
+
+// grad_outputs: (dh, dy). x and r both receive dh_total (the engine copies a shared gradient).
+std::vector<Tensor> AddLayerNormNode::backward(const std::vector<Tensor>& grad_outputs) {
+  const bool has_gamma = gamma.defined();
+  const size_t gamma_slot = 2, beta_slot = has_gamma ? 3 : 2;
+  const bool want_dh_total = needs_input_grad(0) || needs_input_grad(1);
+  AddLayerNormGrads g = add_layer_norm_backward(grad_outputs[0], grad_outputs[1], h, gamma, mean, rstd,
+                                                want_dh_total, has_gamma && needs_input_grad(gamma_slot),
+                                                has_beta && needs_input_grad(beta_slot));
+  std::vector<Tensor> out{needs_input_grad(0) ? g.dh_total : Tensor(), needs_input_grad(1) ? g.dh_total : Tensor()};
+  if (has_gamma) out.push_back(g.dgamma);
+  if (has_beta) out.push_back(g.dbeta);
+  return out;
+}
+
+void AddLayerNormNode::release() {
+  h = gamma = mean = rstd = Tensor();
+  Node::release();
+}
+
+std::vector<Tensor> AddRMSNormNode::backward(const std::vector<Tensor>& grad_outputs) {
+  const bool has_gamma = gamma.defined();
+  const bool want_dh_total = needs_input_grad(0) || needs_input_grad(1);
+  AddRMSNormGrads g = add_rms_norm_backward(grad_outputs[0], grad_outputs[1], h, gamma, rrms, unit_offset,
+                                            want_dh_total, has_gamma && needs_input_grad(2));
+  std::vector<Tensor> out{needs_input_grad(0) ? g.dh_total : Tensor(), needs_input_grad(1) ? g.dh_total : Tensor()};
+  if (has_gamma) out.push_back(g.dgamma);
+  return out;
+}
+
+void AddRMSNormNode::release() {
+  h = gamma = rrms = Tensor();
+  Node::release();
+}
+
+std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const Variable& gamma,
+                                             const Variable& beta, double eps) {
+  AddLayerNormStats s = add_layer_norm_forward(x.data(), r.defined() ? r.data() : Tensor(),
+                                               gamma.defined() ? gamma.data() : Tensor(),
+                                               beta.defined() ? beta.data() : Tensor(), eps);
+  std::vector<Variable> inputs{x, r};
+  if (gamma.defined()) inputs.push_back(gamma);
+  if (beta.defined()) inputs.push_back(beta);
+  if (!grad_enabled() || !any_requires_grad(inputs)) return {Variable(s.h), Variable(s.y)};
+  auto node = std::make_shared<AddLayerNormNode>(s.h, gamma.defined() ? gamma.data() : Tensor(), s.mean, s.rstd,
+                                                 beta.defined());
+  std::vector<Variable> hy = make_outputs(node, std::move(inputs), {s.h, s.y});
+  return {hy[0], hy[1]};
+}
+
+std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const Variable& gamma, double eps,
+                                           bool unit_offset) {
+  AddRMSNormStats s = add_rms_norm_forward(x.data(), r.defined() ? r.data() : Tensor(),
+                                           gamma.defined() ? gamma.data() : Tensor(), eps, unit_offset);
+  std::vector<Variable> inputs{x, r};
+  if (gamma.defined()) inputs.push_back(gamma);
+  if (!grad_enabled() || !any_requires_grad(inputs)) return {Variable(s.h), Variable(s.y)};
+  auto node = std::make_shared<AddRMSNormNode>(s.h, gamma.defined() ? gamma.data() : Tensor(), s.rrms, unit_offset);
+  std::vector<Variable> hy = make_outputs(node, std::move(inputs), {s.h, s.y});
+  return {hy[0], hy[1]};
+}
+
+std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const LayerNorm& norm) {
+  rows_of(x.data(), norm.N, "LayerNorm");
+  return add_layer_norm(x, r, norm.weight, norm.bias, norm.eps);
+}
+
+std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const RMSNorm& norm) {
+  rows_of(x.data(), norm.N, "RMSNorm");
+  return add_rms_norm(x, r, norm.weight, norm.eps, norm.unit_offset);
+}
+
+}  // namespace normlab

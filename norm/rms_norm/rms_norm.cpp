@@ -1,0 +1,149 @@
+#include "norm/rms_norm/rms_norm.h"
+
+namespace normlab {
+
+namespace {
+
+// The scale of feature j: gamma[j], (1 + gamma[j]) with unit_offset, or 1 without a weight.
+template <class T>
+double scale_at(const T* gamma, int64_t j, bool unit_offset) {
+  if (!gamma) return 1.0;
+  return unit_offset ? 1.0 + double(gamma[j]) : double(gamma[j]);
+}
+
+}  // namespace
+
+template <class T>
+void rms_norm_forward(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps, bool unit_offset) {
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * N;
+      double ss = 0;
+      for (int64_t j = 0; j < N; ++j) ss += double(xi[j]) * double(xi[j]);
+      const double rr = 1.0 / std::sqrt(ss / double(N) + eps);
+      rrms[i] = T(rr);
+      T* yi = y + i * N;
+      for (int64_t j = 0; j < N; ++j) yi[j] = T(double(xi[j]) * rr * scale_at(gamma, j, unit_offset));
+    }
+  });
+}
+
+// xhat = x * rrms,  g = gamma (or 1 + gamma with unit_offset),  dxhat = dy * g
+// d rrms / dx_k = -rrms^3 * x_k / N, hence
+// dx = rrms * (dxhat - xhat * mean(dxhat * xhat))
+// dgamma = sum_rows(dy * xhat)   (the same with unit_offset: d(1 + w)/dw = 1)
+template <class T>
+void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M, int64_t N,
+                       bool unit_offset) {
+  if (dx) {
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* xi = x + i * N;
+        const T* dyi = dy + i * N;
+        const double rr = double(rrms[i]);
+        double sum_dxhat_xhat = 0;
+        for (int64_t j = 0; j < N; ++j) {
+          const double xhat = double(xi[j]) * rr;
+          const double dxhat = double(dyi[j]) * scale_at(gamma, j, unit_offset);
+          sum_dxhat_xhat += dxhat * xhat;
+        }
+        const double mean_dxhat_xhat = sum_dxhat_xhat / double(N);
+        T* dxi = dx + i * N;
+        for (int64_t j = 0; j < N; ++j) {
+          const double xhat = double(xi[j]) * rr;
+          const double dxhat = double(dyi[j]) * scale_at(gamma, j, unit_offset);
+          dxi[j] = T(rr * (dxhat - xhat * mean_dxhat_xhat));
+        }
+      }
+    });
+  }
+  if (dgamma) {
+    const std::vector<double> acc = sum_rows(M, N, [&](int64_t i, double* a) {
+      const T* xi = x + i * N;
+      const T* dyi = dy + i * N;
+      const double rr = double(rrms[i]);
+      for (int64_t j = 0; j < N; ++j) a[j] += double(dyi[j]) * double(xi[j]) * rr;
+    });
+    for (int64_t j = 0; j < N; ++j) dgamma[j] = T(acc[size_t(j)]);
+  }
+}
+
+template void rms_norm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t, double, bool);
+template void rms_norm_forward<double>(double*, double*, const double*, const double*, int64_t, int64_t, double,
+                                       bool);
+template void rms_norm_backward<float>(float*, float*, const float*, const float*, const float*, const float*,
+                                       int64_t, int64_t, bool);
+template void rms_norm_backward<double>(double*, double*, const double*, const double*, const double*,
+                                        const double*, int64_t, int64_t, bool);
+
+RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double eps, bool unit_offset) {
+  check_eps(eps, "rms_norm");
+  NL_CHECK(x_in.defined() && x_in.dim() >= 1, "rms_norm: the input needs at least 1 dim");
+  const int64_t N = x_in.size(-1);
+  const int64_t M = rows_of(x_in, N, "rms_norm");
+  check_vector(gamma_in, N, x_in.dtype(), "rms_norm", "gamma");
+  const Tensor x = x_in.contiguous();
+  const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
+  RMSNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
+  NL_DISPATCH_FLOATING(x.dtype(), "rms_norm", [&] {
+    rms_norm_forward<scalar_t>(out.y.data<scalar_t>(), out.rrms.data<scalar_t>(), x.data<scalar_t>(),
+                               ptr_or_null<scalar_t>(gamma), M, N, eps, unit_offset);
+  });
+  return out;
+}
+
+RMSNormGrads rms_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& gamma_in, const Tensor& rrms,
+                               bool unit_offset, bool want_dx, bool want_dgamma) {
+  const int64_t N = x.size(-1);
+  const int64_t M = x.numel() / N;
+  NL_CHECK(dy_in.shape() == x.shape(), "rms_norm_backward: dy has shape ", to_string(dy_in.shape()), " but x has ",
+           to_string(x.shape()));
+  const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
+  const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
+  RMSNormGrads g;
+  if (want_dx) g.dx = empty(x.shape(), x.dtype());
+  if (want_dgamma) g.dgamma = empty({N}, x.dtype());
+  NL_DISPATCH_FLOATING(x.dtype(), "rms_norm_backward", [&] {
+    rms_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma), dy.data<scalar_t>(),
+                                xc.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), rrms.contiguous().data<scalar_t>(),
+                                M, N, unit_offset);
+  });
+  return g;
+}
+
+std::vector<Tensor> RMSNormNode::backward(const std::vector<Tensor>& grad_outputs) {
+  const bool has_gamma = gamma.defined();
+  RMSNormGrads g = rms_norm_backward(grad_outputs[0], x, gamma, rrms, unit_offset, needs_input_grad(0),
+                                     has_gamma && needs_input_grad(1));
+  std::vector<Tensor> out{g.dx};
+  if (has_gamma) out.push_back(g.dgamma);
+  return out;
+}
+
+void RMSNormNode::release() {
+  x = gamma = rrms = Tensor();
+  Node::release();
+}
+
+Variable rms_norm(const Variable& x, const Variable& gamma, double eps, bool unit_offset) {
+  RMSNormStats s = rms_norm_forward(x.data(), gamma.defined() ? gamma.data() : Tensor(), eps, unit_offset);
+  std::vector<Variable> inputs{x};
+  if (gamma.defined()) inputs.push_back(gamma);
+  if (!grad_enabled() || !any_requires_grad(inputs)) return Variable(s.y);
+  auto node = std::make_shared<RMSNormNode>(x.data(), gamma.defined() ? gamma.data() : Tensor(), s.rrms, unit_offset);
+  return make_outputs(node, std::move(inputs), {s.y})[0];
+}
+
+RMSNorm::RMSNorm(int64_t N_, double eps_, bool with_weight, bool unit_offset_, DType dtype)
+    : N(N_), eps(eps_), unit_offset(unit_offset_) {
+  check_features(N, "RMSNorm");
+  check_eps(eps, "RMSNorm");
+  if (with_weight) weight = register_parameter("weight", unit_offset ? zeros({N}, dtype) : ones({N}, dtype));
+}
+
+Variable RMSNorm::forward(const Variable& x) {
+  rows_of(x.data(), N, "RMSNorm");
+  return rms_norm(x, weight, eps, unit_offset);
+}
+
+}  // namespace normlab

@@ -1,0 +1,59 @@
+// RMSNorm (Zhang & Sennrich 2019): y = x * rrms * g over the last N features,
+// rrms = 1 / sqrt(mean(x^2) + eps); saves rrms per row. With unit_offset (Gemma) the scale
+// is g = 1 + w and the weight w starts at zero.
+#pragma once
+
+#include "norm/common.h"
+
+namespace normlab {
+
+// ---- Reference kernels: M rows of N features, row-major; T is float or double. ----
+// gamma may be null (no weight: g = 1, or g = 1 + 0 with unit_offset). Accumulates in double.
+template <class T>
+void rms_norm_forward(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps, bool unit_offset);
+// Writes dx and dgamma (each may be null when not wanted); gamma may be null.
+template <class T>
+void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M, int64_t N,
+                       bool unit_offset);
+
+// ---- Tensor level: x [..., N]; rrms has x's leading shape. ----
+struct RMSNormStats {
+  Tensor y, rrms;
+};
+RMSNormStats rms_norm_forward(const Tensor& x, const Tensor& gamma, double eps, bool unit_offset = false);
+struct RMSNormGrads {
+  Tensor dx, dgamma;
+};
+RMSNormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& rrms,
+                               bool unit_offset, bool want_dx, bool want_dgamma);
+
+// ---- Autograd ----
+// The node of rms_norm: inputs (x, gamma?), its saved tensors visible for inspection.
+class RMSNormNode : public Node {
+ public:
+  RMSNormNode(Tensor x, Tensor gamma, Tensor rrms, bool unit_offset)
+      : Node("rms_norm"), x(std::move(x)), gamma(std::move(gamma)), rrms(std::move(rrms)), unit_offset(unit_offset) {}
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override;
+  void release() override;
+
+  Tensor x, gamma, rrms;  // gamma undefined without weight
+  bool unit_offset;
+};
+
+// gamma may be an undefined Variable (no weight). With unit_offset the scale is (1 + gamma).
+Variable rms_norm(const Variable& x, const Variable& gamma, double eps = 1e-6, bool unit_offset = false);
+
+// ---- Module: weight of [N], ones (zeros with unit_offset), unless disabled. ----
+class RMSNorm : public NormLayer {
+ public:
+  explicit RMSNorm(int64_t N, double eps = 1e-6, bool weight = true, bool unit_offset = false,
+                   DType dtype = DType::f32);
+  Variable forward(const Variable& x) override;
+
+  int64_t N;
+  double eps;
+  bool unit_offset;
+  Variable weight;  // undefined when disabled
+};
+
+}  // namespace normlab

@@ -1,0 +1,133 @@
+#include "norm/scale_norm/scale_norm.h"
+
+namespace normlab {
+
+template <class T>
+void scale_norm_forward(T* y, T* norm, const T* x, const T* g, int64_t M, int64_t N, double eps) {
+  const double gain = g ? double(g[0]) : 1.0;
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * N;
+      double ss = 0;
+      for (int64_t j = 0; j < N; ++j) ss += double(xi[j]) * double(xi[j]);
+      norm[i] = T(std::sqrt(ss));
+      // The clamp reads the saved norm, so forward and backward always take the same branch.
+      const double d = std::max(double(norm[i]), eps);
+      T* yi = y + i * N;
+      for (int64_t j = 0; j < N; ++j) yi[j] = T(gain * double(xi[j]) / d);
+    }
+  });
+}
+
+// d = max(norm, eps),  xhat = x / d,  y = g * xhat
+// norm >= eps: d = ||x||, d d / dx_k = xhat_k, hence dx = (g / d) * (dy - xhat * sum(dy * xhat))
+// norm <  eps: d = eps is constant,            hence dx = (g / d) * dy
+// dg = sum over every row and feature of dy * xhat
+template <class T>
+void scale_norm_backward(T* dx, T* dg, const T* dy, const T* x, const T* g, const T* norm, int64_t M, int64_t N,
+                         double eps) {
+  const double gain = g ? double(g[0]) : 1.0;
+  if (dx) {
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* xi = x + i * N;
+        const T* dyi = dy + i * N;
+        const bool clamped = double(norm[i]) < eps;
+        const double d = clamped ? eps : double(norm[i]);
+        double sum_dy_xhat = 0;
+        if (!clamped)
+          for (int64_t j = 0; j < N; ++j) sum_dy_xhat += double(dyi[j]) * double(xi[j]) / d;
+        T* dxi = dx + i * N;
+        for (int64_t j = 0; j < N; ++j) {
+          const double xhat = double(xi[j]) / d;
+          dxi[j] = T(gain / d * (double(dyi[j]) - xhat * sum_dy_xhat));
+        }
+      }
+    });
+  }
+  if (dg) {
+    const std::vector<double> acc = sum_rows(M, 1, [&](int64_t i, double* a) {
+      const T* xi = x + i * N;
+      const T* dyi = dy + i * N;
+      const double d = std::max(double(norm[i]), eps);
+      for (int64_t j = 0; j < N; ++j) a[0] += double(dyi[j]) * double(xi[j]) / d;
+    });
+    dg[0] = T(acc[0]);
+  }
+}
+
+template void scale_norm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t, double);
+template void scale_norm_forward<double>(double*, double*, const double*, const double*, int64_t, int64_t, double);
+template void scale_norm_backward<float>(float*, float*, const float*, const float*, const float*, const float*,
+                                         int64_t, int64_t, double);
+template void scale_norm_backward<double>(double*, double*, const double*, const double*, const double*,
+                                          const double*, int64_t, int64_t, double);
+
+ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double eps) {
+  check_eps(eps, "scale_norm");
+  NL_CHECK(x_in.defined() && x_in.dim() >= 1, "scale_norm: the input needs at least 1 dim");
+  const int64_t N = x_in.size(-1);
+  const int64_t M = rows_of(x_in, N, "scale_norm");
+  check_vector(g_in, 1, x_in.dtype(), "scale_norm", "g");
+  const Tensor x = x_in.contiguous();
+  ScaleNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
+  NL_DISPATCH_FLOATING(x.dtype(), "scale_norm", [&] {
+    scale_norm_forward<scalar_t>(out.y.data<scalar_t>(), out.norm.data<scalar_t>(), x.data<scalar_t>(),
+                                 ptr_or_null<scalar_t>(g_in), M, N, eps);
+  });
+  return out;
+}
+
+ScaleNormGrads scale_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& g, const Tensor& norm,
+                                   double eps, bool want_dx, bool want_dg) {
+  const int64_t N = x.size(-1);
+  const int64_t M = x.numel() / N;
+  NL_CHECK(dy_in.shape() == x.shape(), "scale_norm_backward: dy has shape ", to_string(dy_in.shape()),
+           " but x has ", to_string(x.shape()));
+  const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
+  ScaleNormGrads grads;
+  if (want_dx) grads.dx = empty(x.shape(), x.dtype());
+  if (want_dg) grads.dg = empty({1}, x.dtype());
+  NL_DISPATCH_FLOATING(x.dtype(), "scale_norm_backward", [&] {
+    scale_norm_backward<scalar_t>(ptr_or_null<scalar_t>(grads.dx), ptr_or_null<scalar_t>(grads.dg),
+                                  dy.data<scalar_t>(), xc.data<scalar_t>(), ptr_or_null<scalar_t>(g),
+                                  norm.contiguous().data<scalar_t>(), M, N, eps);
+  });
+  return grads;
+}
+
+std::vector<Tensor> ScaleNormNode::backward(const std::vector<Tensor>& grad_outputs) {
+  const bool has_g = g.defined();
+  ScaleNormGrads grads =
+      scale_norm_backward(grad_outputs[0], x, g, norm, eps, needs_input_grad(0), has_g && needs_input_grad(1));
+  std::vector<Tensor> out{grads.dx};
+  if (has_g) out.push_back(grads.dg);
+  return out;
+}
+
+void ScaleNormNode::release() {
+  x = g = norm = Tensor();
+  Node::release();
+}
+
+Variable scale_norm(const Variable& x, const Variable& g, double eps) {
+  ScaleNormStats s = scale_norm_forward(x.data(), g.defined() ? g.data() : Tensor(), eps);
+  std::vector<Variable> inputs{x};
+  if (g.defined()) inputs.push_back(g);
+  if (!grad_enabled() || !any_requires_grad(inputs)) return Variable(s.y);
+  auto node = std::make_shared<ScaleNormNode>(x.data(), g.defined() ? g.data() : Tensor(), s.norm, eps);
+  return make_outputs(node, std::move(inputs), {s.y})[0];
+}
+
+ScaleNorm::ScaleNorm(int64_t N_, double eps_, DType dtype) : N(N_), eps(eps_) {
+  check_features(N, "ScaleNorm");
+  check_eps(eps, "ScaleNorm");
+  g = register_parameter("g", full({1}, std::sqrt(double(N)), dtype));
+}
+
+Variable ScaleNorm::forward(const Variable& x) {
+  rows_of(x.data(), N, "ScaleNorm");
+  return scale_norm(x, g, eps);
+}
+
+}  // namespace normlab

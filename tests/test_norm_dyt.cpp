@@ -1,0 +1,146 @@
+// DyT: forward against the formula (tanh and the identity ablation), gradcheck of x, alpha,
+// gamma, beta on hard inputs and shapes (N = 1, odd N, M = 1, 3-D), the DyT gradient-of-alpha
+// identity, deterministic dalpha, the node, the module, and bad input.
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+
+#include "framework/parallel.h"
+#include "norm/dyt/dyt.h"
+#include "tests/norm_test_util.h"
+#include "tests/test_util.h"
+
+using namespace normlab;
+using namespace normlab::testing;
+
+BOOST_AUTO_TEST_SUITE(dyt_suite)
+
+BOOST_AUTO_TEST_CASE(forward_matches_the_formula) {
+  Generator gen(1);
+  const Tensor x = randn({3, 7}, gen, DType::f64, 0.5, 2.0);
+  const Tensor alpha = full({1}, 0.7, DType::f64);
+  const Tensor gamma = randn({7}, gen, DType::f64), beta = randn({7}, gen, DType::f64);
+  const Tensor y = dyt_forward(x, alpha, gamma, beta);
+  const Tensor y_id = dyt_forward(x, alpha, gamma, beta, /*identity=*/true);
+  for (int64_t i = 0; i < 3; ++i)
+    for (int64_t j = 0; j < 7; ++j) {
+      BOOST_CHECK_CLOSE(y.at({i, j}), gamma.at({j}) * std::tanh(0.7 * x.at({i, j})) + beta.at({j}), 1e-12);
+      BOOST_CHECK_CLOSE(y_id.at({i, j}), gamma.at({j}) * 0.7 * x.at({i, j}) + beta.at({j}), 1e-12);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {
+  Generator gen(3);
+  double worst = 0;
+  const Shape shapes[] = {{4, 7}, {1, 5}, {3, 1}, {2, 3, 6}};
+  for (const Shape& s : shapes) {
+    for (Input k : all_inputs) {
+      const int64_t N = s.back();
+      auto x = leaf(make_input(s, k, gen));
+      auto gamma = leaf(randn({N}, gen, DType::f64, 1.0, 0.5));
+      auto beta = leaf(randn({N}, gen, DType::f64));
+      for (double a0 : {0.5, -1.3}) {
+        auto alpha = leaf(full({1}, a0, DType::f64));
+        for (bool identity : {false, true}) {
+          // The identity form is linear in each input, so central differences have no
+          // truncation error: a large step keeps roundoff of the ~1e5 loss (large-mean x) small.
+          GradcheckOptions opt;
+          if (identity) opt.eps = 0.1;
+          worst = std::max(worst, expect_gradcheck("dyt " + to_string(s) + " " + input_name(k) +
+                                                       " alpha=" + std::to_string(a0) + (identity ? " identity" : ""),
+                                                   [identity](const std::vector<Variable>& v) {
+                                                     return dyt(v[0], v[1], v[2], v[3], identity);
+                                                   },
+                                                   {x, alpha, gamma, beta}, opt));
+        }
+      }
+    }
+  }
+  std::printf("dyt worst gradcheck rel err %.1e\n", worst);
+}
+
+BOOST_AUTO_TEST_CASE(gradient_of_alpha_is_sum_of_dx_times_x_over_alpha) {
+  // d/dalpha tanh(alpha x) = x / alpha * d/dx tanh(alpha x), so dL/dalpha = sum(dL/dx * x) / alpha.
+  Generator gen(4);
+  for (double a0 : {0.5, 0.05, -2.0}) {
+    for (bool identity : {false, true}) {
+      auto x = leaf(randn({5, 3, 11}, gen, DType::f64, 0.3, 1.5));
+      auto alpha = leaf(full({1}, a0, DType::f64));
+      auto gamma = leaf(randn({11}, gen, DType::f64));
+      auto beta = leaf(randn({11}, gen, DType::f64));
+      Variable y = dyt(x, alpha, gamma, beta, identity);
+      y.backward(randn(y.shape(), gen, DType::f64));
+      const double via_dx = sum(mul(x.grad(), x.data())).item() / a0;
+      BOOST_CHECK_CLOSE(alpha.grad().item(), via_dx, 1e-9);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(parameter_gradients_do_not_depend_on_the_thread_count) {
+  Generator gen(5);
+  const Tensor x = randn({3000, 33}, gen), dy = randn({3000, 33}, gen);
+  const Tensor alpha = full({1}, 0.5), gamma = randn({33}, gen);
+  const int saved = num_threads();
+  set_num_threads(1);
+  const DyTGrads one = dyt_backward(dy, x, alpha, gamma, false, true, true, true, true);
+  set_num_threads(std::max(2, saved));
+  const DyTGrads many = dyt_backward(dy, x, alpha, gamma, false, true, true, true, true);
+  set_num_threads(saved);
+  BOOST_CHECK_EQUAL(one.dalpha.item(), many.dalpha.item());
+  BOOST_CHECK(one.dgamma.to_vector<float>() == many.dgamma.to_vector<float>());
+  BOOST_CHECK(one.dbeta.to_vector<float>() == many.dbeta.to_vector<float>());
+  BOOST_CHECK(one.dx.to_vector<float>() == many.dx.to_vector<float>());
+}
+
+BOOST_AUTO_TEST_CASE(module_parameters_node_and_f32) {
+  Generator gen(6);
+  DyT m(6, 0.5, false, DType::f64);
+  const auto params = m.named_parameters();
+  BOOST_REQUIRE_EQUAL(params.size(), 3u);
+  BOOST_CHECK_EQUAL(params[0].first, "alpha");
+  BOOST_CHECK_EQUAL(params[1].first, "weight");
+  BOOST_CHECK_EQUAL(params[2].first, "bias");
+  BOOST_CHECK(m.alpha.shape() == (Shape{1}));
+  BOOST_CHECK_EQUAL(m.alpha.item(), 0.5);
+  BOOST_CHECK_EQUAL(DyT(4).alpha.item(), 0.5);
+  auto x = leaf(randn({2, 3, 6}, gen, DType::f64));
+  Variable y = m.forward(x);
+  auto* node = dynamic_cast<DyTNode*>(y.grad_fn().get());
+  BOOST_REQUIRE(node != nullptr);
+  BOOST_CHECK_EQUAL(node->name(), "dyt");
+  // At init (gamma = 1, beta = 0) DyT is tanh(0.5 x).
+  BOOST_CHECK_CLOSE(y.data().at({1, 2, 3}), std::tanh(0.5 * x.data().at({1, 2, 3})), 1e-12);
+  y.backward(ones(y.shape(), DType::f64));
+  BOOST_CHECK(m.alpha.grad().defined() && m.weight.grad().defined() && m.bias.grad().defined());
+  BOOST_CHECK(node->released());
+  BOOST_CHECK(!node->x.defined());
+  // f32 agrees with f64.
+  DyT m32(6, 0.5, true);
+  const Tensor y32 = m32.forward(Variable(x.data().to(DType::f32))).data();
+  BOOST_CHECK_LT(max_rel_diff(y32, dyt_forward(x.data(), full({1}, 0.5, DType::f64), ones({6}, DType::f64),
+                                               zeros({6}, DType::f64), true)),
+                 1e-6);
+  NoGradGuard guard;
+  BOOST_CHECK(m.forward(x).grad_fn() == nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_is_named) {
+  Generator gen(7);
+  DyT m(4);
+  BOOST_CHECK(contains(error_of([&] { m.forward(Variable(randn({2, 5}, gen))); }),
+                       "last dim of the input to be 4, got shape [2, 5]"));
+  BOOST_CHECK(contains(error_of([&] { m.forward(Variable(empty({0, 4}))); }), "empty"));
+  BOOST_CHECK(contains(error_of([] { DyT(0); }), "feature size must be >= 1, got 0"));
+  BOOST_CHECK(contains(error_of([] { DyT(4, std::nan("")); }), "alpha0 must be finite, got nan"));
+  BOOST_CHECK(contains(error_of([&] { dyt_forward(randn({2, 4}, gen), full({2}, 0.5), ones({4}), zeros({4})); }),
+                       "alpha must have shape [1], got [2]"));
+  BOOST_CHECK(contains(error_of([&] { dyt_forward(randn({2, 4}, gen), full({1}, 0.5), ones({3}), zeros({4})); }),
+                       "gamma must have shape [4], got [3]"));
+  BOOST_CHECK(contains(
+      error_of([&] { dyt_forward(randn({2, 4}, gen), full({1}, 0.5), ones({4}), zeros({4}, DType::f64)); }),
+      "beta has dtype f64 but the input has f32"));
+  BOOST_CHECK(contains(error_of([&] { dyt_forward(randn({2, 4}, gen), full({1}, INFINITY), ones({4}), zeros({4})); }),
+                       "alpha must be finite, got inf"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
