@@ -46,6 +46,15 @@ class Module {
   bool training_ = true;
 };
 
+// A module that only holds children, under names the caller picks (`blocks` then `0`, `1`, ...).
+class ModuleDict : public Module {
+ public:
+  template <class M>
+  std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
+    return register_module(name, std::move(m));
+  }
+};
+
 // y = x W^T + b, W [out, in]; initialised uniform(-1/sqrt(in), 1/sqrt(in)) like PyTorch.
 class Linear : public Module {
  public:

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "autograd/module.h"
@@ -87,5 +89,61 @@ std::vector<double> sum_rows(int64_t M, int64_t width, const F& row) {
 
 // Rows per parallel_for chunk for per-row kernels of N features (about 16K elements a chunk).
 inline int64_t row_grain(int64_t N) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)); }
+
+// ---- Autograd plumbing ----
+
+// v's data, or an undefined Tensor for an undefined Variable (an optional parameter).
+inline Tensor data_or_undefined(const Variable& v) { return v.defined() ? v.data() : Tensor(); }
+
+// The defined ones of `vars`, in order: the graph inputs of a layer whose parameters are optional.
+inline std::vector<Variable> defined_inputs(std::initializer_list<Variable> vars) {
+  std::vector<Variable> out;
+  for (const Variable& v : vars)
+    if (v.defined()) out.push_back(v);
+  return out;
+}
+
+// `outputs` as Variables. When a graph is recorded (grad mode on and some input requires grad)
+// they get the node make_node() builds as their grad_fn, over `inputs`; otherwise no node is built.
+template <class MakeNode>
+std::vector<Variable> record(std::vector<Variable> inputs, std::vector<Tensor> outputs, const MakeNode& make_node) {
+  if (!any_requires_grad(inputs)) {
+    std::vector<Variable> out;
+    for (Tensor& t : outputs) out.emplace_back(std::move(t));
+    return out;
+  }
+  return make_outputs(make_node(), std::move(inputs), std::move(outputs));
+}
+
+// Gradients of a norm with inputs (x, gamma?, beta?); undefined where not wanted.
+struct NormGrads {
+  Tensor dx, dgamma, dbeta;
+};
+
+// The node of a norm with inputs (x, gamma?, beta?) and saved statistics mean and rstd: its
+// backward maps dy to (dx, dgamma?, dbeta?) through grads(). Subclasses name themselves and
+// hold what else their backward needs.
+class AffineNormNode : public Node {
+ public:
+  AffineNormNode(std::string name, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, bool has_beta)
+      : Node(std::move(name)), x(std::move(x)), gamma(std::move(gamma)), mean(std::move(mean)),
+        rstd(std::move(rstd)), has_beta(has_beta) {}
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override;
+  void release() override;
+
+  Tensor x, gamma, mean, rstd;  // gamma undefined without affine
+  bool has_beta;
+
+ protected:
+  virtual NormGrads grads(const Tensor& dy, bool want_dx, bool want_dgamma, bool want_dbeta) const = 0;
+};
+
+// y as a Variable; when a graph is recorded, with the node make_node() returns as its grad_fn
+// over the inputs (x, gamma?, beta?).
+template <class MakeNode>
+Variable affine_norm_output(const Variable& x, const Variable& gamma, const Variable& beta, Tensor y,
+                            const MakeNode& make_node) {
+  return record(defined_inputs({x, gamma, beta}), {std::move(y)}, make_node)[0];
+}
 
 }  // namespace normlab

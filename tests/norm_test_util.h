@@ -5,7 +5,9 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cstdio>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "autograd/gradcheck.h"
 #include "framework/tensor_ops.h"
@@ -44,6 +46,43 @@ constexpr Input all_inputs[] = {Input::normal, Input::large_mean, Input::near_co
 
 // A leaf that requires grad.
 inline Variable leaf(Tensor t) { return Variable(std::move(t), true); }
+
+// Gradcheck options for an input kind. Near-constant rows have a scale of ~sqrt(eps + 1e-6), so
+// the step shrinks to 1e-6. At 1e4, rounding the mean (ulp 1.8e-12) puts noise of ~ulp * rstd /
+// step into the numeric derivative, large for a row of 2 values with a small spread, while the
+// truncation error grows as (step * rstd)^4: a step of 3e-4 keeps both below the tolerance.
+inline GradcheckOptions hard_input_options(Input k) {
+  GradcheckOptions opt;
+  if (k == Input::near_constant) opt.eps = 1e-6;
+  if (k == Input::large_mean) opt.eps = 3e-4;
+  return opt;
+}
+
+// One gradcheck case of a norm: an f64 input of `shape` and `kind`, and per-feature gamma ~ N(1, 0.5)
+// and beta ~ N(0, 1), all leaves.
+struct HardCase {
+  Shape shape;
+  Input kind;
+  Variable x, gamma, beta;
+  std::string label() const { return to_string(shape) + " " + input_name(kind); }
+};
+
+// The row shapes every per-row norm is checked on: odd N, M = 1, N = 1, 3-D.
+inline const std::vector<Shape> row_shapes{{4, 7}, {1, 5}, {3, 1}, {2, 3, 6}};
+
+// Calls f(case) for every shape and every hard input kind; gamma and beta have the size of
+// dim `feature_dim` (-1: the last dim, 1: the channel dim).
+template <class F>
+void for_each_hard_case(Generator& gen, const std::vector<Shape>& shapes, int64_t feature_dim, const F& f) {
+  for (const Shape& s : shapes)
+    for (Input k : all_inputs) {
+      const int64_t features = s[size_t(wrap_dim(feature_dim, int64_t(s.size()), "for_each_hard_case"))];
+      Variable x = leaf(make_input(s, k, gen));
+      Variable gamma = leaf(randn({features}, gen, DType::f64, 1.0, 0.5));
+      Variable beta = leaf(randn({features}, gen, DType::f64));
+      f(HardCase{s, k, x, gamma, beta});
+    }
+}
 
 // Runs gradcheck, prints "gradcheck <name>: max rel err E (abs E)" and checks it passed.
 // Returns the worst relative error.

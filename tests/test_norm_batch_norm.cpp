@@ -85,30 +85,15 @@ BOOST_AUTO_TEST_CASE(f32_saves_f32_statistics_and_keeps_large_means_exact) {
 BOOST_AUTO_TEST_CASE(gradcheck_training_every_parameter_on_hard_inputs) {
   Generator gen(3);
   double worst = 0;
-  const Shape shapes[] = {{5, 3}, {2, 3, 4}, {1, 2, 3}, {3, 1, 1}, {2, 1}};
-  for (const Shape& s : shapes) {
-    for (Input k : all_inputs) {
-      const int64_t C = s[1];
-      auto x = leaf(make_input(s, k, gen));
-      auto gamma = leaf(randn({C}, gen, DType::f64, 1.0, 0.5));
-      auto beta = leaf(randn({C}, gen, DType::f64));
-      for (double eps : {1e-5, 1e-2}) {
-        GradcheckOptions opt;
-        if (k == Input::near_constant) opt.eps = 1e-6;  // the channel's scale is ~sqrt(eps + 1e-6)
-        // At 1e4, rounding the mean (ulp 1.8e-12) puts noise of ~ulp * rstd / step into the numeric
-        // derivative, large for a 2-value channel with a small spread (rstd ~ 1 / spread), while the
-        // truncation error grows as (step * rstd)^4: a step of 3e-4 keeps both below the tolerance.
-        if (k == Input::large_mean) opt.eps = 3e-4;
-        worst = std::max(worst, expect_gradcheck("batch_norm train " + to_string(s) + " " + input_name(k) +
-                                                     " eps=" + std::to_string(eps),
-                                                 [eps](const std::vector<Variable>& v) {
-                                                   return batch_norm(v[0], v[1], v[2], Tensor(), Tensor(), true,
-                                                                     0.1, eps);
-                                                 },
-                                                 {x, gamma, beta}, opt));
-      }
-    }
-  }
+  for_each_hard_case(gen, {{5, 3}, {2, 3, 4}, {1, 2, 3}, {3, 1, 1}, {2, 1}}, 1, [&](const HardCase& c) {
+    for (double eps : {1e-5, 1e-2})
+      worst = std::max(worst, expect_gradcheck("batch_norm train " + c.label() + " eps=" + std::to_string(eps),
+                                               [eps](const std::vector<Variable>& v) {
+                                                 return batch_norm(v[0], v[1], v[2], Tensor(), Tensor(), true, 0.1,
+                                                                   eps);
+                                               },
+                                               {c.x, c.gamma, c.beta}, hard_input_options(c.kind)));
+  });
   std::printf("batch_norm worst gradcheck rel err %.1e\n", worst);
 }
 

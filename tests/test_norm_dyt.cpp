@@ -32,30 +32,23 @@ BOOST_AUTO_TEST_CASE(forward_matches_the_formula) {
 BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {
   Generator gen(3);
   double worst = 0;
-  const Shape shapes[] = {{4, 7}, {1, 5}, {3, 1}, {2, 3, 6}};
-  for (const Shape& s : shapes) {
-    for (Input k : all_inputs) {
-      const int64_t N = s.back();
-      auto x = leaf(make_input(s, k, gen));
-      auto gamma = leaf(randn({N}, gen, DType::f64, 1.0, 0.5));
-      auto beta = leaf(randn({N}, gen, DType::f64));
-      for (double a0 : {0.5, -1.3}) {
-        auto alpha = leaf(full({1}, a0, DType::f64));
-        for (bool identity : {false, true}) {
-          // The identity form is linear in each input, so central differences have no
-          // truncation error: a large step keeps roundoff of the ~1e5 loss (large-mean x) small.
-          GradcheckOptions opt;
-          if (identity) opt.eps = 0.1;
-          worst = std::max(worst, expect_gradcheck("dyt " + to_string(s) + " " + input_name(k) +
-                                                       " alpha=" + std::to_string(a0) + (identity ? " identity" : ""),
-                                                   [identity](const std::vector<Variable>& v) {
-                                                     return dyt(v[0], v[1], v[2], v[3], identity);
-                                                   },
-                                                   {x, alpha, gamma, beta}, opt));
-        }
+  for_each_hard_case(gen, row_shapes, -1, [&](const HardCase& c) {
+    for (double a0 : {0.5, -1.3}) {
+      auto alpha = leaf(full({1}, a0, DType::f64));
+      for (bool identity : {false, true}) {
+        // The identity form is linear in each input, so central differences have no
+        // truncation error: a large step keeps roundoff of the ~1e5 loss (large-mean x) small.
+        GradcheckOptions opt;
+        if (identity) opt.eps = 0.1;
+        worst = std::max(worst, expect_gradcheck("dyt " + c.label() + " alpha=" + std::to_string(a0) +
+                                                     (identity ? " identity" : ""),
+                                                 [identity](const std::vector<Variable>& v) {
+                                                   return dyt(v[0], v[1], v[2], v[3], identity);
+                                                 },
+                                                 {c.x, alpha, c.gamma, c.beta}, opt));
       }
     }
-  }
+  });
   std::printf("dyt worst gradcheck rel err %.1e\n", worst);
 }
 

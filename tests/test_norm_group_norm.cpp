@@ -49,27 +49,16 @@ BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {
   };
   const Case cases[] = {{{2, 6, 5}, 3}, {{3, 4}, 2}, {{1, 3, 2, 3}, 1}, {{2, 5, 3}, 5}, {{1, 4, 1}, 4}};
   for (const Case& cs : cases) {
-    for (Input k : all_inputs) {
-      const int64_t C = cs.shape[1];
-      auto x = leaf(make_input(cs.shape, k, gen));
-      auto gamma = leaf(randn({C}, gen, DType::f64, 1.0, 0.5));
-      auto beta = leaf(randn({C}, gen, DType::f64));
-      for (double eps : {1e-5, 1e-2}) {
-        GradcheckOptions opt;
-        if (k == Input::near_constant) opt.eps = 1e-6;  // the group's scale is ~sqrt(eps + 1e-6)
-        // At 1e4, rounding the mean (ulp 1.8e-12) puts noise of ~ulp * rstd / step into the numeric
-        // derivative, large for a 2-value group with a small spread (rstd ~ 1 / spread), while the
-        // truncation error grows as (step * rstd)^4: a step of 3e-4 keeps both below the tolerance.
-        if (k == Input::large_mean) opt.eps = 3e-4;
-        const int64_t G = cs.G;
-        worst = std::max(worst, expect_gradcheck("group_norm " + to_string(cs.shape) + " G=" + std::to_string(G) +
-                                                     " " + input_name(k) + " eps=" + std::to_string(eps),
+    const int64_t G = cs.G;
+    for_each_hard_case(gen, {cs.shape}, 1, [&](const HardCase& c) {
+      for (double eps : {1e-5, 1e-2})
+        worst = std::max(worst, expect_gradcheck("group_norm " + c.label() + " G=" + std::to_string(G) +
+                                                     " eps=" + std::to_string(eps),
                                                  [eps, G](const std::vector<Variable>& v) {
                                                    return group_norm(v[0], v[1], v[2], G, eps);
                                                  },
-                                                 {x, gamma, beta}, opt));
-      }
-    }
+                                                 {c.x, c.gamma, c.beta}, hard_input_options(c.kind)));
+    });
   }
   auto x = leaf(randn({2, 4, 3}, gen, DType::f64));
   worst = std::max(worst, expect_gradcheck("group_norm no affine",

@@ -34,23 +34,15 @@ bool same_values(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.to(DType::f64).to_vector<double>() == b.to(DType::f64).to_vector<double>();
 }
 
-// A module that exposes register_module, to build nested names in tests.
-struct Container : Module {
-  template <class M>
-  std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
-    return register_module(name, std::move(m));
-  }
-};
-
 // One transformer block's worth of matrices under the naming convention of deepnorm_role.
-std::shared_ptr<Container> toy_model(Generator& gen, int64_t d, int64_t ff) {
-  auto model = std::make_shared<Container>();
+std::shared_ptr<ModuleDict> toy_model(Generator& gen, int64_t d, int64_t ff) {
+  auto model = std::make_shared<ModuleDict>();
   model->add("embed", std::make_shared<Embedding>(16, d, gen));
-  auto block = model->add("blocks", std::make_shared<Container>())->add("0", std::make_shared<Container>());
-  auto attn = block->add("attn", std::make_shared<Container>());
+  auto block = model->add("blocks", std::make_shared<ModuleDict>())->add("0", std::make_shared<ModuleDict>());
+  auto attn = block->add("attn", std::make_shared<ModuleDict>());
   for (const char* n : {"q", "k", "v", "out"}) attn->add(n, std::make_shared<Linear>(d, d, true, gen));
   block->add("ln", std::make_shared<LayerNorm>(d));
-  auto ffn = block->add("ffn", std::make_shared<Container>());
+  auto ffn = block->add("ffn", std::make_shared<ModuleDict>());
   ffn->add("up", std::make_shared<Linear>(d, ff, true, gen));
   ffn->add("gate", std::make_shared<Linear>(d, ff, true, gen));
   ffn->add("down", std::make_shared<Linear>(ff, d, true, gen));
@@ -243,7 +235,7 @@ BOOST_AUTO_TEST_CASE(deepnorm_role_matches_whole_name_segments) {
 
 BOOST_AUTO_TEST_CASE(deepnorm_init_with_a_custom_role_function) {
   Generator gen(24);
-  Container m;
+  ModuleDict m;
   m.add("fc1", std::make_shared<Linear>(64, 256, false, gen));
   m.add("fc2", std::make_shared<Linear>(256, 64, false, gen));
   const DeepNormInitResult r = deepnorm_init(m, 0.25, gen, [](const std::string& n) {
@@ -275,7 +267,7 @@ BOOST_AUTO_TEST_CASE(bad_input_is_named) {
   Tensor i = empty({4, 3}, DType::i64);
   BOOST_CHECK(contains(error_of([&] { normal_(i, 1.0, gen); }), "floating dtype, got i64"));
 
-  Container m;
+  ModuleDict m;
   m.add("embed", std::make_shared<Embedding>(4, 8, gen));
   m.add("ln", std::make_shared<LayerNorm>(8));
   BOOST_CHECK(contains(error_of([&] { deepnorm_init(m, 0.3, gen); }), "no parameter has the scaled role"));

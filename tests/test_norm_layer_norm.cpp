@@ -42,25 +42,14 @@ BOOST_AUTO_TEST_CASE(large_mean_rows_keep_their_spread_in_f32) {
 BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {
   Generator gen(3);
   double worst = 0;
-  const Shape shapes[] = {{4, 7}, {1, 5}, {3, 1}, {2, 3, 6}};
-  for (const Shape& s : shapes) {
-    for (Input k : all_inputs) {
-      const int64_t N = s.back();
-      auto x = leaf(make_input(s, k, gen));
-      auto gamma = leaf(randn({N}, gen, DType::f64, 1.0, 0.5));
-      auto beta = leaf(randn({N}, gen, DType::f64));
-      for (double eps : {1e-5, 1e-2}) {
-        GradcheckOptions opt;
-        if (k == Input::near_constant) opt.eps = 1e-6;  // the row's scale is ~sqrt(eps + 1e-6)
-        worst = std::max(worst, expect_gradcheck("layer_norm " + to_string(s) + " " + input_name(k) +
-                                                     " eps=" + std::to_string(eps),
-                                                 [eps](const std::vector<Variable>& v) {
-                                                   return layer_norm(v[0], v[1], v[2], eps);
-                                                 },
-                                                 {x, gamma, beta}, opt));
-      }
-    }
-  }
+  for_each_hard_case(gen, row_shapes, -1, [&](const HardCase& c) {
+    for (double eps : {1e-5, 1e-2})
+      worst = std::max(worst, expect_gradcheck("layer_norm " + c.label() + " eps=" + std::to_string(eps),
+                                               [eps](const std::vector<Variable>& v) {
+                                                 return layer_norm(v[0], v[1], v[2], eps);
+                                               },
+                                               {c.x, c.gamma, c.beta}, hard_input_options(c.kind)));
+  });
   std::printf("layer_norm worst gradcheck rel err %.1e\n", worst);
 }
 

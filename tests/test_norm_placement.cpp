@@ -59,14 +59,6 @@ Variable by_hand(Placement p, SublayerRole role, int64_t block, const Residual& 
   return Variable();
 }
 
-// A module that exposes register_module, to build nested names in tests.
-struct Container : Module {
-  template <class M>
-  std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
-    return register_module(name, std::move(m));
-  }
-};
-
 // A norm that only scales: y = x * weight (weight 1), so a wrongly scaled skip shows in full.
 struct ScaleOnly : NormLayer {
   ScaleOnly() { weight = register_parameter("weight", ones({kN}, DType::f64)); }
@@ -188,9 +180,9 @@ BOOST_AUTO_TEST_CASE(gradcheck_x_norm_parameters_and_sublayer_parameters) {
 BOOST_AUTO_TEST_CASE(parameter_names) {
   Generator gen(14);
   auto names_of = [&](Placement p, int64_t block) {
-    Container model;
-    auto blocks = model.add("blocks", std::make_shared<Container>());
-    auto b = blocks->add(std::to_string(block), std::make_shared<Container>());
+    ModuleDict model;
+    auto blocks = model.add("blocks", std::make_shared<ModuleDict>());
+    auto b = blocks->add(std::to_string(block), std::make_shared<ModuleDict>());
     b->add("attn_res", std::make_shared<Residual>(p, SublayerRole::attention, block, random_layer_norms(gen)));
     b->add("ffn_res", std::make_shared<Residual>(p, SublayerRole::ffn, block, random_layer_norms(gen)));
     std::vector<std::string> names;

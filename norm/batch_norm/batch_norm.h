@@ -5,10 +5,9 @@
 //   running_var  = (1 - momentum) * running_var  + momentum * var * count / (count - 1)
 // Eval normalizes with the running statistics: y = (x - running_mean) * rstd_running * gamma + beta.
 //
-// This header also holds what BatchNorm shares with GroupNorm: the channel-norm kernels (data
-// laid out (N, C, S) with one gamma/beta per channel, normalized by statistics per channel
-// (BatchNorm) or per (sample, group) (GroupNorm); see ChannelStatMap) and the autograd node of
-// a norm with inputs (x, gamma?, beta?) and saved mean/rstd.
+// This header also holds the channel-norm kernels BatchNorm shares with GroupNorm (data laid out
+// (N, C, S) with one gamma/beta per channel, normalized by statistics per channel (BatchNorm) or
+// per (sample, group) (GroupNorm); see ChannelStatMap).
 #pragma once
 
 #include <string>
@@ -39,45 +38,10 @@ void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, 
                            const T* rstd, int64_t N, int64_t C, int64_t S, ChannelStatMap map, bool fixed_stats);
 
 // Tensor level of channel_norm_backward: x and dy [N, C, *]; gradients only where wanted.
-struct NormGrads {
-  Tensor dx, dgamma, dbeta;
-};
 NormGrads channel_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                                 const Tensor& rstd, ChannelStatMap map, bool fixed_stats, bool want_dx,
                                 bool want_dgamma, bool want_dbeta, const char* who);
 
-// The node of a norm with inputs (x, gamma?, beta?) and saved statistics mean and rstd: its
-// backward maps dy to (dx, dgamma?, dbeta?) through grads(). Subclasses name themselves and
-// hold what else their backward needs.
-class AffineNormNode : public Node {
- public:
-  AffineNormNode(std::string name, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, bool has_beta)
-      : Node(std::move(name)), x(std::move(x)), gamma(std::move(gamma)), mean(std::move(mean)),
-        rstd(std::move(rstd)), has_beta(has_beta) {}
-  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override;
-  void release() override;
-
-  Tensor x, gamma, mean, rstd;  // gamma undefined without affine
-  bool has_beta;
-
- protected:
-  virtual NormGrads grads(const Tensor& dy, bool want_dx, bool want_dgamma, bool want_dbeta) const = 0;
-};
-
-// y as a Variable; when a graph is recorded, with the node make_node() returns as its grad_fn
-// over the inputs (x, gamma?, beta?).
-template <class MakeNode>
-Variable affine_norm_output(const Variable& x, const Variable& gamma, const Variable& beta, Tensor y,
-                            const MakeNode& make_node) {
-  std::vector<Variable> inputs{x};
-  if (gamma.defined()) inputs.push_back(gamma);
-  if (beta.defined()) inputs.push_back(beta);
-  if (!grad_enabled() || !any_requires_grad(inputs)) return Variable(std::move(y));
-  return make_outputs(make_node(), std::move(inputs), {std::move(y)})[0];
-}
-
-// v's data, or an undefined Tensor for an undefined Variable (no affine).
-inline Tensor data_or_undefined(const Variable& v) { return v.defined() ? v.data() : Tensor(); }
 
 // ---- BatchNorm reference kernels: x is (N, C, L) (L = 1 for (N, C)); T is float or double. ----
 // Training: writes y and the batch mean and rstd per channel; updates running_mean/running_var in

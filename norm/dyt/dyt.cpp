@@ -137,10 +137,9 @@ Variable dyt(const Variable& x, const Variable& alpha, const Variable& gamma, co
   NL_CHECK(x.defined() && alpha.defined() && gamma.defined() && beta.defined(),
            "dyt: x, alpha, gamma and beta are all required");
   Tensor y = dyt_forward(x.data(), alpha.data(), gamma.data(), beta.data(), identity);
-  std::vector<Variable> inputs{x, alpha, gamma, beta};
-  if (!any_requires_grad(inputs)) return Variable(y);
-  auto node = std::make_shared<DyTNode>(x.data(), alpha.data(), gamma.data(), identity);
-  return make_outputs(node, std::move(inputs), {y})[0];
+  return record({x, alpha, gamma, beta}, {y}, [&] {
+    return std::make_shared<DyTNode>(x.data(), alpha.data(), gamma.data(), identity);
+  })[0];
 }
 
 DyT::DyT(int64_t N_, double alpha0, bool identity_, DType dtype) : N(N_), identity(identity_) {

@@ -234,28 +234,20 @@ void AddRMSNormNode::release() {
 
 std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const Variable& gamma,
                                              const Variable& beta, double eps) {
-  AddLayerNormStats s = add_layer_norm_forward(x.data(), r.defined() ? r.data() : Tensor(),
-                                               gamma.defined() ? gamma.data() : Tensor(),
-                                               beta.defined() ? beta.data() : Tensor(), eps);
-  std::vector<Variable> inputs{x, r};
-  if (gamma.defined()) inputs.push_back(gamma);
-  if (beta.defined()) inputs.push_back(beta);
-  if (!grad_enabled() || !any_requires_grad(inputs)) return {Variable(s.h), Variable(s.y)};
-  auto node = std::make_shared<AddLayerNormNode>(s.h, gamma.defined() ? gamma.data() : Tensor(), s.mean, s.rstd,
-                                                 beta.defined());
-  std::vector<Variable> hy = make_outputs(node, std::move(inputs), {s.h, s.y});
+  AddLayerNormStats s = add_layer_norm_forward(x.data(), data_or_undefined(r), data_or_undefined(gamma),
+                                               data_or_undefined(beta), eps);
+  std::vector<Variable> hy = record(defined_inputs({x, r, gamma, beta}), {s.h, s.y}, [&] {
+    return std::make_shared<AddLayerNormNode>(s.h, data_or_undefined(gamma), s.mean, s.rstd, beta.defined());
+  });
   return {hy[0], hy[1]};
 }
 
 std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const Variable& gamma, double eps,
                                            bool unit_offset) {
-  AddRMSNormStats s = add_rms_norm_forward(x.data(), r.defined() ? r.data() : Tensor(),
-                                           gamma.defined() ? gamma.data() : Tensor(), eps, unit_offset);
-  std::vector<Variable> inputs{x, r};
-  if (gamma.defined()) inputs.push_back(gamma);
-  if (!grad_enabled() || !any_requires_grad(inputs)) return {Variable(s.h), Variable(s.y)};
-  auto node = std::make_shared<AddRMSNormNode>(s.h, gamma.defined() ? gamma.data() : Tensor(), s.rrms, unit_offset);
-  std::vector<Variable> hy = make_outputs(node, std::move(inputs), {s.h, s.y});
+  AddRMSNormStats s = add_rms_norm_forward(x.data(), data_or_undefined(r), data_or_undefined(gamma), eps, unit_offset);
+  std::vector<Variable> hy = record(defined_inputs({x, r, gamma}), {s.h, s.y}, [&] {
+    return std::make_shared<AddRMSNormNode>(s.h, data_or_undefined(gamma), s.rrms, unit_offset);
+  });
   return {hy[0], hy[1]};
 }
 

@@ -126,33 +126,15 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x, const T
   return g;
 }
 
-std::vector<Tensor> LayerNormNode::backward(const std::vector<Tensor>& grad_outputs) {
-  const bool has_gamma = gamma.defined();
-  const size_t gamma_slot = 1, beta_slot = has_gamma ? 2 : 1;
-  LayerNormGrads g = layer_norm_backward(grad_outputs[0], x, gamma, mean, rstd, needs_input_grad(0),
-                                         has_gamma && needs_input_grad(gamma_slot),
-                                         has_beta && needs_input_grad(beta_slot));
-  std::vector<Tensor> out{g.dx};
-  if (has_gamma) out.push_back(g.dgamma);
-  if (has_beta) out.push_back(g.dbeta);
-  return out;
-}
-
-void LayerNormNode::release() {
-  x = gamma = mean = rstd = Tensor();
-  Node::release();
+NormGrads LayerNormNode::grads(const Tensor& dy, bool want_dx, bool want_dgamma, bool want_dbeta) const {
+  return layer_norm_backward(dy, x, gamma, mean, rstd, want_dx, want_dgamma, want_dbeta);
 }
 
 Variable layer_norm(const Variable& x, const Variable& gamma, const Variable& beta, double eps) {
-  LayerNormStats s = layer_norm_forward(x.data(), gamma.defined() ? gamma.data() : Tensor(),
-                                        beta.defined() ? beta.data() : Tensor(), eps);
-  std::vector<Variable> inputs{x};
-  if (gamma.defined()) inputs.push_back(gamma);
-  if (beta.defined()) inputs.push_back(beta);
-  if (!grad_enabled() || !any_requires_grad(inputs)) return Variable(s.y);
-  auto node = std::make_shared<LayerNormNode>(x.data(), gamma.defined() ? gamma.data() : Tensor(), s.mean, s.rstd,
-                                              beta.defined());
-  return make_outputs(node, std::move(inputs), {s.y})[0];
+  LayerNormStats s = layer_norm_forward(x.data(), data_or_undefined(gamma), data_or_undefined(beta), eps);
+  return affine_norm_output(x, gamma, beta, s.y, [&] {
+    return std::make_shared<LayerNormNode>(x.data(), data_or_undefined(gamma), s.mean, s.rstd, beta.defined());
+  });
 }
 
 LayerNorm::LayerNorm(int64_t N_, double eps_, bool elementwise_affine, bool with_bias, DType dtype)

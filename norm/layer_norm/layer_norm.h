@@ -21,24 +21,19 @@ struct LayerNormStats {
   Tensor y, mean, rstd;
 };
 LayerNormStats layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps);
-struct LayerNormGrads {
-  Tensor dx, dgamma, dbeta;
-};
+using LayerNormGrads = NormGrads;
 LayerNormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                                    const Tensor& rstd, bool want_dx, bool want_dgamma, bool want_dbeta);
 
 // ---- Autograd ----
-// The node of layer_norm: inputs (x, gamma?, beta?), its saved tensors visible for inspection.
-class LayerNormNode : public Node {
+// The node of layer_norm: inputs (x, gamma?, beta?); saves x, gamma, mean, rstd (visible members).
+class LayerNormNode : public AffineNormNode {
  public:
   LayerNormNode(Tensor x, Tensor gamma, Tensor mean, Tensor rstd, bool has_beta)
-      : Node("layer_norm"), x(std::move(x)), gamma(std::move(gamma)), mean(std::move(mean)), rstd(std::move(rstd)),
-        has_beta(has_beta) {}
-  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override;
-  void release() override;
+      : AffineNormNode("layer_norm", std::move(x), std::move(gamma), std::move(mean), std::move(rstd), has_beta) {}
 
-  Tensor x, gamma, mean, rstd;  // gamma undefined without affine
-  bool has_beta;
+ protected:
+  NormGrads grads(const Tensor& dy, bool want_dx, bool want_dgamma, bool want_dbeta) const override;
 };
 
 // gamma and beta may be undefined Variables (no affine / no bias).

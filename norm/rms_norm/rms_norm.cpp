@@ -126,12 +126,10 @@ void RMSNormNode::release() {
 }
 
 Variable rms_norm(const Variable& x, const Variable& gamma, double eps, bool unit_offset) {
-  RMSNormStats s = rms_norm_forward(x.data(), gamma.defined() ? gamma.data() : Tensor(), eps, unit_offset);
-  std::vector<Variable> inputs{x};
-  if (gamma.defined()) inputs.push_back(gamma);
-  if (!grad_enabled() || !any_requires_grad(inputs)) return Variable(s.y);
-  auto node = std::make_shared<RMSNormNode>(x.data(), gamma.defined() ? gamma.data() : Tensor(), s.rrms, unit_offset);
-  return make_outputs(node, std::move(inputs), {s.y})[0];
+  RMSNormStats s = rms_norm_forward(x.data(), data_or_undefined(gamma), eps, unit_offset);
+  return record(defined_inputs({x, gamma}), {s.y}, [&] {
+    return std::make_shared<RMSNormNode>(x.data(), data_or_undefined(gamma), s.rrms, unit_offset);
+  })[0];
 }
 
 RMSNorm::RMSNorm(int64_t N_, double eps_, bool with_weight, bool unit_offset_, DType dtype)

@@ -111,12 +111,10 @@ void ScaleNormNode::release() {
 }
 
 Variable scale_norm(const Variable& x, const Variable& g, double eps) {
-  ScaleNormStats s = scale_norm_forward(x.data(), g.defined() ? g.data() : Tensor(), eps);
-  std::vector<Variable> inputs{x};
-  if (g.defined()) inputs.push_back(g);
-  if (!grad_enabled() || !any_requires_grad(inputs)) return Variable(s.y);
-  auto node = std::make_shared<ScaleNormNode>(x.data(), g.defined() ? g.data() : Tensor(), s.norm, eps);
-  return make_outputs(node, std::move(inputs), {s.y})[0];
+  ScaleNormStats s = scale_norm_forward(x.data(), data_or_undefined(g), eps);
+  return record(defined_inputs({x, g}), {s.y}, [&] {
+    return std::make_shared<ScaleNormNode>(x.data(), data_or_undefined(g), s.norm, eps);
+  })[0];
 }
 
 ScaleNorm::ScaleNorm(int64_t N_, double eps_, DType dtype) : N(N_), eps(eps_) {

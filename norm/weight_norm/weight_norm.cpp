@@ -101,10 +101,7 @@ void WeightNormNode::release() {
 Variable weight_norm(const Variable& g, const Variable& v) {
   NL_CHECK(g.defined() && v.defined(), "weight_norm: g and v are required");
   WeightNormStats s = weight_norm_forward(g.data(), v.data());
-  std::vector<Variable> inputs{g, v};
-  if (!any_requires_grad(inputs)) return Variable(s.w);
-  auto node = std::make_shared<WeightNormNode>(g.data(), v.data(), s.rnorm);
-  return make_outputs(node, std::move(inputs), {s.w})[0];
+  return record({g, v}, {s.w}, [&] { return std::make_shared<WeightNormNode>(g.data(), v.data(), s.rnorm); })[0];
 }
 
 WeightNorm::WeightNorm(int64_t in_features, int64_t out_features, bool with_bias, Generator& gen, DType dtype)
