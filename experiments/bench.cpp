@@ -15,6 +15,9 @@
 #include "framework/matmul.h"
 #include "framework/parallel.h"
 #include "framework/tensor_ops.h"
+#include "norm/batch_norm/batch_norm_onednn.h"
+#include "norm/layer_norm/layer_norm_onednn.h"
+#include "norm/rms_norm/rms_norm.h"
 
 namespace normlab {
 
@@ -108,15 +111,58 @@ void bench_exp() {
               t_libm / t_fast);
 }
 
-// LayerNorm composed of autograd ops (the hand-derived layers come with norm/).
+// Norm kernels against oneDNN's primitives on the same tensors: GB/s counting x and y for
+// forward, x, dy and dx for backward (statistics and parameters are small and not counted).
+void bench_norms() {
+  std::printf("\nnorm kernels, f32 (GB/s; forward counts x, y; backward x, dy, dx)\n");
+  std::printf("%-16s %-14s %10s %10s %10s %10s %10s %10s\n", "shape", "norm", "fwd", "oneDNN", "ratio", "bwd",
+              "oneDNN", "ratio");
+  Generator gen(3);
+  const Shape shapes[] = {{512, 32}, {4096, 1024}, {65536, 128}, {1024, 8192}};
+  for (const Shape& s : shapes) {
+    const int64_t M = s[0], N = s[1];
+    const Tensor x = randn(s, gen), dy = randn(s, gen), gamma = randn({N}, gen), beta = randn({N}, gen);
+    const double bytes = double(M * N) * 4.0;
+    const int reps = M * N < (1 << 20) ? 200 : 20;
+    const LayerNormStats st = layer_norm_forward(x, gamma, beta, 1e-5);
+    const NormStatsOnednn sd = layer_norm_forward_onednn(x, gamma, beta, 1e-5);
+    const double f = time_median(reps, [&] { layer_norm_forward(x, gamma, beta, 1e-5); });
+    const double fd = time_median(reps, [&] { layer_norm_forward_onednn(x, gamma, beta, 1e-5); });
+    const double b = time_median(reps, [&] { layer_norm_backward(dy, x, gamma, st.mean, st.rstd, true, true, true); });
+    const double bd =
+        time_median(reps, [&] { layer_norm_backward_onednn(dy, x, gamma, beta, sd.mean, sd.variance, 1e-5); });
+    std::printf("%-16s %-14s %10.1f %10.1f %10.2f %10.1f %10.1f %10.2f\n", to_string(s).c_str(), "LayerNorm",
+                2 * bytes / f * 1e-9, 2 * bytes / fd * 1e-9, fd / f, 3 * bytes / b * 1e-9, 3 * bytes / bd * 1e-9,
+                bd / b);
+    const RMSNormStats sr = rms_norm_forward(x, gamma, 1e-6);
+    const double rf = time_median(reps, [&] { rms_norm_forward(x, gamma, 1e-6); });
+    const double rb = time_median(reps, [&] { rms_norm_backward(dy, x, gamma, sr.rrms, false, true, true); });
+    std::printf("%-16s %-14s %10.1f %10s %10s %10.1f\n", "", "RMSNorm", 2 * bytes / rf * 1e-9, "", "",
+                3 * bytes / rb * 1e-9);
+    // BatchNorm over the same data viewed as (N = M, C = N).
+    const BatchNormStats sb = batch_norm_forward(x, gamma, beta, Tensor(), Tensor(), true, 0.1, 1e-5);
+    const NormStatsOnednn sbd = batch_norm_forward_onednn(x, gamma, beta, 1e-5);
+    const double bf = time_median(reps, [&] { batch_norm_forward(x, gamma, beta, Tensor(), Tensor(), true, 0.1, 1e-5); });
+    const double bfd = time_median(reps, [&] { batch_norm_forward_onednn(x, gamma, beta, 1e-5); });
+    const double bb =
+        time_median(reps, [&] { batch_norm_backward(dy, x, gamma, sb.mean, sb.rstd, true, true, true, true); });
+    const double bbd =
+        time_median(reps, [&] { batch_norm_backward_onednn(dy, x, gamma, beta, sbd.mean, sbd.variance, 1e-5); });
+    std::printf("%-16s %-14s %10.1f %10.1f %10.2f %10.1f %10.1f %10.2f\n", "", "BatchNorm (N,C)",
+                2 * bytes / bf * 1e-9, 2 * bytes / bfd * 1e-9, bfd / bf, 3 * bytes / bb * 1e-9, 3 * bytes / bbd * 1e-9,
+                bbd / bb);
+  }
+}
+
+// LayerNorm composed of autograd ops: the baseline the hand-derived layer_norm is measured against.
 Variable composed_layer_norm(const Variable& x) {
   const Variable centered = x - mean(x, {-1}, true);
   return centered * rsqrt(mean(centered * centered, {-1}, true) + 1e-5);
 }
 
-// One pre-norm GPT block stack built from the ops alone: a baseline for the per-op cost of a
-// training step (batch 8, seq 64, d_model 32, 2 heads, GELU MLP x4, vocab 32).
-void bench_transformer_step(int depth) {
+// One pre-norm GPT block stack built from the ops (batch 8, seq 64, d_model 32, 2 heads, GELU
+// MLP x4, vocab 32), with its LayerNorms composed of ops or the hand-derived layer_norm.
+void bench_transformer_step(int depth, bool composed) {
   constexpr int64_t B = 8, T = 64, D = 32, H = 2, Dh = D / H, V = 32;
   struct Block {
     std::shared_ptr<Linear> qkv, out, up, down;
@@ -128,6 +174,8 @@ void bench_transformer_step(int depth) {
     blocks.push_back({std::make_shared<Linear>(D, 3 * D, true, gen), std::make_shared<Linear>(D, D, true, gen),
                       std::make_shared<Linear>(D, 4 * D, true, gen), std::make_shared<Linear>(4 * D, D, true, gen)});
   Linear head(D, V, false, gen);
+  LayerNorm ln(D);
+  auto norm = [&](const Variable& x) { return composed ? composed_layer_norm(x) : ln.forward(x); };
   const Tensor u = uniform({2, B, T}, gen, 0.0, double(V), DType::f64);
   Tensor tokens = empty({B, T}, DType::i64), targets = empty({B, T}, DType::i64);
   for (int64_t i = 0; i < B * T; ++i) {
@@ -138,18 +186,18 @@ void bench_transformer_step(int depth) {
   auto step = [&] {
     Variable x = embed.forward(tokens);
     for (const Block& b : blocks) {
-      auto qkv = split(b.qkv->forward(composed_layer_norm(x)), D, -1);
+      auto qkv = split(b.qkv->forward(norm(x)), D, -1);
       Variable scores = matmul(heads(qkv[0]), transpose(heads(qkv[1]), -1, -2)) * (1.0 / std::sqrt(double(Dh)));
       Variable att = matmul(softmax(causal_mask(scores)), heads(qkv[2]));
       x = x + b.out->forward(reshape(transpose(att, 1, 2), {B, T, D}));
-      x = x + b.down->forward(gelu(b.up->forward(composed_layer_norm(x))));
+      x = x + b.down->forward(gelu(b.up->forward(norm(x))));
     }
-    cross_entropy(head.forward(composed_layer_norm(x)), targets).backward();
+    cross_entropy(head.forward(norm(x)), targets).backward();
   };
   CpuAllocator::instance().reset_peak();
   const double t = time_median(3, step);
-  std::printf("\ntransformer training step from ops (composed LayerNorm), depth %d, %lld tokens\n", depth,
-              (long long)(B * T));
+  std::printf("\ntransformer training step, %s LayerNorm, depth %d, %lld tokens\n",
+              composed ? "composed of ops" : "hand-derived", depth, (long long)(B * T));
   std::printf("forward + backward %8.1f ms, %8.0f tokens/s, peak memory %.0f MiB\n", t * 1e3, double(B * T) / t,
               double(CpuAllocator::instance().stats().peak_bytes_in_use) / (1 << 20));
 }
@@ -162,7 +210,9 @@ void run_foundation_bench(int depth) {
   bench_engine();
   bench_copy();
   bench_exp();
-  bench_transformer_step(depth);
+  bench_norms();
+  bench_transformer_step(depth, true);
+  bench_transformer_step(depth, false);
 }
 
 }  // namespace normlab

@@ -87,6 +87,31 @@ std::vector<double> sum_rows(int64_t M, int64_t width, const F& row) {
   return total;
 }
 
+// Sum of term(j) for j in [0, n), in double, over kLanes interleaved lanes added in a fixed
+// order. A plain running sum cannot be vectorized under strict IEEE order; the lanes can, and
+// the result still depends only on the values (never on threads or the machine's vector width).
+constexpr int kLanes = 8;
+template <class F>
+inline double lane_sum(int64_t n, const F& term) {
+  double acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += term(j + l);
+  double tail = 0;
+  for (; j < n; ++j) tail += term(j);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
+}
+
+// The N values of an optional per-feature parameter as doubles, offset + p[j] (`fill` when p is
+// null), so the hot loops of the fast kernels have no branches.
+template <class T>
+std::vector<double> as_doubles(const T* p, int64_t N, double fill, double offset = 0.0) {
+  std::vector<double> out(size_t(N), fill);
+  if (p)
+    for (int64_t j = 0; j < N; ++j) out[size_t(j)] = offset + double(p[j]);
+  return out;
+}
+
 // Rows per parallel_for chunk for per-row kernels of N features (about 16K elements a chunk).
 inline int64_t row_grain(int64_t N) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)); }
 

@@ -101,4 +101,18 @@ inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   return scale > 0 ? diff / scale : diff;
 }
 
+// Shapes on which a fast kernel is compared with its reference: N below, at and past the lane
+// count, with a tail, and M past one reduction block.
+inline const std::vector<Shape> kernel_shapes{{1, 1}, {3, 7}, {5, 33}, {64, 128}, {300, 17}, {2, 1000}};
+
+// Runs f(dtype, tolerance, shape, kind, x) over f32 and f64, kernel_shapes and the hard inputs. The
+// f64 tolerance allows the summation order to move a mean of 1e4 by ~1e-12.
+template <class F>
+void for_each_kernel_case(const F& f) {
+  Generator gen(77);
+  for (DType dtype : {DType::f32, DType::f64})
+    for (const Shape& s : kernel_shapes)
+      for (Input k : all_inputs) f(dtype, dtype == DType::f32 ? 2e-6 : 1e-10, s, k, make_input(s, k, gen).to(dtype));
+}
+
 }  // namespace normlab::testing

@@ -39,6 +39,40 @@ BOOST_AUTO_TEST_CASE(large_mean_rows_keep_their_spread_in_f32) {
   BOOST_CHECK_LT(max_rel_diff(y32, y64), 1e-2);  // input rounding to f32 at 1e4 is ~5e-4 absolute
 }
 
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
+  double worst_f32 = 0;
+  for_each_kernel_case([&](DType dtype, double tol, const Shape& s, Input k, const Tensor& x) {
+    const int64_t M = s[0], N = s[1];
+    Generator gen(8);
+    const Tensor gamma = randn({N}, gen, dtype, 1.0, 0.5), beta = randn({N}, gen, dtype), dy = randn(s, gen, dtype);
+    Tensor y[2], mean[2], rstd[2], dx[2], dgamma[2], dbeta[2];
+    for (int v = 0; v < 2; ++v) {
+      y[v] = empty(s, dtype), mean[v] = empty({M}, dtype), rstd[v] = empty({M}, dtype);
+      dx[v] = empty(s, dtype), dgamma[v] = empty({N}, dtype), dbeta[v] = empty({N}, dtype);
+    }
+    NL_DISPATCH_FLOATING(dtype, "test", [&] {
+      using T = scalar_t;
+      layer_norm_forward<T>(y[0].data<T>(), mean[0].data<T>(), rstd[0].data<T>(), x.data<T>(), gamma.data<T>(),
+                            beta.data<T>(), M, N, 1e-5);
+      layer_norm_forward_cpu<T>(y[1].data<T>(), mean[1].data<T>(), rstd[1].data<T>(), x.data<T>(), gamma.data<T>(),
+                                beta.data<T>(), M, N, 1e-5);
+      layer_norm_backward<T>(dx[0].data<T>(), dgamma[0].data<T>(), dbeta[0].data<T>(), dy.data<T>(), x.data<T>(),
+                             gamma.data<T>(), mean[0].data<T>(), rstd[0].data<T>(), M, N);
+      layer_norm_backward_cpu<T>(dx[1].data<T>(), dgamma[1].data<T>(), dbeta[1].data<T>(), dy.data<T>(), x.data<T>(),
+                                 gamma.data<T>(), mean[0].data<T>(), rstd[0].data<T>(), M, N);
+    });
+    const std::pair<const char*, const Tensor*> outs[] = {{"y", y}, {"mean", mean}, {"rstd", rstd},
+                                                          {"dx", dx}, {"dgamma", dgamma}, {"dbeta", dbeta}};
+    for (const auto& [name, t] : outs) {
+      const double err = max_rel_diff(t[1], t[0]);
+      if (dtype == DType::f32) worst_f32 = std::max(worst_f32, err);
+      BOOST_CHECK_MESSAGE(err <= tol, name << " " << dtype_name(dtype) << " " << to_string(s) << " "
+                                           << input_name(k) << ": fast vs reference " << err);
+    }
+  });
+  std::printf("layer_norm fast vs reference, f32 worst rel err %.1e\n", worst_f32);
+}
+
 BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {
   Generator gen(3);
   double worst = 0;

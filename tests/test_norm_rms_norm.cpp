@@ -53,6 +53,39 @@ BOOST_AUTO_TEST_CASE(f32_forward_agrees_with_f64) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
+  double worst_f32 = 0;
+  for_each_kernel_case([&](DType dtype, double tol, const Shape& s, Input k, const Tensor& x) {
+    const int64_t M = s[0], N = s[1];
+    Generator gen(8);
+    const Tensor gamma = randn({N}, gen, dtype, 1.0, 0.5), dy = randn(s, gen, dtype);
+    for (bool unit_offset : {false, true}) {
+      Tensor y[2], rrms[2], dx[2], dgamma[2];
+      for (int v = 0; v < 2; ++v)
+        y[v] = empty(s, dtype), rrms[v] = empty({M}, dtype), dx[v] = empty(s, dtype), dgamma[v] = empty({N}, dtype);
+      NL_DISPATCH_FLOATING(dtype, "test", [&] {
+        using T = scalar_t;
+        rms_norm_forward<T>(y[0].data<T>(), rrms[0].data<T>(), x.data<T>(), gamma.data<T>(), M, N, 1e-6, unit_offset);
+        rms_norm_forward_cpu<T>(y[1].data<T>(), rrms[1].data<T>(), x.data<T>(), gamma.data<T>(), M, N, 1e-6,
+                                unit_offset);
+        rms_norm_backward<T>(dx[0].data<T>(), dgamma[0].data<T>(), dy.data<T>(), x.data<T>(), gamma.data<T>(),
+                             rrms[0].data<T>(), M, N, unit_offset);
+        rms_norm_backward_cpu<T>(dx[1].data<T>(), dgamma[1].data<T>(), dy.data<T>(), x.data<T>(), gamma.data<T>(),
+                                 rrms[0].data<T>(), M, N, unit_offset);
+      });
+      const std::pair<const char*, const Tensor*> outs[] = {{"y", y}, {"rrms", rrms}, {"dx", dx}, {"dgamma", dgamma}};
+      for (const auto& [name, t] : outs) {
+        const double err = max_rel_diff(t[1], t[0]);
+        if (dtype == DType::f32) worst_f32 = std::max(worst_f32, err);
+        BOOST_CHECK_MESSAGE(err <= tol, name << " " << dtype_name(dtype) << " " << to_string(s) << " "
+                                             << input_name(k) << (unit_offset ? " unit_offset" : "")
+                                             << ": fast vs reference " << err);
+      }
+    }
+  });
+  std::printf("rms_norm fast vs reference, f32 worst rel err %.1e\n", worst_f32);
+}
+
 BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {
   Generator gen(3);
   double worst = 0;

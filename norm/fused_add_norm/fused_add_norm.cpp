@@ -70,7 +70,7 @@ template <class T>
 void add_layer_norm_forward(T* h, T* y, T* mean, T* rstd, const T* x, const T* r, const T* gamma, const T* beta,
                             int64_t M, int64_t N, double eps) {
   add_then_norm(h, x, r, M, N, [&](int64_t i0, int64_t i1) {
-    layer_norm_forward<T>(y + i0 * N, mean + i0, rstd + i0, h + i0 * N, gamma, beta, i1 - i0, N, eps);
+    layer_norm_forward_cpu<T>(y + i0 * N, mean + i0, rstd + i0, h + i0 * N, gamma, beta, i1 - i0, N, eps);
   });
 }
 
@@ -82,18 +82,18 @@ void add_layer_norm_backward(T* dh_total, T* dgamma, T* dbeta, const T* dh, cons
                              const T* mean, const T* rstd, int64_t M, int64_t N) {
   if (dh_total) {
     norm_dx_plus_dh(dh_total, dh, M, N, [&](int64_t i0, int64_t i1) {
-      layer_norm_backward<T>(dh_total + i0 * N, nullptr, nullptr, dy + i0 * N, h + i0 * N, gamma, mean + i0,
+      layer_norm_backward_cpu<T>(dh_total + i0 * N, nullptr, nullptr, dy + i0 * N, h + i0 * N, gamma, mean + i0,
                              rstd + i0, i1 - i0, N);
     });
   }
-  if (dgamma || dbeta) layer_norm_backward<T>(nullptr, dgamma, dbeta, dy, h, gamma, mean, rstd, M, N);
+  if (dgamma || dbeta) layer_norm_backward_cpu<T>(nullptr, dgamma, dbeta, dy, h, gamma, mean, rstd, M, N);
 }
 
 template <class T>
 void add_rms_norm_forward(T* h, T* y, T* rrms, const T* x, const T* r, const T* gamma, int64_t M, int64_t N,
                           double eps, bool unit_offset) {
   add_then_norm(h, x, r, M, N, [&](int64_t i0, int64_t i1) {
-    rms_norm_forward<T>(y + i0 * N, rrms + i0, h + i0 * N, gamma, i1 - i0, N, eps, unit_offset);
+    rms_norm_forward_cpu<T>(y + i0 * N, rrms + i0, h + i0 * N, gamma, i1 - i0, N, eps, unit_offset);
   });
 }
 
@@ -105,11 +105,11 @@ void add_rms_norm_backward(T* dh_total, T* dgamma, const T* dh, const T* dy, con
                            const T* rrms, int64_t M, int64_t N, bool unit_offset) {
   if (dh_total) {
     norm_dx_plus_dh(dh_total, dh, M, N, [&](int64_t i0, int64_t i1) {
-      rms_norm_backward<T>(dh_total + i0 * N, nullptr, dy + i0 * N, h + i0 * N, gamma, rrms + i0, i1 - i0, N,
+      rms_norm_backward_cpu<T>(dh_total + i0 * N, nullptr, dy + i0 * N, h + i0 * N, gamma, rrms + i0, i1 - i0, N,
                            unit_offset);
     });
   }
-  if (dgamma) rms_norm_backward<T>(nullptr, dgamma, dy, h, gamma, rrms, M, N, unit_offset);
+  if (dgamma) rms_norm_backward_cpu<T>(nullptr, dgamma, dy, h, gamma, rrms, M, N, unit_offset);
 }
 
 template void add_layer_norm_forward<float>(float*, float*, float*, float*, const float*, const float*, const float*,

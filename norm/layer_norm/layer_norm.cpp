@@ -76,6 +76,73 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   }
 }
 
+// Scalar math: layer_norm_forward above (two-pass mean and centered variance in double),
+// with the sums over lanes.
+template <class T>
+void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t M, int64_t N,
+                            double eps) {
+  const std::vector<double> g = as_doubles(gamma, N, 1.0), b = as_doubles(beta, N, 0.0);
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * N;
+      const double mu = lane_sum(N, [&](int64_t j) { return double(xi[j]); }) / double(N);
+      const double var = lane_sum(N, [&](int64_t j) {
+                           const double c = double(xi[j]) - mu;
+                           return c * c;
+                         }) / double(N);
+      const double rs = 1.0 / std::sqrt(var + eps);
+      mean[i] = T(mu);
+      rstd[i] = T(rs);
+      T* yi = y + i * N;
+      for (int64_t j = 0; j < N; ++j) yi[j] = T((double(xi[j]) - mu) * rs * g[size_t(j)] + b[size_t(j)]);
+    }
+  });
+}
+
+// Scalar math: layer_norm_backward above. One pass over the rows: each row's dx, and its
+// dy * xhat and dy into the block's dgamma/dbeta partials (sum_rows: deterministic).
+template <class T>
+void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                             const T* rstd, int64_t M, int64_t N) {
+  const std::vector<double> g = as_doubles(gamma, N, 1.0);
+  auto row = [&](int64_t i, double* acc) {
+    const T* xi = x + i * N;
+    const T* dyi = dy + i * N;
+    const double mu = double(mean[i]), rs = double(rstd[i]);
+    if (dx) {
+      const double mean_dxhat = lane_sum(N, [&](int64_t j) { return double(dyi[j]) * g[size_t(j)]; }) / double(N);
+      const double mean_dxhat_xhat = lane_sum(N, [&](int64_t j) {
+                                       return double(dyi[j]) * g[size_t(j)] * ((double(xi[j]) - mu) * rs);
+                                     }) / double(N);
+      T* dxi = dx + i * N;
+      for (int64_t j = 0; j < N; ++j) {
+        const double xhat = (double(xi[j]) - mu) * rs;
+        const double dxhat = double(dyi[j]) * g[size_t(j)];
+        dxi[j] = T(rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+      }
+    }
+    if (acc) {
+      double* acc_dgamma = acc;
+      double* acc_dbeta = acc + N;
+      for (int64_t j = 0; j < N; ++j) {
+        acc_dgamma[j] += double(dyi[j]) * ((double(xi[j]) - mu) * rs);
+        acc_dbeta[j] += double(dyi[j]);
+      }
+    }
+  };
+  if (!dgamma && !dbeta) {
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) row(i, nullptr);
+    });
+    return;
+  }
+  const std::vector<double> acc = sum_rows(M, 2 * N, row);  // [0, N): dgamma, [N, 2N): dbeta
+  for (int64_t j = 0; j < N; ++j) {
+    if (dgamma) dgamma[j] = T(acc[size_t(j)]);
+    if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);
+  }
+}
+
 template void layer_norm_forward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t,
                                         int64_t, double);
 template void layer_norm_forward<double>(double*, double*, double*, const double*, const double*, const double*,
@@ -84,6 +151,14 @@ template void layer_norm_backward<float>(float*, float*, float*, const float*, c
                                          const float*, const float*, int64_t, int64_t);
 template void layer_norm_backward<double>(double*, double*, double*, const double*, const double*, const double*,
                                           const double*, const double*, int64_t, int64_t);
+template void layer_norm_forward_cpu<float>(float*, float*, float*, const float*, const float*, const float*, int64_t,
+                                            int64_t, double);
+template void layer_norm_forward_cpu<double>(double*, double*, double*, const double*, const double*, const double*,
+                                             int64_t, int64_t, double);
+template void layer_norm_backward_cpu<float>(float*, float*, float*, const float*, const float*, const float*,
+                                             const float*, const float*, int64_t, int64_t);
+template void layer_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
+                                              const double*, const double*, const double*, int64_t, int64_t);
 
 LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in, double eps) {
   check_eps(eps, "layer_norm");
@@ -98,7 +173,7 @@ LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
   LayerNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype()),
                      empty(leading_shape(x), x.dtype())};
   NL_DISPATCH_FLOATING(x.dtype(), "layer_norm", [&] {
-    layer_norm_forward<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
+    layer_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
                                  x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), M, N,
                                  eps);
   });
@@ -118,7 +193,7 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x, const T
   if (want_dgamma) g.dgamma = empty({N}, x.dtype());
   if (want_dbeta) g.dbeta = empty({N}, x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), "layer_norm_backward", [&] {
-    layer_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
+    layer_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
                                   ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(), xc.data<scalar_t>(),
                                   ptr_or_null<scalar_t>(gamma), mean.contiguous().data<scalar_t>(),
                                   rstd.contiguous().data<scalar_t>(), M, N);

@@ -68,6 +68,58 @@ void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma
   }
 }
 
+// Scalar math: rms_norm_forward above, the sum of squares over lanes.
+template <class T>
+void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps,
+                          bool unit_offset) {
+  const std::vector<double> g = as_doubles(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * N;
+      const double rr = 1.0 / std::sqrt(lane_sum(N, [&](int64_t j) { return double(xi[j]) * double(xi[j]); }) /
+                                            double(N) +
+                                        eps);
+      rrms[i] = T(rr);
+      T* yi = y + i * N;
+      for (int64_t j = 0; j < N; ++j) yi[j] = T(double(xi[j]) * rr * g[size_t(j)]);
+    }
+  });
+}
+
+// Scalar math: rms_norm_backward above. One pass over the rows: each row's dx, and its
+// dy * xhat into the block's dgamma partial (sum_rows: deterministic).
+template <class T>
+void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M,
+                           int64_t N, bool unit_offset) {
+  const std::vector<double> g = as_doubles(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
+  auto row = [&](int64_t i, double* acc) {
+    const T* xi = x + i * N;
+    const T* dyi = dy + i * N;
+    const double rr = double(rrms[i]);
+    if (dx) {
+      const double mean_dxhat_xhat = lane_sum(N, [&](int64_t j) {
+                                       return double(dyi[j]) * g[size_t(j)] * (double(xi[j]) * rr);
+                                     }) / double(N);
+      T* dxi = dx + i * N;
+      for (int64_t j = 0; j < N; ++j) {
+        const double xhat = double(xi[j]) * rr;
+        const double dxhat = double(dyi[j]) * g[size_t(j)];
+        dxi[j] = T(rr * (dxhat - xhat * mean_dxhat_xhat));
+      }
+    }
+    if (acc)
+      for (int64_t j = 0; j < N; ++j) acc[j] += double(dyi[j]) * (double(xi[j]) * rr);
+  };
+  if (!dgamma) {
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) row(i, nullptr);
+    });
+    return;
+  }
+  const std::vector<double> acc = sum_rows(M, N, row);
+  for (int64_t j = 0; j < N; ++j) dgamma[j] = T(acc[size_t(j)]);
+}
+
 template void rms_norm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t, double, bool);
 template void rms_norm_forward<double>(double*, double*, const double*, const double*, int64_t, int64_t, double,
                                        bool);
@@ -75,6 +127,13 @@ template void rms_norm_backward<float>(float*, float*, const float*, const float
                                        int64_t, int64_t, bool);
 template void rms_norm_backward<double>(double*, double*, const double*, const double*, const double*,
                                         const double*, int64_t, int64_t, bool);
+template void rms_norm_forward_cpu<float>(float*, float*, const float*, const float*, int64_t, int64_t, double, bool);
+template void rms_norm_forward_cpu<double>(double*, double*, const double*, const double*, int64_t, int64_t, double,
+                                           bool);
+template void rms_norm_backward_cpu<float>(float*, float*, const float*, const float*, const float*, const float*,
+                                           int64_t, int64_t, bool);
+template void rms_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
+                                            const double*, int64_t, int64_t, bool);
 
 RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double eps, bool unit_offset) {
   check_eps(eps, "rms_norm");
@@ -86,7 +145,7 @@ RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
   RMSNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
   NL_DISPATCH_FLOATING(x.dtype(), "rms_norm", [&] {
-    rms_norm_forward<scalar_t>(out.y.data<scalar_t>(), out.rrms.data<scalar_t>(), x.data<scalar_t>(),
+    rms_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.rrms.data<scalar_t>(), x.data<scalar_t>(),
                                ptr_or_null<scalar_t>(gamma), M, N, eps, unit_offset);
   });
   return out;
@@ -104,7 +163,7 @@ RMSNormGrads rms_norm_backward(const Tensor& dy_in, const Tensor& x, const Tenso
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
   if (want_dgamma) g.dgamma = empty({N}, x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), "rms_norm_backward", [&] {
-    rms_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma), dy.data<scalar_t>(),
+    rms_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma), dy.data<scalar_t>(),
                                 xc.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), rrms.contiguous().data<scalar_t>(),
                                 M, N, unit_offset);
   });
