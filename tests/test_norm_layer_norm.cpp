@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "framework/parallel.h"
 #include "norm/layer_norm/layer_norm.h"
 #include "tests/norm_test_util.h"
 #include "tests/test_util.h"
@@ -71,6 +72,21 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
     }
   });
   std::printf("layer_norm fast vs reference, f32 worst rel err %.1e\n", worst_f32);
+}
+
+BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
+  Generator gen(9);
+  const Tensor x = randn({1000, 48}, gen), dy = randn({1000, 48}, gen), gamma = randn({48}, gen), beta = randn({48}, gen);
+  auto run = [&](int threads) {
+    const int prev = num_threads();
+    set_num_threads(threads);
+    const LayerNormStats s = layer_norm_forward(x, gamma, beta, 1e-5);
+    const LayerNormGrads g = layer_norm_backward(dy, x, gamma, s.mean, s.rstd, true, true, true);
+    set_num_threads(prev);
+    return std::vector<Tensor>{s.y, g.dx, g.dgamma, g.dbeta};
+  };
+  const std::vector<Tensor> one = run(1), three = run(3);
+  for (size_t i = 0; i < one.size(); ++i) BOOST_CHECK(one[i].to_vector<float>() == three[i].to_vector<float>());
 }
 
 BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {
