@@ -101,6 +101,14 @@ inline double max_rel_diff(const Tensor& a, const Tensor& b) {
   return scale > 0 ? diff / scale : diff;
 }
 
+// max|a - b| / max(max|b|, floor): for results that cancel (dx of a 1-feature RMSNorm is
+// rrms * dxhat * eps / (x^2 + eps)), the floor is the size of the terms that cancel.
+inline double max_diff_scaled(const Tensor& a, const Tensor& b, double floor) {
+  const double diff = max_abs(sub(a.to(DType::f64), b.to(DType::f64)));
+  const double scale = std::max(max_abs(b.to(DType::f64)), floor);
+  return scale > 0 ? diff / scale : diff;
+}
+
 // Shapes on which a fast kernel is compared with its reference: N below, at and past the lane
 // count, with a tail, and M past one reduction block.
 inline const std::vector<Shape> kernel_shapes{{1, 1}, {3, 7}, {5, 33}, {64, 128}, {300, 17}, {2, 1000}};
