@@ -32,9 +32,8 @@ NormStatsOnednn batch_norm_forward_onednn(const Tensor& x, const Tensor& gamma, 
 BatchNormGrads batch_norm_backward_onednn(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                           const Tensor& mean, const Tensor& variance, double eps) {
   const char* who = "batch_norm_backward_onednn";
-  const LayerNormGrads g = onednn_norm::backward<dnnl::batch_normalization_forward, dnnl::batch_normalization_backward>(
+  return onednn_norm::backward<dnnl::batch_normalization_forward, dnnl::batch_normalization_backward>(
       batch_norm_descs(x, gamma, beta, eps, who), eps, dy, x, gamma, beta, mean, variance, who);
-  return {g.dx, g.dgamma, g.dbeta};
 }
 
 }  // namespace normlab

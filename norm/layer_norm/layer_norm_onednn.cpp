@@ -63,7 +63,7 @@ NormStatsOnednn run_forward(const dnnl::primitive& p, const Descs& md, const Ten
   return out;
 }
 
-LayerNormGrads run_backward(const dnnl::primitive& p, const Descs& md, const Tensor& dy, const Tensor& x,
+NormGrads run_backward(const dnnl::primitive& p, const Descs& md, const Tensor& dy, const Tensor& x,
                             const Tensor& gamma, const Tensor& beta, const Tensor& mean, const Tensor& variance,
                             const char* who) {
   check_f32(dy, who, "dy");
@@ -74,7 +74,7 @@ LayerNormGrads run_backward(const dnnl::primitive& p, const Descs& md, const Ten
   NL_CHECK(mean.shape() == md.stat_shape && variance.shape() == md.stat_shape, who,
            ": mean and variance must have shape ", to_string(md.stat_shape), ", got ", to_string(mean.shape()),
            " and ", to_string(variance.shape()));
-  LayerNormGrads out{empty(x.shape()), gamma.defined() ? empty({md.param_size}) : Tensor(),
+  NormGrads out{empty(x.shape()), gamma.defined() ? empty({md.param_size}) : Tensor(),
                      beta.defined() ? empty({md.param_size}) : Tensor()};
   const Tensor dyc = dy.contiguous(), xc = x.contiguous(), mc = mean.contiguous(), vc = variance.contiguous();
   const Tensor g = contiguous_or_undefined(gamma), b = contiguous_or_undefined(beta);

@@ -6,6 +6,9 @@
 // forward_training or backward primitive with its mean/variance/scale/shift arguments).
 #pragma once
 
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include <dnnl.hpp>
@@ -45,7 +48,7 @@ NormStatsOnednn run_forward(const dnnl::primitive& p, const Descs& md, const Ten
                             const Tensor& beta);
 // Checks dy and the statistics, then runs a backward primitive: dx, and dgamma / dbeta when
 // gamma / beta are defined.
-LayerNormGrads run_backward(const dnnl::primitive& p, const Descs& md, const Tensor& dy, const Tensor& x,
+NormGrads run_backward(const dnnl::primitive& p, const Descs& md, const Tensor& dy, const Tensor& x,
                             const Tensor& gamma, const Tensor& beta, const Tensor& mean, const Tensor& variance,
                             const char* who);
 
@@ -60,25 +63,43 @@ typename Fwd::primitive_desc forward_pd(const Descs& md, double eps, dnnl::norma
     return {typename Fwd::desc(training, md.data, float(eps), f), engine()};
 }
 
+// The primitive make() builds, cached by (primitive type, data dims, eps, flags): building one
+// costs far more than running it on a small tensor. Cached primitives may run on any thread.
+template <class Prim, class Make>
+const Prim& cached_primitive(const Descs& md, double eps, dnnl::normalization_flags f, const Make& make) {
+  using Key = std::tuple<dnnl::memory::dims, double, int>;
+  static std::mutex mutex;
+  static auto* cache = new std::map<Key, Prim>;  // leaked, like engine()
+  const Key key{md.data.dims(), eps, int(f)};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache->find(key);
+  if (it == cache->end()) it = cache->emplace(key, make()).first;
+  return it->second;
+}
+
 // Forward (training) of a normalization: y, mean, variance.
 template <class Fwd>
 NormStatsOnednn forward(const Descs& md, double eps, const Tensor& x, const Tensor& gamma, const Tensor& beta) {
-  const Fwd prim(forward_pd<Fwd>(md, eps, flags(gamma.defined(), beta.defined())));
+  const dnnl::normalization_flags f = flags(gamma.defined(), beta.defined());
+  const Fwd& prim = cached_primitive<Fwd>(md, eps, f, [&] { return Fwd(forward_pd<Fwd>(md, eps, f)); });
   return run_forward(prim, md, x, gamma, beta);
 }
 
 // Backward (prop_kind::backward) of a normalization from its saved mean and variance.
 template <class Fwd, class Bwd>
-LayerNormGrads backward(const Descs& md, double eps, const Tensor& dy, const Tensor& x, const Tensor& gamma,
-                        const Tensor& beta, const Tensor& mean, const Tensor& variance, const char* who) {
+NormGrads backward(const Descs& md, double eps, const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                   const Tensor& beta, const Tensor& mean, const Tensor& variance, const char* who) {
   const dnnl::normalization_flags f = flags(gamma.defined(), beta.defined());
-  constexpr auto backward = dnnl::prop_kind::backward;
-  typename Bwd::primitive_desc pd;
-  if constexpr (std::is_same_v<Bwd, dnnl::layer_normalization_backward>)
-    pd = {typename Bwd::desc(backward, md.data, md.data, md.stat, float(eps), f), engine(), forward_pd<Fwd>(md, eps, f)};
-  else
-    pd = {typename Bwd::desc(backward, md.data, md.data, float(eps), f), engine(), forward_pd<Fwd>(md, eps, f)};
-  return run_backward(Bwd(pd), md, dy, x, gamma, beta, mean, variance, who);
+  const Bwd& prim = cached_primitive<Bwd>(md, eps, f, [&] {
+    constexpr auto backward = dnnl::prop_kind::backward;
+    if constexpr (std::is_same_v<Bwd, dnnl::layer_normalization_backward>)
+      return Bwd({typename Bwd::desc(backward, md.data, md.data, md.stat, float(eps), f), engine(),
+                  forward_pd<Fwd>(md, eps, f)});
+    else
+      return Bwd({typename Bwd::desc(backward, md.data, md.data, float(eps), f), engine(),
+                  forward_pd<Fwd>(md, eps, f)});
+  });
+  return run_backward(prim, md, dy, x, gamma, beta, mean, variance, who);
 }
 
 }  // namespace onednn_norm
