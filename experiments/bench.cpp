@@ -8,8 +8,11 @@
 
 #include <dnnl.hpp>
 
+#include <sys/resource.h>
+
 #include "autograd/module.h"
 #include "autograd/ops.h"
+#include "experiments/train.h"
 #include "framework/allocator.h"
 #include "framework/fast_math.h"
 #include "framework/matmul.h"
@@ -202,7 +205,88 @@ void bench_transformer_step(int depth, bool composed) {
               double(CpuAllocator::instance().stats().peak_bytes_in_use) / (1 << 20));
 }
 
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The toy transformer of `normlab train` with the floor's shape: copy task, seq 64,
+// d_model 32, 2 heads, batch 8, AdamW (clip 1), pre-norm LayerNorm.
+TrainConfig bench_config(int64_t depth, int64_t steps) {
+  TrainConfig c;
+  c.model.depth = depth;
+  c.model.d_model = 32;
+  c.model.heads = 2;
+  c.data.seq_len = 64;
+  c.batch = 8;
+  c.steps = steps;
+  c.eval_every = 0;
+  c.optim.kind = OptimizerKind::adamw;
+  return c;
+}
+
+void bench_training_throughput(int64_t depth, int64_t steps) {
+  Trainer trainer(bench_config(depth, steps + 2));
+  trainer.train_step();  // warm-up: the allocator's cache and oneDNN's primitives fill here
+  const Batch batch = trainer.data().batch(Split::train, 0, 8);
+  Transformer& model = trainer.model();
+  std::vector<double> forward, backward, update, whole;
+  for (int64_t i = 0; i < steps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    trainer.optimizer().zero_grad();
+    Variable loss = model.loss(batch.tokens, batch.targets);
+    forward.push_back(seconds_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    loss.backward();
+    backward.push_back(seconds_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    clip_grad_norm(model.parameters(), 1.0);
+    trainer.optimizer().step();
+    update.push_back(seconds_since(t0));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  trainer.train_step();
+  whole.push_back(seconds_since(start));
+  auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  const double f = median(forward), b = median(backward), u = median(update);
+  const double tokens = 8.0 * 64.0;
+  std::printf("depth %4lld: %8.0f tokens/s  step %8.1f ms = forward %7.1f + backward %7.1f + clip/update %6.1f "
+              "(medians of %lld steps; Trainer::train_step %.1f ms)\n",
+              (long long)depth, tokens / (f + b + u), (f + b + u) * 1e3, f * 1e3, b * 1e3, u * 1e3, (long long)steps,
+              whole[0] * 1e3);
+}
+
+void bench_deep_step(int64_t depth) {
+  CpuAllocator::instance().reset_peak();
+  const auto start = std::chrono::steady_clock::now();
+  Trainer trainer(bench_config(depth, 3));
+  const double build = seconds_since(start);
+  auto t0 = std::chrono::steady_clock::now();
+  trainer.train_step();
+  const double first = seconds_since(t0);
+  t0 = std::chrono::steady_clock::now();
+  trainer.train_step();
+  const double second = seconds_since(t0);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("depth %4lld: build %.2f s; training step %.2f s (first %.2f s); loss %.4f -> %.4f; %lld parameters\n",
+              (long long)depth, build, second, first, trainer.history().loss[0], trainer.history().loss[1],
+              (long long)trainer.model().num_parameters());
+  std::printf("            peak tensor memory %.0f MiB; peak resident set of the process %.0f MiB\n",
+              double(CpuAllocator::instance().stats().peak_bytes_in_use) / (1 << 20), double(usage.ru_maxrss) / 1024);
+}
+
 }  // namespace
+
+void run_train_bench() {
+  std::printf("\ntoy transformer training (normlab train's model: pre-norm LayerNorm, d_model 32, 2 heads, seq 64, "
+              "batch 8, AdamW), %d threads\n",
+              num_threads());
+  bench_training_throughput(48, 10);
+  bench_deep_step(1000);
+}
 
 void run_foundation_bench(int depth) {
   std::printf("normlab foundation bench, %d threads\n", num_threads());

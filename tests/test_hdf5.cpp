@@ -15,28 +15,13 @@
 
 #include "framework/hdf5.h"
 #include "framework/tensor.h"
+#include "tests/test_util.h"
 
 using namespace normlab;
+using testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under the system temp directory, removed with its contents.
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    dir = fs::temp_directory_path() /
-          ("normlab_test_hdf5_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
 
 // Calls f(index) for every index of `shape` in row-major order (once for a 0-d shape).
 template <class F> void for_each_index(const Shape& shape, const F& f) {
@@ -121,7 +106,7 @@ const Shape all_shapes[] = {{}, {1}, {3, 5}, {2, 3, 4}, {0, 3}};
 BOOST_AUTO_TEST_SUITE(hdf5)
 
 BOOST_AUTO_TEST_CASE(tensor_round_trip_every_dtype_and_shape) {
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   const std::string path = tmp.file("tensors.h5");
   std::vector<std::pair<std::string, Tensor>> written;
   {
@@ -149,7 +134,7 @@ BOOST_AUTO_TEST_CASE(tensor_round_trip_every_dtype_and_shape) {
 }
 
 BOOST_AUTO_TEST_CASE(non_contiguous_views_round_trip) {
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   const std::string path = tmp.file("views.h5");
   std::vector<std::pair<std::string, Tensor>> written;
   {
@@ -180,7 +165,7 @@ BOOST_AUTO_TEST_CASE(non_contiguous_views_round_trip) {
 }
 
 BOOST_AUTO_TEST_CASE(dots_are_names_and_groups_nest) {
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   H5File f(tmp.file("groups.h5"), H5File::Mode::create);
   const Tensor w = make_tensor({4, 4}, DType::f32, 7);
   write_tensor(f, "/params/blocks.0.attn.q.weight", w);
@@ -205,7 +190,7 @@ BOOST_AUTO_TEST_CASE(dots_are_names_and_groups_nest) {
 }
 
 BOOST_AUTO_TEST_CASE(exists_on_nested_and_missing_paths) {
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   H5File f(tmp.file("exists.h5"), H5File::Mode::create);
   BOOST_TEST(f.exists("/"));
   BOOST_TEST(f.exists(""));
@@ -221,7 +206,7 @@ BOOST_AUTO_TEST_CASE(exists_on_nested_and_missing_paths) {
 }
 
 BOOST_AUTO_TEST_CASE(overwrite_replaces_dataset) {
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   const std::string path = tmp.file("overwrite.h5");
   {
     H5File f(path, H5File::Mode::create);
@@ -244,7 +229,7 @@ BOOST_AUTO_TEST_CASE(overwrite_replaces_dataset) {
 }
 
 BOOST_AUTO_TEST_CASE(attributes_round_trip_on_root_group_and_dataset) {
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   const std::string path = tmp.file("attrs.h5");
   const std::string big(200000, 'x');  // beyond HDF5's 64 KiB compact-attribute limit
   const std::string utf8 = "\xce\xb1=0.5, \xe2\x88\x9a" "d";
@@ -310,7 +295,7 @@ BOOST_AUTO_TEST_CASE(attributes_round_trip_on_root_group_and_dataset) {
 }
 
 BOOST_AUTO_TEST_CASE(missing_paths_and_files_throw_naming_the_path) {
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   const std::string path = tmp.file("missing.h5");
   check_error([&] { H5File f(path, H5File::Mode::read); }, {path, "no such file"});
   check_error([&] { H5File f(path, H5File::Mode::read_write); }, {path});
@@ -340,7 +325,7 @@ BOOST_AUTO_TEST_CASE(missing_paths_and_files_throw_naming_the_path) {
 BOOST_AUTO_TEST_CASE(reads_datasets_written_by_other_tools) {
   // A dataset written with plain HDF5 calls (big-endian int32, as another tool might) reads
   // back converted to i64; a compound dataset is refused with its type named.
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   H5File f(tmp.file("foreign.h5"), H5File::Mode::create);
   const hsize_t dims[2] = {2, 3};
   const int32_t values[6] = {1, -2, 3, -4, 5, 2147483647};
@@ -369,7 +354,7 @@ BOOST_AUTO_TEST_CASE(reads_datasets_written_by_other_tools) {
 BOOST_AUTO_TEST_CASE(no_hdf5_objects_leak) {
   // No file, group, dataset or attribute stays open after any call, failures included.
   // (HDF5 1.10 cannot count transient dataspaces and types; Handle owns those too.)
-  TempDir tmp;
+  TempDir tmp("normlab_test_hdf5");
   const auto open_objects = [] { return H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL); };
   BOOST_TEST(open_objects() == 0);
   const auto workload = [&] {

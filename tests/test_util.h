@@ -1,6 +1,11 @@
 // Small helpers shared by the test suites.
 #pragma once
 
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "framework/error.h"
@@ -17,6 +22,31 @@ std::string error_of(F&& f) {
   }
   return "";
 }
+
+// A fresh directory under the system temp directory, removed with its contents.
+struct TempDir {
+  std::filesystem::path dir;
+  explicit TempDir(const std::string& prefix = "normlab_test") {
+    static std::atomic<int> counter{0};
+    dir = std::filesystem::temp_directory_path() /
+          (prefix + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (dir / name).string(); }
+  // Writes `content` to the file `name` and returns its path.
+  std::string write(const std::string& name, const std::string& content) const {
+    const std::string path = file(name);
+    std::ofstream(path, std::ios::binary) << content;
+    return path;
+  }
+};
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

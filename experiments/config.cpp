@@ -1,0 +1,260 @@
+#include "experiments/config.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+namespace normlab {
+
+const char* to_string(OptimizerKind k) {
+  switch (k) {
+    case OptimizerKind::sgd: return "sgd";
+    case OptimizerKind::adam: return "adam";
+    case OptimizerKind::adamw: return "adamw";
+  }
+  return "?";
+}
+OptimizerKind parse_optimizer_kind(const std::string& name) {
+  for (OptimizerKind k : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adamw})
+    if (name == to_string(k)) return k;
+  NL_FAIL("unknown optimizer '", name, "' (valid: sgd, adam, adamw)");
+}
+
+void check(const TrainConfig& c) {
+  ModelConfig m = c.model;
+  m.seq_len = c.data.seq_len;  // the task decides these two
+  m.vocab = std::max<int64_t>(m.vocab, 1);
+  check(m);
+  NL_CHECK(c.steps >= 1, "config: steps must be >= 1, got ", c.steps);
+  NL_CHECK(c.batch >= 1, "config: batch must be >= 1, got ", c.batch);
+  NL_CHECK(c.eval_every >= 0, "config: eval_every must be >= 0, got ", c.eval_every);
+  NL_CHECK(c.eval_batches >= 1, "config: eval_batches must be >= 1, got ", c.eval_batches);
+  NL_CHECK(std::isfinite(c.z_loss) && c.z_loss >= 0, "config: z_loss must be >= 0, got ", c.z_loss);
+  const OptimConfig& o = c.optim;
+  NL_CHECK(std::isfinite(o.lr) && o.lr > 0, "config: lr must be > 0, got ", o.lr);
+  NL_CHECK(std::isfinite(o.clip) && o.clip >= 0, "config: clip must be >= 0 (0: off), got ", o.clip);
+  NL_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "config: weight_decay must be >= 0, got ",
+           o.weight_decay);
+  NL_CHECK(o.kind != OptimizerKind::adamw || o.weight_decay_mode != WeightDecayMode::l2,
+           "config: adamw needs weight_decay_mode decoupled or independent, got l2 (use optimizer adam for l2)");
+  Schedule{o.schedule, o.lr, o.warmup, c.steps, o.min_lr}.check();
+}
+
+namespace {
+
+[[noreturn]] void bad_value(const std::string& key, const std::string& value, const std::string& expected) {
+  NL_FAIL("bad value '", value, "' for ", key, " (expected ", expected, ")");
+}
+
+// Parsers and printers of field values; each names the key and the value on failure.
+void parse_into(const std::string& key, const std::string& s, int64_t& out) {
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || errno == ERANGE) bad_value(key, s, "an integer");
+  out = v;
+}
+void parse_into(const std::string& key, const std::string& s, uint64_t& out) {
+  int64_t v = 0;
+  parse_into(key, s, v);
+  if (v < 0) bad_value(key, s, "an integer >= 0");
+  out = uint64_t(v);
+}
+void parse_into(const std::string& key, const std::string& s, double& out) {
+  errno = 0;
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(v)) bad_value(key, s, "a finite number");
+  out = v;
+}
+void parse_into(const std::string& key, const std::string& s, bool& out) {
+  if (s == "on" || s == "true" || s == "1") out = true;
+  else if (s == "off" || s == "false" || s == "0") out = false;
+  else bad_value(key, s, "on or off");
+}
+void parse_into(const std::string&, const std::string& s, std::string& out) { out = s; }
+// Enums: the parse functions throw naming the value and listing the valid ones.
+template <class E, class Parse>
+void parse_enum_into(const std::string& key, const std::string& s, E& out, Parse parse) {
+  try {
+    out = parse(s);
+  } catch (const Error& e) {
+    NL_FAIL(key, ": ", e.what());
+  }
+}
+void parse_into(const std::string& k, const std::string& s, NormKind& o) { parse_enum_into(k, s, o, parse_norm_kind); }
+void parse_into(const std::string& k, const std::string& s, Placement& o) {
+  parse_enum_into(k, s, o, [](const std::string& n) { return parse_placement(n); });
+}
+void parse_into(const std::string& k, const std::string& s, Activation& o) { parse_enum_into(k, s, o, parse_activation); }
+void parse_into(const std::string& k, const std::string& s, InitScheme& o) { parse_enum_into(k, s, o, parse_init_scheme); }
+void parse_into(const std::string& k, const std::string& s, std::optional<QKNormKind>& o) {
+  parse_enum_into(k, s, o, parse_qk_norm);
+}
+void parse_into(const std::string& k, const std::string& s, TaskKind& o) { parse_enum_into(k, s, o, parse_task_kind); }
+void parse_into(const std::string& k, const std::string& s, OptimizerKind& o) {
+  parse_enum_into(k, s, o, parse_optimizer_kind);
+}
+void parse_into(const std::string& k, const std::string& s, ScheduleKind& o) {
+  parse_enum_into(k, s, o, parse_schedule_kind);
+}
+void parse_into(const std::string& k, const std::string& s, WeightDecayMode& o) {
+  parse_enum_into(k, s, o, parse_weight_decay_mode);
+}
+void parse_into(const std::string& key, const std::string& s, DType& o) {
+  if (s == "f32") o = DType::f32;
+  else if (s == "f64") o = DType::f64;
+  else bad_value(key, s, "f32 or f64");
+}
+
+std::string format(int64_t v) { return std::to_string(v); }
+std::string format(uint64_t v) { return std::to_string(v); }
+std::string format(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+std::string format(bool v) { return v ? "on" : "off"; }
+std::string format(const std::string& v) { return v; }
+std::string format(const std::optional<QKNormKind>& v) { return qk_norm_name(v); }
+std::string format(DType v) { return dtype_name(v); }
+template <class E>
+  requires std::is_enum_v<E>
+std::string format(E v) {
+  return to_string(v);
+}
+
+template <class T>
+constexpr ConfigField::Type type_of() {
+  if constexpr (std::is_same_v<T, bool>) return ConfigField::Type::boolean;
+  else if constexpr (std::is_integral_v<T>) return ConfigField::Type::integer;
+  else if constexpr (std::is_floating_point_v<T>) return ConfigField::Type::real;
+  else return ConfigField::Type::text;
+}
+
+// A field reached through `ref`, a function returning a reference into the config.
+template <class Ref>
+ConfigField field(const char* key, const char* help, Ref ref) {
+  using T = std::remove_reference_t<decltype(ref(std::declval<TrainConfig&>()))>;
+  return ConfigField{key, help, type_of<T>(),
+                     [ref](const TrainConfig& c) { return format(ref(const_cast<TrainConfig&>(c))); },
+                     [ref, k = std::string(key)](TrainConfig& c, const std::string& v) { parse_into(k, v, ref(c)); }};
+}
+
+#define NL_FIELD(key, help, member) field(key, help, [](TrainConfig& c) -> auto& { return c.member; })
+
+std::vector<ConfigField> make_fields() {
+  return {
+      // Model.
+      NL_FIELD("d_model", "residual width", model.d_model),
+      NL_FIELD("heads", "attention heads (divide d_model)", model.heads),
+      NL_FIELD("ffn_mult", "FFN hidden width = ffn_mult * d_model", model.ffn_mult),
+      NL_FIELD("activation", "gelu | swiglu", model.activation),
+      NL_FIELD("depth", "transformer blocks", model.depth),
+      NL_FIELD("norm", "layer | rms | scale | dyt | batch | group | none", model.norm),
+      NL_FIELD("placement", "pre | post | peri | hybrid | hybrid_star | deepnorm | none", model.placement),
+      NL_FIELD("qk_norm", "none | layer | rms | l2", model.qk_norm),
+      NL_FIELD("final_norm", "a norm before the output head: on | off", model.final_norm),
+      NL_FIELD("bias", "biases in linear layers and LayerNorm: on | off", model.bias),
+      NL_FIELD("dropout", "dropout on each sublayer's output", model.dropout),
+      NL_FIELD("norm_eps", "epsilon of every norm", model.norm_eps),
+      NL_FIELD("dyt_alpha0", "DyT's initial alpha", model.dyt_alpha0),
+      NL_FIELD("dyt_identity", "DyT with tanh replaced by the identity: on | off", model.dyt_identity),
+      NL_FIELD("groups", "GroupNorm groups (divide d_model)", model.groups),
+      NL_FIELD("init", "xavier | normal | deepnorm", model.init),
+      NL_FIELD("init_std", "std of embeddings (and of matrices with init normal)", model.init_std),
+      NL_FIELD("seed", "seed of the initialisation", model.seed),
+      NL_FIELD("dtype", "parameter and activation dtype: f32 | f64", model.dtype),
+      // Task.
+      NL_FIELD("task", "copy | reverse | recall | modadd | text", data.task),
+      NL_FIELD("seq_len", "tokens per sequence", data.seq_len),
+      NL_FIELD("symbols", "alphabet size of copy/reverse/recall; modulus of modadd", data.symbols),
+      NL_FIELD("text", "text file of the text task", data.text_path),
+      NL_FIELD("eval_fraction", "held-out fraction (text: file tail; modadd: pairs)", data.eval_fraction),
+      NL_FIELD("data_seed", "seed of the task's data", data.seed),
+      // Optimizer.
+      NL_FIELD("optimizer", "sgd | adam | adamw", optim.kind),
+      NL_FIELD("lr", "peak learning rate", optim.lr),
+      NL_FIELD("beta1", "Adam beta1", optim.beta1),
+      NL_FIELD("beta2", "Adam beta2", optim.beta2),
+      NL_FIELD("adam_eps", "Adam epsilon", optim.eps),
+      NL_FIELD("momentum", "SGD momentum", optim.momentum),
+      NL_FIELD("nesterov", "SGD Nesterov momentum: on | off", optim.nesterov),
+      NL_FIELD("weight_decay", "weight decay of matrices (not of norms, biases)", optim.weight_decay),
+      NL_FIELD("weight_decay_mode", "adamw: decoupled | independent (adam, sgd: l2)", optim.weight_decay_mode),
+      NL_FIELD("schedule", "constant | linear | cosine | inverse_sqrt", optim.schedule),
+      NL_FIELD("warmup", "linear warmup steps", optim.warmup),
+      NL_FIELD("min_lr", "learning rate at the end of linear/cosine decay", optim.min_lr),
+      NL_FIELD("clip", "global gradient-norm clipping (0: off)", optim.clip),
+      // Loop.
+      NL_FIELD("steps", "training steps", steps),
+      NL_FIELD("batch", "sequences per step", batch),
+      NL_FIELD("eval_every", "evaluate every k steps (0: only at the end)", eval_every),
+      NL_FIELD("eval_batches", "batches per evaluation", eval_batches),
+      NL_FIELD("z_loss", "z-loss coefficient (z_loss * logsumexp^2)", z_loss),
+  };
+}
+
+#undef NL_FIELD
+
+}  // namespace
+
+const std::vector<ConfigField>& config_fields() {
+  static const std::vector<ConfigField> fields = make_fields();
+  return fields;
+}
+
+const ConfigField* find_config_field(const std::string& key) {
+  for (const ConfigField& f : config_fields())
+    if (f.key == key) return &f;
+  return nullptr;
+}
+
+void set_config_value(TrainConfig& c, const std::string& key, const std::string& value) {
+  const ConfigField* f = find_config_field(key);
+  if (!f) {
+    std::string near;
+    for (const ConfigField& g : config_fields())
+      if (g.key.find(key) != std::string::npos || key.find(g.key) != std::string::npos) near += " " + g.key;
+    NL_FAIL("unknown config key '", key, "'", near.empty() ? "" : " (did you mean:" + near + "?)");
+  }
+  f->set(c, value);
+}
+
+void write_config(H5File& file, const std::string& object_path, const TrainConfig& c) {
+  for (const ConfigField& f : config_fields()) {
+    const std::string v = f.get(c);
+    switch (f.type) {
+      case ConfigField::Type::integer: {
+        int64_t i = 0;
+        parse_into(f.key, v, i);
+        write_attribute(file, object_path, f.key, i);
+        break;
+      }
+      case ConfigField::Type::real: write_attribute(file, object_path, f.key, std::strtod(v.c_str(), nullptr)); break;
+      case ConfigField::Type::boolean: write_attribute(file, object_path, f.key, int64_t(v == "on")); break;
+      case ConfigField::Type::text: write_attribute(file, object_path, f.key, v); break;
+    }
+  }
+}
+
+TrainConfig read_config(const H5File& file, const std::string& object_path) {
+  TrainConfig c;
+  for (const ConfigField& f : config_fields()) {
+    if (!has_attribute(file, object_path, f.key)) continue;
+    switch (f.type) {
+      case ConfigField::Type::integer:
+        f.set(c, std::to_string(read_attribute_int(file, object_path, f.key)));
+        break;
+      case ConfigField::Type::real: f.set(c, format(read_attribute_double(file, object_path, f.key))); break;
+      case ConfigField::Type::boolean:
+        f.set(c, read_attribute_int(file, object_path, f.key) ? "on" : "off");
+        break;
+      case ConfigField::Type::text: f.set(c, read_attribute_string(file, object_path, f.key)); break;
+    }
+  }
+  return c;
+}
+
+}  // namespace normlab

@@ -1,0 +1,71 @@
+// A training run's configuration: model, task, optimizer and loop, as one aggregate of C++
+// structs (designated initializers), plus one table of its settable fields. The table is
+// the single source of the command-line flags (`--depth 48`), of `key=value` overrides and
+// of the attributes a checkpoint or dump stores, so they never disagree.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "experiments/data.h"
+#include "experiments/model.h"
+#include "framework/hdf5.h"
+#include "optim/optim.h"
+
+namespace normlab {
+
+enum class OptimizerKind { sgd, adam, adamw };
+const char* to_string(OptimizerKind k);  // "sgd", "adam", "adamw"
+OptimizerKind parse_optimizer_kind(const std::string& name);
+
+struct OptimConfig {
+  OptimizerKind kind = OptimizerKind::adamw;
+  double lr = 1e-3;  // the peak learning rate
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;  // adam, adamw
+  double momentum = 0.9;                         // sgd
+  bool nesterov = false;                         // sgd
+  double weight_decay = 0.0;  // on matrices only (param_groups); adam: l2, sgd: l2
+  WeightDecayMode weight_decay_mode = WeightDecayMode::decoupled;  // adamw: decoupled or independent
+  ScheduleKind schedule = ScheduleKind::cosine;
+  int64_t warmup = 0;   // linear warmup steps
+  double min_lr = 0.0;  // the end of linear and cosine decay
+  double clip = 1.0;    // clipping by global gradient norm; 0 switches it off
+};
+
+struct TrainConfig {
+  ModelConfig model;  // model.vocab and model.seq_len are set from the task
+  TaskConfig data;
+  OptimConfig optim;
+  int64_t steps = 500;
+  int64_t batch = 16;
+  int64_t eval_every = 100;  // evaluate every k steps (and after the last); 0: only after the last
+  int64_t eval_batches = 4;
+  double z_loss = 0.0;       // z_loss * logsumexp^2 added to each token's loss
+};
+
+// Throws normlab::Error naming the first bad field and value (model, task, optimizer, loop).
+// The task's file is not opened here (make_dataset does that).
+void check(const TrainConfig& c);
+
+struct ConfigField {
+  std::string key;   // "depth", "norm", "lr", ...
+  std::string help;  // one line, with the valid values of an enum
+  enum class Type { integer, real, boolean, text } type;
+  std::function<std::string(const TrainConfig&)> get;  // round-trips exactly (%.17g for reals)
+  // Parses `value` into the config; throws naming the key and the bad value.
+  std::function<void(TrainConfig&, const std::string&)> set;
+};
+const std::vector<ConfigField>& config_fields();
+const ConfigField* find_config_field(const std::string& key);  // null when unknown
+// key=value; throws naming an unknown key (listing near ones) or a bad value.
+void set_config_value(TrainConfig& c, const std::string& key, const std::string& value);
+
+// Every field as an attribute of the object at object_path: integers as int64, reals as
+// double, booleans as int64 0/1, enums and paths as strings.
+void write_config(H5File& file, const std::string& object_path, const TrainConfig& c);
+// The inverse of write_config; missing attributes keep the default.
+TrainConfig read_config(const H5File& file, const std::string& object_path);
+
+}  // namespace normlab

@@ -1,0 +1,273 @@
+#include "experiments/model.h"
+
+#include <cmath>
+#include <string>
+
+#include "autograd/ops.h"
+#include "framework/tensor_ops.h"
+#include "norm/batch_norm/batch_norm.h"
+#include "norm/dyt/dyt.h"
+#include "norm/group_norm/group_norm.h"
+#include "norm/init.h"
+#include "norm/layer_norm/layer_norm.h"
+#include "norm/rms_norm/rms_norm.h"
+#include "norm/scale_norm/scale_norm.h"
+
+namespace normlab {
+
+namespace {
+
+template <class E, size_t K>
+E parse_enum(const std::string& name, const char* what, const std::array<E, K>& values) {
+  std::string valid;
+  for (E v : values) {
+    if (name == to_string(v)) return v;
+    valid += std::string(valid.empty() ? "" : ", ") + to_string(v);
+  }
+  NL_FAIL("unknown ", what, " '", name, "' (valid: ", valid, ")");
+}
+
+// BatchNorm and GroupNorm normalize channels of [N, C, ...]; the model's activations are
+// [B, T, D], so they see the tokens as N = B*T rows of C = D channels.
+template <class Norm>
+class TokenChannels : public Norm {
+ public:
+  using Norm::Norm;
+  Variable forward(const Variable& x) override {
+    const Shape shape = x.shape();
+    return reshape(Norm::forward(reshape(x, {x.numel() / shape.back(), shape.back()})), shape);
+  }
+};
+
+void check_positive(int64_t v, const char* field) { NL_CHECK(v >= 1, "model config: ", field, " must be >= 1, got ", v); }
+
+}  // namespace
+
+const char* to_string(NormKind k) {
+  switch (k) {
+    case NormKind::layer: return "layer";
+    case NormKind::rms: return "rms";
+    case NormKind::scale: return "scale";
+    case NormKind::dyt: return "dyt";
+    case NormKind::batch: return "batch";
+    case NormKind::group: return "group";
+    case NormKind::none: return "none";
+  }
+  return "?";
+}
+NormKind parse_norm_kind(const std::string& name) {
+  return parse_enum(name, "norm",
+                    std::array{NormKind::layer, NormKind::rms, NormKind::scale, NormKind::dyt, NormKind::batch,
+                               NormKind::group, NormKind::none});
+}
+
+const char* to_string(Activation a) { return a == Activation::gelu ? "gelu" : "swiglu"; }
+Activation parse_activation(const std::string& name) {
+  return parse_enum(name, "activation", std::array{Activation::gelu, Activation::swiglu});
+}
+
+const char* to_string(InitScheme s) {
+  switch (s) {
+    case InitScheme::xavier: return "xavier";
+    case InitScheme::normal: return "normal";
+    case InitScheme::deepnorm: return "deepnorm";
+  }
+  return "?";
+}
+InitScheme parse_init_scheme(const std::string& name) {
+  return parse_enum(name, "init scheme", std::array{InitScheme::xavier, InitScheme::normal, InitScheme::deepnorm});
+}
+
+std::string qk_norm_name(const std::optional<QKNormKind>& k) { return k ? qk_norm_kind_name(*k) : "none"; }
+std::optional<QKNormKind> parse_qk_norm(const std::string& name) {
+  if (name == "none") return std::nullopt;
+  NL_CHECK(name == "layer" || name == "rms" || name == "l2", "unknown qk_norm '", name,
+           "' (valid: none, layer, rms, l2)");
+  return parse_qk_norm_kind(name);
+}
+
+void check(const ModelConfig& c) {
+  check_positive(c.vocab, "vocab");
+  check_positive(c.seq_len, "seq_len");
+  check_positive(c.d_model, "d_model");
+  check_positive(c.heads, "heads");
+  check_positive(c.ffn_mult, "ffn_mult");
+  check_positive(c.depth, "depth");
+  NL_CHECK(c.d_model % c.heads == 0, "model config: d_model=", c.d_model, " is not divisible by heads=", c.heads);
+  NL_CHECK(std::isfinite(c.norm_eps) && c.norm_eps > 0, "model config: norm_eps must be > 0, got ", c.norm_eps);
+  NL_CHECK(std::isfinite(c.init_std) && c.init_std > 0, "model config: init_std must be > 0, got ", c.init_std);
+  NL_CHECK(std::isfinite(c.dyt_alpha0) && c.dyt_alpha0 > 0, "model config: dyt_alpha0 must be > 0, got ",
+           c.dyt_alpha0);
+  NL_CHECK(std::isfinite(c.dropout) && c.dropout >= 0 && c.dropout < 1, "model config: dropout must be in [0, 1), got ",
+           c.dropout);
+  NL_CHECK(c.dtype == DType::f32 || c.dtype == DType::f64, "model config: dtype must be f32 or f64, got ",
+           dtype_name(c.dtype));
+  if (c.norm == NormKind::group) {
+    check_positive(c.groups, "groups");
+    NL_CHECK(c.d_model % c.groups == 0, "model config: groups=", c.groups, " does not divide d_model=", c.d_model);
+  }
+  if (c.norm == NormKind::none) {
+    NL_CHECK(c.placement == Placement::none, "model config: norm none needs placement none, got placement ",
+             to_string(c.placement));
+    NL_CHECK(!c.final_norm, "model config: norm none cannot have a final norm (set final_norm off)");
+    NL_CHECK(!c.qk_norm, "model config: norm none with qk_norm ", qk_norm_name(c.qk_norm),
+             " (qk_norm is a norm; use norm layer/rms/... or qk_norm none)");
+  }
+  const bool hybrid = c.placement == Placement::hybrid || c.placement == Placement::hybrid_star;
+  NL_CHECK(!(hybrid && c.qk_norm), "model config: placement ", to_string(c.placement),
+           " normalizes q, k and v itself; qk_norm must be none, got ", qk_norm_name(c.qk_norm));
+}
+
+double residual_alpha(const ModelConfig& c) {
+  return c.placement == Placement::deepnorm ? deepnorm_decoder_only(c.depth).alpha : 1.0;
+}
+
+std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d) {
+  switch (c.norm) {
+    case NormKind::layer: return std::make_shared<LayerNorm>(d, c.norm_eps, true, c.bias, c.dtype);
+    case NormKind::rms: return std::make_shared<RMSNorm>(d, c.norm_eps, true, false, c.dtype);
+    case NormKind::scale: return std::make_shared<ScaleNorm>(d, c.norm_eps, c.dtype);
+    case NormKind::dyt: return std::make_shared<DyT>(d, c.dyt_alpha0, c.dyt_identity, c.dtype);
+    case NormKind::batch:
+      return std::make_shared<TokenChannels<BatchNorm>>(d, c.norm_eps, 0.1, true, c.dtype);
+    case NormKind::group:
+      return std::make_shared<TokenChannels<GroupNorm>>(c.groups, d, c.norm_eps, true, c.dtype);
+    case NormKind::none: return nullptr;
+  }
+  return nullptr;
+}
+
+// ---- Attention ----
+
+Attention::Attention(const ModelConfig& c, int64_t block, Generator& gen)
+    : heads(c.heads), head_dim(c.d_model / c.heads) {
+  const int64_t D = c.d_model;
+  q = register_module("q", std::make_shared<Linear>(D, D, c.bias, gen, c.dtype));
+  k = register_module("k", std::make_shared<Linear>(D, D, c.bias, gen, c.dtype));
+  v = register_module("v", std::make_shared<Linear>(D, D, c.bias, gen, c.dtype));
+  out = register_module("out", std::make_shared<Linear>(D, D, c.bias, gen, c.dtype));
+  if (normalizes_qkv(c.placement, block)) {
+    q_norm = register_module("q_norm", make_norm(c, D));
+    k_norm = register_module("k_norm", make_norm(c, D));
+    v_norm = register_module("v_norm", make_norm(c, D));
+  }
+  if (c.qk_norm) qk_norm = register_module("qk_norm", std::make_shared<QKNorm>(head_dim, *c.qk_norm, c.norm_eps, c.dtype));
+}
+
+Variable Attention::forward(const Variable& x) {
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(2);
+  // One matmul for q, k and v: x [W_q; W_k; W_v]^T (+ [b_q; b_k; b_v]).
+  Variable qkv = matmul(x, transpose(concat({q->weight, k->weight, v->weight}, 0), 0, 1));
+  if (q->bias.defined()) qkv = qkv + concat({q->bias, k->bias, v->bias}, 0);
+  std::vector<Variable> parts = split(qkv, D, -1);
+  if (q_norm) {
+    parts[0] = q_norm->forward(parts[0]);
+    parts[1] = k_norm->forward(parts[1]);
+    parts[2] = v_norm->forward(parts[2]);
+  }
+  auto split_heads = [&](const Variable& t) { return transpose(reshape(t, {B, T, heads, head_dim}), 1, 2); };
+  const Variable qh = split_heads(parts[0]), kh = split_heads(parts[1]), vh = split_heads(parts[2]);
+  const Variable logits = qk_norm ? qk_norm->attention_logits(qh, kh)
+                                  : matmul(qh, transpose(kh, -1, -2)) * (1.0 / std::sqrt(double(head_dim)));
+  if (keep_logits) last_logits = logits.data();
+  const Variable context = matmul(softmax(causal_mask(logits)), vh);  // [B, H, T, head_dim]
+  return out->forward(reshape(transpose(context, 1, 2), {B, T, D}));
+}
+
+// ---- FeedForward ----
+
+FeedForward::FeedForward(const ModelConfig& c, Generator& gen) : activation(c.activation) {
+  const int64_t D = c.d_model, hidden = c.ffn_mult * c.d_model;
+  up = register_module("up", std::make_shared<Linear>(D, hidden, c.bias, gen, c.dtype));
+  if (activation == Activation::swiglu)
+    gate = register_module("gate", std::make_shared<Linear>(D, hidden, c.bias, gen, c.dtype));
+  down = register_module("down", std::make_shared<Linear>(hidden, D, c.bias, gen, c.dtype));
+}
+
+Variable FeedForward::forward(const Variable& x) const {
+  if (activation == Activation::gelu) return down->forward(gelu(up->forward(x)));
+  return down->forward(swiglu(gate->forward(x), up->forward(x)));
+}
+
+// ---- Block ----
+
+Block::Block(const ModelConfig& c, int64_t index, Generator& gen) : dropout(c.dropout) {
+  const NormFactory factory = [&c] { return make_norm(c, c.d_model); };
+  const double alpha = residual_alpha(c);
+  attn_res = register_module("attn_res", std::make_shared<Residual>(c.placement, SublayerRole::attention, index,
+                                                                    factory, alpha));
+  attn = register_module("attn", std::make_shared<Attention>(c, index, gen));
+  ffn_res = register_module("ffn_res", std::make_shared<Residual>(c.placement, SublayerRole::ffn, index, factory,
+                                                                  alpha));
+  ffn = register_module("ffn", std::make_shared<FeedForward>(c, gen));
+}
+
+Variable Block::forward(const Variable& x, Generator& dropout_gen) {
+  const Variable h = attn_res->forward(
+      x, [&](const Variable& a) { return normlab::dropout(attn->forward(a), dropout, training(), dropout_gen); });
+  return ffn_res->forward(
+      h, [&](const Variable& a) { return normlab::dropout(ffn->forward(a), dropout, training(), dropout_gen); });
+}
+
+// ---- Transformer ----
+
+namespace {
+
+// The config's init scheme over the whole model; one generator, parameters in name order.
+void initialise(Transformer& model, const ModelConfig& c, Generator& gen) {
+  for (auto& [name, p] : model.named_parameters()) {
+    Tensor t = p.data();
+    const bool is_embedding = name == "tok.weight" || name == "pos";
+    const bool is_linear_weight = !is_embedding && t.dim() == 2;
+    const bool is_linear_bias = name.ends_with(".bias") && name.find("norm") == std::string::npos;
+    if (is_embedding) normal_(t, c.init_std, gen);
+    else if (is_linear_weight && c.init == InitScheme::normal) normal_(t, c.init_std, gen);
+    else if (is_linear_weight) xavier_normal_(t, 1.0, gen);
+    else if (is_linear_bias) t.zero_();
+    // Norm parameters keep their layers' defaults (gains 1, shifts 0, DyT alpha0, ScaleNorm sqrt(d)).
+  }
+  if (c.init == InitScheme::deepnorm) deepnorm_init(model, deepnorm_decoder_only(c.depth).beta, gen);
+}
+
+}  // namespace
+
+Transformer::Transformer(const ModelConfig& c) : config_(c), dropout_gen_(c.seed + 1) {
+  check(c);
+  Generator gen(c.seed);
+  tok = register_module("tok", std::make_shared<Embedding>(c.vocab, c.d_model, gen, c.dtype));
+  pos = register_parameter("pos", zeros({c.seq_len, c.d_model}, c.dtype));
+  auto dict = register_module("blocks", std::make_shared<ModuleDict>());
+  for (int64_t l = 0; l < c.depth; ++l)
+    blocks.push_back(dict->add(std::to_string(l), std::make_shared<Block>(c, l, gen)));
+  if (c.final_norm) final_norm = register_module("final_norm", make_norm(c, c.d_model));
+  head = register_module("head", std::make_shared<Linear>(c.d_model, c.vocab, false, gen, c.dtype));
+  initialise(*this, c, gen);
+}
+
+Variable Transformer::forward(const Tensor& tokens) {
+  NL_CHECK(tokens.dim() == 2 && tokens.dtype() == DType::i64, "Transformer: tokens must be [B, T] i64, got ",
+           to_string(tokens.shape()), " ", dtype_name(tokens.dtype()));
+  const int64_t T = tokens.size(1);
+  NL_CHECK(T >= 1 && T <= config_.seq_len, "Transformer: sequence length ", T, " is outside [1, seq_len=",
+           config_.seq_len, "]");
+  Variable x = tok->forward(tokens) + (T == config_.seq_len ? pos : narrow(pos, 0, 0, T));
+  if (keep_residuals) residuals.assign(1, x.data());
+  for (const auto& block : blocks) {
+    x = block->forward(x, dropout_gen_);
+    if (keep_residuals) residuals.push_back(x.data());
+  }
+  if (final_norm) x = final_norm->forward(x);
+  return head->forward(x);
+}
+
+Variable Transformer::loss(const Tensor& tokens, const Tensor& targets, double z_loss) {
+  return cross_entropy(forward(tokens), targets, -100, z_loss);
+}
+
+int64_t Transformer::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& [name, p] : named_parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace normlab

@@ -1,0 +1,251 @@
+#include "experiments/train.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "framework/tensor_ops.h"
+
+namespace normlab {
+
+namespace {
+
+constexpr const char* kCheckpointFormat = "normlab-checkpoint";
+constexpr int64_t kCheckpointVersion = 1;
+
+Tensor doubles(const std::vector<double>& v) {
+  Tensor t = empty({int64_t(v.size())}, DType::f64);
+  std::copy(v.begin(), v.end(), t.data<double>());
+  return t;
+}
+Tensor integers(const std::vector<int64_t>& v) {
+  Tensor t = empty({int64_t(v.size())}, DType::i64);
+  std::copy(v.begin(), v.end(), t.data<int64_t>());
+  return t;
+}
+template <class T>
+std::vector<T> values_of(const H5File& f, const std::string& path) {
+  if (!f.exists(path)) return {};
+  const Tensor t = read_tensor(f, path).contiguous();
+  return std::vector<T>(t.data<T>(), t.data<T>() + t.numel());
+}
+
+// Writes to `path` through a temporary file renamed over it, so a reader (or a crash)
+// never sees a half-written file.
+template <class Write>
+void write_atomically(const std::string& path, Write write) {
+  const std::string tmp = path + ".tmp";
+  {
+    H5File f(tmp, H5File::Mode::create);
+    write(f);
+    f.close();
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  NL_CHECK(!ec, "cannot move ", tmp, " to ", path, ": ", ec.message());
+}
+
+// Copies a stored tensor into a parameter or buffer, checking shape and dtype.
+void restore(Tensor& dst, const H5File& f, const std::string& path) {
+  NL_CHECK(f.exists(path), "checkpoint ", f.path(), " has no ", path);
+  const Tensor src = read_tensor(f, path);
+  NL_CHECK(src.shape() == dst.shape() && src.dtype() == dst.dtype(), "checkpoint ", f.path(), ": ", path, " is ",
+           to_string(src.shape()), " ", dtype_name(src.dtype()), ", the model has ", to_string(dst.shape()), " ",
+           dtype_name(dst.dtype()));
+  dst.copy_from(src);
+}
+
+std::string format_duration(double s) {
+  const long long t = std::llround(std::max(0.0, s));
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lld:%02lld", t / 60, t % 60);
+  return buf;
+}
+
+}  // namespace
+
+std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const NamedParameters& params) {
+  std::vector<ParamGroup> groups = param_groups(params, c.weight_decay);
+  switch (c.kind) {
+    case OptimizerKind::sgd: return std::make_unique<SGD>(std::move(groups), SGDOptions{c.lr, c.momentum, 0.0, c.nesterov});
+    case OptimizerKind::adam:
+      return std::make_unique<Adam>(std::move(groups), AdamOptions{c.lr, c.beta1, c.beta2, c.eps, WeightDecayMode::l2});
+    case OptimizerKind::adamw:
+      return make_adamw(std::move(groups), AdamOptions{c.lr, c.beta1, c.beta2, c.eps, c.weight_decay_mode});
+  }
+  NL_FAIL("make_optimizer: invalid optimizer kind ", int(c.kind));
+}
+
+Trainer::Trainer(const TrainConfig& config) : config_(config) {
+  check(config_);
+  data_ = make_dataset(config_.data);
+  config_.model.vocab = data_->vocab_size();
+  config_.model.seq_len = config_.data.seq_len;
+  model_ = std::make_unique<Transformer>(config_.model);
+  optimizer_ = make_optimizer(config_.optim, model_->named_parameters());
+  params_ = model_->parameters();
+  schedule_ = Schedule{config_.optim.schedule, config_.optim.lr, config_.optim.warmup, config_.steps,
+                       config_.optim.min_lr};
+}
+
+double Trainer::train_step() {
+  NL_CHECK(!finished(), "Trainer: the run is ", diverged() ? "diverged" : "finished", " at step ", step_);
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t t = step_ + 1;
+  const Batch batch = data_->batch(Split::train, step_, config_.batch);
+  model_->train();
+  optimizer_->zero_grad();
+  Variable loss = model_->loss(batch.tokens, batch.targets, config_.z_loss);
+  const double loss_value = loss.item();
+  double norm = NAN;
+  if (std::isfinite(loss_value)) {
+    loss.backward();
+    norm = config_.optim.clip > 0 ? clip_grad_norm(params_, config_.optim.clip) : grad_norm(params_);
+  }
+  loss = Variable();
+  const double lr = schedule_.lr(t);
+  history_.loss.push_back(loss_value);
+  history_.grad_norm.push_back(norm);
+  history_.lr.push_back(lr);
+  step_ = t;
+  if (!std::isfinite(loss_value) || !std::isfinite(norm)) {
+    history_.diverged_step = t;
+    history_.diverged_reason = std::isfinite(loss_value) ? "non-finite gradient norm" : "non-finite loss";
+    optimizer_->zero_grad();
+    return loss_value;
+  }
+  optimizer_->set_lr(lr);
+  optimizer_->step();
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ++steps_timed_;
+  if ((config_.eval_every > 0 && t % config_.eval_every == 0) || t == config_.steps) {
+    history_.eval_step.push_back(t);
+    history_.eval_loss.push_back(evaluate());
+  }
+  return loss_value;
+}
+
+double Trainer::evaluate() {
+  NoGradGuard no_grad;
+  model_->eval();
+  double total = 0;
+  for (int64_t i = 0; i < config_.eval_batches; ++i) {
+    const Batch b = data_->batch(Split::eval, i, config_.batch);
+    total += model_->loss(b.tokens, b.targets, 0.0).item();
+  }
+  model_->train();
+  return total / double(config_.eval_batches);
+}
+
+double Trainer::tokens_per_second() const {
+  return seconds_ > 0 ? double(steps_timed_ * config_.batch * config_.data.seq_len) / seconds_ : 0.0;
+}
+
+void Trainer::run(int64_t stop_at, bool progress, const std::function<void(Trainer&)>& after_step) {
+  const bool show = progress && isatty(STDERR_FILENO);
+  const int64_t last = stop_at > 0 ? std::min(stop_at, config_.steps) : config_.steps;
+  const int64_t first = step_;
+  while (!finished() && step_ < last) {
+    const double loss = train_step();
+    if (show) std::fprintf(stderr, "\r\033[K");  // clear the line for after_step's output
+    if (after_step) after_step(*this);
+    if (show) {
+      const double tps = tokens_per_second();
+      const double eta = tps > 0 ? double((last - step_) * config_.batch * config_.data.seq_len) / tps : 0;
+      std::fprintf(stderr, "step %lld/%lld  loss %.4f  %.0f tokens/s  ETA %s", (long long)step_,
+                   (long long)config_.steps, loss, tps, format_duration(eta).c_str());
+      std::fflush(stderr);
+    }
+  }
+  if (show && step_ > first) std::fprintf(stderr, "\r\033[K");
+}
+
+void Trainer::save_checkpoint(const std::string& path) const {
+  write_atomically(path, [&](H5File& f) {
+    write_attribute(f, "/", "format", kCheckpointFormat);
+    write_attribute(f, "/", "version", kCheckpointVersion);
+    write_attribute(f, "/", "step", step_);
+    write_config(f, "/config", config_);
+    for (const auto& [name, p] : model_->named_parameters()) write_tensor(f, "/params/" + name, p.data());
+    for (const auto& [name, b] : model_->named_buffers()) write_tensor(f, "/buffers/" + name, b);
+    optimizer_->save(f, "/optimizer");
+    Generator& gen = const_cast<Transformer&>(*model_).generator();
+    write_attribute(f, "/rng", "seed", gen.seed());
+    write_attribute(f, "/rng", "offset", gen.offset());
+    write_tensor(f, "/history/loss", doubles(history_.loss));
+    write_tensor(f, "/history/grad_norm", doubles(history_.grad_norm));
+    write_tensor(f, "/history/lr", doubles(history_.lr));
+    write_tensor(f, "/history/eval_step", integers(history_.eval_step));
+    write_tensor(f, "/history/eval_loss", doubles(history_.eval_loss));
+    write_attribute(f, "/history", "diverged_step", history_.diverged_step);
+    write_attribute(f, "/history", "diverged_reason", history_.diverged_reason);
+  });
+}
+
+std::unique_ptr<Trainer> Trainer::resume(const std::string& path, int64_t override_steps) {
+  const H5File f(path, H5File::Mode::read);
+  NL_CHECK(has_attribute(f, "/", "format") && read_attribute_string(f, "/", "format") == kCheckpointFormat,
+           path, " is not a normlab checkpoint (no format=", kCheckpointFormat, " attribute)");
+  const int64_t version = read_attribute_int(f, "/", "version");
+  NL_CHECK(version == kCheckpointVersion, path, ": checkpoint version ", version, " is not supported (expected ",
+           kCheckpointVersion, ")");
+  TrainConfig config = read_config(f, "/config");
+  if (override_steps > 0) config.steps = override_steps;
+  auto trainer = std::make_unique<Trainer>(config);
+  for (auto& [name, p] : trainer->model_->named_parameters()) {
+    Tensor t = p.data();
+    restore(t, f, "/params/" + name);
+  }
+  for (auto& [name, b] : trainer->model_->named_buffers()) restore(b, f, "/buffers/" + name);
+  trainer->optimizer_->load(f, "/optimizer");
+  trainer->model_->generator().set_state(uint64_t(read_attribute_int(f, "/rng", "seed")),
+                                         uint64_t(read_attribute_int(f, "/rng", "offset")));
+  trainer->step_ = read_attribute_int(f, "/", "step");
+  NL_CHECK(trainer->step_ <= config.steps, path, " is at step ", trainer->step_, ", past steps=", config.steps);
+  TrainHistory& h = trainer->history_;
+  h.loss = values_of<double>(f, "/history/loss");
+  h.grad_norm = values_of<double>(f, "/history/grad_norm");
+  h.lr = values_of<double>(f, "/history/lr");
+  h.eval_step = values_of<int64_t>(f, "/history/eval_step");
+  h.eval_loss = values_of<double>(f, "/history/eval_loss");
+  h.diverged_step = read_attribute_int(f, "/history", "diverged_step");
+  h.diverged_reason = read_attribute_string(f, "/history", "diverged_reason");
+  return trainer;
+}
+
+double write_dump(const TrainConfig& config, const std::string& path) {
+  NL_CHECK(config.model.dropout == 0, "dump: dropout must be 0 (a dump must be reproducible), got ",
+           config.model.dropout);
+  Trainer trainer(config);
+  Transformer& model = trainer.model();
+  const Batch batch = trainer.data().batch(Split::train, 0, config.batch);
+  model.train();
+  Variable loss = model.loss(batch.tokens, batch.targets, config.z_loss);
+  loss.backward();
+  write_atomically(path, [&](H5File& f) {
+    write_attribute(f, "/", "format", "normlab-dump");
+    write_config(f, "/config", trainer.config());
+    // Values the config implies, for an independent implementation's convenience.
+    const ModelConfig& m = trainer.config().model;
+    write_attribute(f, "/config", "vocab", m.vocab);
+    write_attribute(f, "/config", "head_dim", m.d_model / m.heads);
+    write_attribute(f, "/config", "ffn_hidden", m.ffn_mult * m.d_model);
+    write_attribute(f, "/config", "residual_alpha", residual_alpha(m));
+    write_tensor(f, "/batch/tokens", batch.tokens);
+    write_tensor(f, "/batch/targets", batch.targets);
+    for (const auto& [name, p] : model.named_parameters()) {
+      write_tensor(f, "/params/" + name, p.data());
+      NL_CHECK(p.grad().defined(), "dump: parameter ", name, " got no gradient");
+      write_tensor(f, "/grads/" + name, p.grad());
+    }
+    for (const auto& [name, b] : model.named_buffers()) write_tensor(f, "/buffers/" + name, b);
+    write_tensor(f, "/loss", loss.data());
+  });
+  return loss.item();
+}
+
+}  // namespace normlab

@@ -1,0 +1,85 @@
+// The training loop: a Trainer owns a run's task, model and optimizer, steps it, evaluates,
+// stops at the first non-finite loss or gradient, and saves or restores the whole state as
+// an HDF5 checkpoint, from which a run continues bit-exactly.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "experiments/config.h"
+#include "experiments/data.h"
+#include "experiments/model.h"
+#include "optim/optim.h"
+
+namespace normlab {
+
+struct TrainHistory {
+  std::vector<double> loss, grad_norm, lr;  // per completed step; entry i is step i + 1
+  std::vector<int64_t> eval_step;
+  std::vector<double> eval_loss;
+  int64_t diverged_step = 0;  // the step whose loss or gradient was non-finite; 0: none
+  std::string diverged_reason;
+};
+
+class Trainer {
+ public:
+  // Checks the config, opens the task, builds the model (vocab and seq_len from the task)
+  // and the optimizer. Throws normlab::Error before allocating the model on a bad config.
+  explicit Trainer(const TrainConfig& config);
+
+  // One step (number step() + 1): loss and gradients on the step's train batch; a
+  // non-finite loss or gradient norm marks the run diverged and leaves the parameters as
+  // they were; otherwise clip, set the scheduled lr and update. Returns the loss.
+  double train_step();
+  // Mean loss over eval_batches batches of the eval split, in eval mode without a graph.
+  double evaluate();
+  // Steps until config.steps, or `stop_at` steps when > 0, or divergence; evaluates every
+  // eval_every steps and after the last step. `progress`: a one-line display on stderr
+  // (step, loss, tokens/s, ETA) when it is a terminal. `after_step` runs after each step.
+  void run(int64_t stop_at = 0, bool progress = true, const std::function<void(Trainer&)>& after_step = {});
+
+  int64_t step() const { return step_; }
+  bool diverged() const { return history_.diverged_step > 0; }
+  bool finished() const { return diverged() || step_ >= config_.steps; }
+  double tokens_per_second() const;  // over the steps run by this object
+
+  // Writes the whole state to `path` atomically (a temporary file renamed over it):
+  // config, parameters, buffers, optimizer state, RNG state, step and history.
+  void save_checkpoint(const std::string& path) const;
+  // A trainer in the state a checkpoint recorded. `override_steps` > 0 replaces the
+  // recorded step budget (to continue a finished run further).
+  static std::unique_ptr<Trainer> resume(const std::string& path, int64_t override_steps = 0);
+
+  const TrainConfig& config() const { return config_; }
+  const TrainHistory& history() const { return history_; }
+  Transformer& model() { return *model_; }
+  const Dataset& data() const { return *data_; }
+  Optimizer& optimizer() { return *optimizer_; }
+  Generator& generator() { return gen_; }
+
+ private:
+  TrainConfig config_;
+  std::unique_ptr<Dataset> data_;
+  std::unique_ptr<Transformer> model_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::vector<Variable> params_;
+  Schedule schedule_;
+  Generator gen_;  // the run's generator (reserved for stochastic layers; saved and restored)
+  int64_t step_ = 0;
+  TrainHistory history_;
+  double seconds_ = 0;
+  int64_t steps_timed_ = 0;
+};
+
+// Builds the optimizer a config names over the model's parameters (decay on matrices only).
+std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const NamedParameters& params);
+
+// Writes the dump of `normlab dump`: the config (attributes of /config), the train batch 0
+// (/batch/tokens, /batch/targets), every parameter (/params/<name>), the loss (/loss) and
+// every parameter gradient (/grads/<name>), at the initialisation. Returns the loss.
+double write_dump(const TrainConfig& config, const std::string& path);
+
+}  // namespace normlab

@@ -1,0 +1,229 @@
+// The training loop, checkpoints and dumps: a small model learns a task; a non-finite loss
+// stops the run and records its step; resuming from a checkpoint reproduces an uninterrupted
+// run bit for bit (with dropout and BatchNorm buffers); the config round-trips through HDF5;
+// a dump holds the loss and gradients the model computes.
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+
+#include "experiments/train.h"
+#include "framework/tensor_ops.h"
+#include "tests/test_util.h"
+
+using namespace normlab;
+using namespace normlab::testing;
+
+namespace {
+
+TrainConfig small(TaskKind task = TaskKind::copy) {
+  TrainConfig c;
+  c.data.task = task;
+  c.data.seq_len = 16;
+  c.data.symbols = 6;
+  c.model.d_model = 16;
+  c.model.heads = 2;
+  c.model.depth = 2;
+  c.batch = 8;
+  c.steps = 12;
+  c.eval_every = 4;
+  c.eval_batches = 2;
+  c.optim.lr = 3e-3;
+  c.optim.warmup = 2;
+  return c;
+}
+
+bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
+         std::memcmp(a.contiguous().raw_data(), b.contiguous().raw_data(), size_t(a.numel()) * dtype_size(a.dtype())) == 0;
+}
+
+// Trains `c` for its steps without interruption, and again with a checkpoint after `cut`
+// steps from which a fresh Trainer resumes; the histories and parameters must be identical.
+void expect_resume_is_exact(const TrainConfig& c, int64_t cut) {
+  Trainer whole(c);
+  whole.run(0, false);
+  TempDir tmp("normlab_test_train");
+  const std::string ckpt = tmp.file("resume.h5");
+  {
+    Trainer first(c);
+    first.run(cut, false);
+    BOOST_TEST(first.step() == cut);
+    first.save_checkpoint(ckpt);
+  }
+  BOOST_TEST(!std::filesystem::exists(ckpt + ".tmp"));
+  auto resumed = Trainer::resume(ckpt);
+  BOOST_TEST(resumed->step() == cut);
+  resumed->run(0, false);
+  BOOST_TEST(resumed->step() == c.steps);
+  BOOST_TEST(same_bits(whole.history().loss, resumed->history().loss));
+  BOOST_TEST(same_bits(whole.history().grad_norm, resumed->history().grad_norm));
+  BOOST_TEST(same_bits(whole.history().eval_loss, resumed->history().eval_loss));
+  BOOST_TEST(whole.history().eval_step == resumed->history().eval_step);
+  const auto a = whole.model().named_parameters(), b = resumed->model().named_parameters();
+  BOOST_REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) BOOST_TEST(same_bits(a[i].second.data(), b[i].second.data()), a[i].first);
+  const auto ba = whole.model().named_buffers(), bb = resumed->model().named_buffers();
+  BOOST_REQUIRE(ba.size() == bb.size());
+  for (size_t i = 0; i < ba.size(); ++i) BOOST_TEST(same_bits(ba[i].second, bb[i].second), ba[i].first);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(train)
+
+BOOST_AUTO_TEST_CASE(a_small_model_learns_the_copy_task) {
+  TrainConfig c = small();
+  c.steps = 300;
+  c.eval_every = 100;
+  c.optim.lr = 1e-2;
+  c.optim.warmup = 20;
+  Trainer t(c);
+  t.run(0, false);
+  const double chance = t.data().chance_loss();
+  BOOST_TEST_MESSAGE("copy, depth 2: eval loss " << t.history().eval_loss.back() << " vs chance " << chance);
+  BOOST_TEST(!t.diverged());
+  BOOST_TEST(t.history().eval_loss.back() < 0.5 * chance);
+  BOOST_TEST(t.history().eval_step == (std::vector<int64_t>{100, 200, 300}));
+}
+
+BOOST_AUTO_TEST_CASE(a_non_finite_loss_stops_the_run_at_its_step) {
+  TrainConfig c = small();
+  Trainer t(c);
+  t.run(3, false);
+  BOOST_TEST(!t.diverged());
+  Tensor w = t.model().head->weight.data();
+  w.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+  const Tensor before = t.model().blocks[0]->attn->q->weight.data().clone();
+  t.run(0, false);
+  BOOST_TEST(t.diverged());
+  BOOST_TEST(t.history().diverged_step == 4);
+  BOOST_TEST(t.history().diverged_reason == "non-finite loss");
+  BOOST_TEST(t.step() == 4);
+  BOOST_TEST(t.history().loss.size() == 4u);
+  // The diverged step changed nothing.
+  BOOST_TEST(same_bits(before, t.model().blocks[0]->attn->q->weight.data()));
+  BOOST_TEST(contains(error_of([&] { t.train_step(); }), "diverged at step 4"));
+}
+
+BOOST_AUTO_TEST_CASE(a_huge_learning_rate_diverges) {
+  TrainConfig c = small();
+  c.model.norm = NormKind::none;
+  c.model.placement = Placement::none;
+  c.model.final_norm = false;
+  c.optim.kind = OptimizerKind::sgd;
+  c.optim.clip = 0;
+  c.optim.lr = 1e12;
+  c.optim.warmup = 0;
+  c.steps = 50;
+  Trainer t(c);
+  t.run(0, false);
+  BOOST_TEST(t.diverged());
+  BOOST_TEST(t.history().diverged_step > 1);
+  BOOST_TEST(t.step() == t.history().diverged_step);
+}
+
+BOOST_AUTO_TEST_CASE(resume_continues_bit_exactly) {
+  expect_resume_is_exact(small(), 5);
+  TrainConfig dropout = small();
+  dropout.model.dropout = 0.2;  // the RNG state is part of the checkpoint
+  expect_resume_is_exact(dropout, 6);
+  TrainConfig batch = small(TaskKind::reverse);
+  batch.model.norm = NormKind::batch;  // running statistics are buffers
+  batch.optim.kind = OptimizerKind::sgd;
+  batch.optim.lr = 0.05;
+  batch.optim.schedule = ScheduleKind::inverse_sqrt;
+  expect_resume_is_exact(batch, 7);
+}
+
+BOOST_AUTO_TEST_CASE(checkpoint_errors_name_the_problem) {
+  TempDir tmp("normlab_test_train");
+  const std::string other = tmp.file("other.h5");
+  {
+    H5File f(other, H5File::Mode::create);
+    write_attribute(f, "/", "format", "something-else");
+  }
+  BOOST_TEST(contains(error_of([&] { Trainer::resume(other); }), "is not a normlab checkpoint"));
+  BOOST_TEST(contains(error_of([&] { Trainer::resume("/nonexistent/dir/x.h5"); }), "/nonexistent/dir/x.h5"));
+}
+
+BOOST_AUTO_TEST_CASE(config_round_trips_through_hdf5) {
+  TrainConfig c;
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, std::string>>{{"depth", "17"},
+                                                        {"norm", "dyt"},
+                                                        {"placement", "hybrid_star"},
+                                                        {"qk_norm", "none"},
+                                                        {"activation", "swiglu"},
+                                                        {"final_norm", "off"},
+                                                        {"lr", "0.00123456789012345"},
+                                                        {"weight_decay_mode", "independent"},
+                                                        {"schedule", "inverse_sqrt"},
+                                                        {"task", "modadd"},
+                                                        {"text", "/tmp/some file.txt"},
+                                                        {"dtype", "f64"},
+                                                        {"seed", "123456789"}})
+    set_config_value(c, key, value);
+  TempDir tmp("normlab_test_train");
+  const std::string path = tmp.file("config.h5");
+  {
+    H5File f(path, H5File::Mode::create);
+    write_config(f, "/config", c);
+  }
+  const H5File f(path, H5File::Mode::read);
+  const TrainConfig r = read_config(f, "/config");
+  for (const ConfigField& field : config_fields()) BOOST_TEST(field.get(r) == field.get(c), field.key);
+  BOOST_TEST(r.optim.lr == 0.00123456789012345);
+  BOOST_TEST(read_attribute_int(f, "/config", "depth") == 17);
+  BOOST_TEST(read_attribute_string(f, "/config", "norm") == "dyt");
+}
+
+BOOST_AUTO_TEST_CASE(config_errors_name_the_key_and_value) {
+  TrainConfig c;
+  BOOST_TEST(contains(error_of([&] { set_config_value(c, "dept", "3"); }), "unknown config key 'dept'"));
+  BOOST_TEST(contains(error_of([&] { set_config_value(c, "depth", "three"); }), "bad value 'three' for depth"));
+  BOOST_TEST(contains(error_of([&] { set_config_value(c, "norm", "batchnorm"); }), "unknown norm 'batchnorm'"));
+  BOOST_TEST(contains(error_of([&] { set_config_value(c, "lr", "nan"); }), "bad value 'nan' for lr"));
+  BOOST_TEST(contains(error_of([&] { set_config_value(c, "final_norm", "maybe"); }), "expected on or off"));
+  c.optim.lr = -1;
+  BOOST_TEST(contains(error_of([&] { Trainer t(c); }), "lr must be > 0, got -1"));
+  c = TrainConfig{};
+  c.model.heads = 5;
+  BOOST_TEST(contains(error_of([&] { Trainer t(c); }), "not divisible by heads=5"));
+}
+
+BOOST_AUTO_TEST_CASE(a_dump_holds_the_models_loss_and_gradients) {
+  TrainConfig c = small();
+  c.model.dtype = DType::f64;
+  c.z_loss = 1e-3;
+  TempDir tmp("normlab_test_train");
+  const std::string path = tmp.file("dump.h5");
+  const double loss = write_dump(c, path);
+  const H5File f(path, H5File::Mode::read);
+  BOOST_TEST(read_tensor(f, "/loss").item() == loss);
+  BOOST_TEST(read_attribute_string(f, "/config", "norm") == "layer");
+  BOOST_TEST(read_attribute_int(f, "/config", "vocab") == 7);  // 6 symbols + SEP
+  // The same model and batch recomputed here give the same loss and gradients.
+  Trainer t(c);
+  const Batch b = t.data().batch(Split::train, 0, c.batch);
+  BOOST_TEST(same_bits(read_tensor(f, "/batch/tokens"), b.tokens));
+  BOOST_TEST(same_bits(read_tensor(f, "/batch/targets"), b.targets));
+  Variable l = t.model().loss(b.tokens, b.targets, c.z_loss);
+  l.backward();
+  BOOST_TEST(l.item() == loss);
+  for (const auto& [name, p] : t.model().named_parameters()) {
+    BOOST_TEST(same_bits(read_tensor(f, "/params/" + name), p.data()), name);
+    BOOST_TEST(same_bits(read_tensor(f, "/grads/" + name), p.grad()), name);
+  }
+  TrainConfig d = c;
+  d.model.dropout = 0.1;
+  BOOST_TEST(contains(error_of([&] { write_dump(d, path); }), "dropout must be 0"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
