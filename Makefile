@@ -23,7 +23,7 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	./$(BUILD)/normlab demo
+	./$(BUILD)/normlab train --task copy --steps 300 --lr 3e-3 --warmup 20
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -271,8 +271,9 @@ void bench_deep_step(int64_t depth) {
   const double second = seconds_since(t0);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  std::printf("depth %4lld: build %.2f s; training step %.2f s (first %.2f s); loss %.4f -> %.4f; %lld parameters\n",
-              (long long)depth, build, second, first, trainer.history().loss[0], trainer.history().loss[1],
+  std::printf("depth %4lld: build %.2f s; training step %.2f s (%.0f tokens/s; first step %.2f s); loss %.4f -> %.4f; "
+              "%lld parameters\n",
+              (long long)depth, build, second, 8.0 * 64.0 / second, first, trainer.history().loss[0], trainer.history().loss[1],
               (long long)trainer.model().num_parameters());
   std::printf("            peak tensor memory %.0f MiB; peak resident set of the process %.0f MiB\n",
               double(CpuAllocator::instance().stats().peak_bytes_in_use) / (1 << 20), double(usage.ru_maxrss) / 1024);

@@ -35,9 +35,9 @@ struct OptimConfig {
 };
 
 struct TrainConfig {
-  ModelConfig model;  // model.vocab and model.seq_len are set from the task
-  TaskConfig data;
-  OptimConfig optim;
+  ModelConfig model = {};  // model.vocab and model.seq_len are set from the task
+  TaskConfig data = {};
+  OptimConfig optim = {};
   int64_t steps = 500;
   int64_t batch = 16;
   int64_t eval_every = 100;  // evaluate every k steps (and after the last); 0: only after the last

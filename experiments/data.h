@@ -65,7 +65,7 @@ struct TaskConfig {
   int64_t seq_len = 64;     // T, tokens per sequence
   int64_t symbols = 16;     // alphabet of copy/reverse, and of recall's keys and values;
                             // the modulus p of modadd; unused by text
-  std::string text_path;    // text only
+  std::string text_path = {};  // text only
   double eval_fraction = 0.1;  // text: last fraction of the file; modadd: fraction of pairs
   uint64_t seed = 0;
 };

@@ -56,7 +56,7 @@ struct ModelConfig {
   int64_t depth = 6;     // blocks, 1 to any number
   NormKind norm = NormKind::layer;
   Placement placement = Placement::pre;
-  std::optional<QKNormKind> qk_norm;  // none by default; not with hybrid (it normalizes q, k, v)
+  std::optional<QKNormKind> qk_norm = std::nullopt;  // none by default; not with hybrid (it normalizes q, k, v)
   bool final_norm = true;             // a norm before the head (never with norm none)
   bool bias = true;                   // biases of the linear layers and LayerNorm
   double dropout = 0.0;               // on each sublayer's output, before the residual add
