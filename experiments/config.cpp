@@ -5,21 +5,15 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "framework/enum_names.h"
+
 namespace normlab {
 
-const char* to_string(OptimizerKind k) {
-  switch (k) {
-    case OptimizerKind::sgd: return "sgd";
-    case OptimizerKind::adam: return "adam";
-    case OptimizerKind::adamw: return "adamw";
-  }
-  return "?";
-}
-OptimizerKind parse_optimizer_kind(const std::string& name) {
-  for (OptimizerKind k : {OptimizerKind::sgd, OptimizerKind::adam, OptimizerKind::adamw})
-    if (name == to_string(k)) return k;
-  NL_FAIL("unknown optimizer '", name, "' (valid: sgd, adam, adamw)");
-}
+constexpr EnumNames<OptimizerKind, 3> kOptimizerNames{
+    {{OptimizerKind::sgd, "sgd"}, {OptimizerKind::adam, "adam"}, {OptimizerKind::adamw, "adamw"}}};
+
+const char* to_string(OptimizerKind k) { return enum_name(kOptimizerNames, k); }
+OptimizerKind parse_optimizer_kind(const std::string& name) { return parse_enum(kOptimizerNames, name, "optimizer"); }
 
 void check(const TrainConfig& c) {
   ModelConfig m = c.model;

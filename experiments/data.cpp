@@ -9,27 +9,21 @@
 #include <sstream>
 #include <vector>
 
+#include "framework/enum_names.h"
 #include "framework/error.h"
 #include "framework/rng.h"
 
 namespace normlab {
 
-const char* to_string(TaskKind k) {
-  switch (k) {
-    case TaskKind::copy: return "copy";
-    case TaskKind::reverse: return "reverse";
-    case TaskKind::recall: return "recall";
-    case TaskKind::modadd: return "modadd";
-    case TaskKind::text: return "text";
-  }
-  return "?";
-}
+constexpr EnumNames<TaskKind, 5> kTaskNames{{{TaskKind::copy, "copy"},
+                                             {TaskKind::reverse, "reverse"},
+                                             {TaskKind::recall, "recall"},
+                                             {TaskKind::modadd, "modadd"},
+                                             {TaskKind::text, "text"}}};
 
-TaskKind parse_task_kind(const std::string& name) {
-  for (TaskKind k : {TaskKind::copy, TaskKind::reverse, TaskKind::recall, TaskKind::modadd, TaskKind::text})
-    if (name == to_string(k)) return k;
-  NL_FAIL("unknown task '", name, "' (expected copy, reverse, recall, modadd or text)");
-}
+const char* to_string(TaskKind k) { return enum_name(kTaskNames, k); }
+
+TaskKind parse_task_kind(const std::string& name) { return parse_enum(kTaskNames, name, "task"); }
 
 const char* to_string(Split s) { return s == Split::train ? "train" : "eval"; }
 

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "autograd/ops.h"
+#include "framework/enum_names.h"
 #include "framework/tensor_ops.h"
 #include "norm/batch_norm/batch_norm.h"
 #include "norm/dyt/dyt.h"
@@ -16,16 +17,6 @@
 namespace normlab {
 
 namespace {
-
-template <class E, size_t K>
-E parse_enum(const std::string& name, const char* what, const std::array<E, K>& values) {
-  std::string valid;
-  for (E v : values) {
-    if (name == to_string(v)) return v;
-    valid += std::string(valid.empty() ? "" : ", ") + to_string(v);
-  }
-  NL_FAIL("unknown ", what, " '", name, "' (valid: ", valid, ")");
-}
 
 // BatchNorm and GroupNorm normalize channels of [N, C, ...]; the model's activations are
 // [B, T, D], so they see the tokens as N = B*T rows of C = D channels.
@@ -43,40 +34,25 @@ void check_positive(int64_t v, const char* field) { NL_CHECK(v >= 1, "model conf
 
 }  // namespace
 
-const char* to_string(NormKind k) {
-  switch (k) {
-    case NormKind::layer: return "layer";
-    case NormKind::rms: return "rms";
-    case NormKind::scale: return "scale";
-    case NormKind::dyt: return "dyt";
-    case NormKind::batch: return "batch";
-    case NormKind::group: return "group";
-    case NormKind::none: return "none";
-  }
-  return "?";
-}
-NormKind parse_norm_kind(const std::string& name) {
-  return parse_enum(name, "norm",
-                    std::array{NormKind::layer, NormKind::rms, NormKind::scale, NormKind::dyt, NormKind::batch,
-                               NormKind::group, NormKind::none});
-}
+constexpr EnumNames<NormKind, 7> kNormNames{{{NormKind::layer, "layer"},
+                                             {NormKind::rms, "rms"},
+                                             {NormKind::scale, "scale"},
+                                             {NormKind::dyt, "dyt"},
+                                             {NormKind::batch, "batch"},
+                                             {NormKind::group, "group"},
+                                             {NormKind::none, "none"}}};
+constexpr EnumNames<Activation, 2> kActivationNames{{{Activation::gelu, "gelu"}, {Activation::swiglu, "swiglu"}}};
+constexpr EnumNames<InitScheme, 3> kInitNames{
+    {{InitScheme::xavier, "xavier"}, {InitScheme::normal, "normal"}, {InitScheme::deepnorm, "deepnorm"}}};
 
-const char* to_string(Activation a) { return a == Activation::gelu ? "gelu" : "swiglu"; }
-Activation parse_activation(const std::string& name) {
-  return parse_enum(name, "activation", std::array{Activation::gelu, Activation::swiglu});
-}
+const char* to_string(NormKind k) { return enum_name(kNormNames, k); }
+NormKind parse_norm_kind(const std::string& name) { return parse_enum(kNormNames, name, "norm"); }
 
-const char* to_string(InitScheme s) {
-  switch (s) {
-    case InitScheme::xavier: return "xavier";
-    case InitScheme::normal: return "normal";
-    case InitScheme::deepnorm: return "deepnorm";
-  }
-  return "?";
-}
-InitScheme parse_init_scheme(const std::string& name) {
-  return parse_enum(name, "init scheme", std::array{InitScheme::xavier, InitScheme::normal, InitScheme::deepnorm});
-}
+const char* to_string(Activation a) { return enum_name(kActivationNames, a); }
+Activation parse_activation(const std::string& name) { return parse_enum(kActivationNames, name, "activation"); }
+
+const char* to_string(InitScheme s) { return enum_name(kInitNames, s); }
+InitScheme parse_init_scheme(const std::string& name) { return parse_enum(kInitNames, name, "init scheme"); }
 
 std::string qk_norm_name(const std::optional<QKNormKind>& k) { return k ? qk_norm_kind_name(*k) : "none"; }
 std::optional<QKNormKind> parse_qk_norm(const std::string& name) {

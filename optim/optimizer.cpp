@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "framework/elementwise.h"
+#include "framework/enum_names.h"
 #include "framework/parallel.h"
 #include "optim/optim.h"
 
@@ -64,19 +65,14 @@ std::vector<ParamGroup> param_groups(const NamedParameters& params, double weigh
   return groups;
 }
 
-const char* to_string(WeightDecayMode m) {
-  switch (m) {
-    case WeightDecayMode::l2: return "l2";
-    case WeightDecayMode::decoupled: return "decoupled";
-    case WeightDecayMode::independent: return "independent";
-  }
-  return "?";
-}
+constexpr EnumNames<WeightDecayMode, 3> kWeightDecayModeNames{{{WeightDecayMode::l2, "l2"},
+                                                               {WeightDecayMode::decoupled, "decoupled"},
+                                                               {WeightDecayMode::independent, "independent"}}};
+
+const char* to_string(WeightDecayMode m) { return enum_name(kWeightDecayModeNames, m); }
 
 WeightDecayMode parse_weight_decay_mode(const std::string& name) {
-  for (WeightDecayMode m : {WeightDecayMode::l2, WeightDecayMode::decoupled, WeightDecayMode::independent})
-    if (name == to_string(m)) return m;
-  NL_FAIL("unknown weight decay mode '", name, "' (expected l2, decoupled or independent)");
+  return parse_enum(kWeightDecayModeNames, name, "weight decay mode");
 }
 
 // ---- Optimizer ----

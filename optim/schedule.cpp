@@ -4,25 +4,19 @@
 #include <cmath>
 #include <numbers>
 
+#include "framework/enum_names.h"
 #include "optim/optim.h"
 
 namespace normlab {
 
-const char* to_string(ScheduleKind k) {
-  switch (k) {
-    case ScheduleKind::constant: return "constant";
-    case ScheduleKind::linear: return "linear";
-    case ScheduleKind::cosine: return "cosine";
-    case ScheduleKind::inverse_sqrt: return "inverse_sqrt";
-  }
-  return "?";
-}
+constexpr EnumNames<ScheduleKind, 4> kScheduleNames{{{ScheduleKind::constant, "constant"},
+                                                     {ScheduleKind::linear, "linear"},
+                                                     {ScheduleKind::cosine, "cosine"},
+                                                     {ScheduleKind::inverse_sqrt, "inverse_sqrt"}}};
 
-ScheduleKind parse_schedule_kind(const std::string& name) {
-  for (ScheduleKind k : {ScheduleKind::constant, ScheduleKind::linear, ScheduleKind::cosine, ScheduleKind::inverse_sqrt})
-    if (name == to_string(k)) return k;
-  NL_FAIL("unknown schedule kind '", name, "' (expected constant, linear, cosine or inverse_sqrt)");
-}
+const char* to_string(ScheduleKind k) { return enum_name(kScheduleNames, k); }
+
+ScheduleKind parse_schedule_kind(const std::string& name) { return parse_enum(kScheduleNames, name, "schedule"); }
 
 void Schedule::check() const {
   NL_CHECK(kind == ScheduleKind::constant || kind == ScheduleKind::linear || kind == ScheduleKind::cosine ||
