@@ -209,6 +209,7 @@ int run_train(int argc, char** argv) {
     trainer->run(o.stop_at, !o.quiet, [&](Trainer& t) {
       const TrainHistory& h = t.history();
       for (; evals_printed < h.eval_loss.size(); ++evals_printed) {
+        clear_progress_line();
         std::printf("step %6lld  train loss %.4f  eval loss %.4f\n", (long long)h.eval_step[evals_printed],
                     h.loss[size_t(h.eval_step[evals_printed] - 1)], h.eval_loss[evals_printed]);
         std::fflush(stdout);

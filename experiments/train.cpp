@@ -149,19 +149,26 @@ void Trainer::run(int64_t stop_at, bool progress, const std::function<void(Train
   const bool show = progress && isatty(STDERR_FILENO);
   const int64_t last = stop_at > 0 ? std::min(stop_at, config_.steps) : config_.steps;
   const int64_t first = step_;
+  auto shown = std::chrono::steady_clock::now() - std::chrono::seconds(1);
   while (!finished() && step_ < last) {
     const double loss = train_step();
-    if (show) std::fprintf(stderr, "\r\033[K");  // clear the line for after_step's output
     if (after_step) after_step(*this);
-    if (show) {
+    // At most ten updates a second, and always the last step.
+    const auto now = std::chrono::steady_clock::now();
+    if (show && (now - shown > std::chrono::milliseconds(100) || finished() || step_ == last)) {
+      shown = now;
       const double tps = tokens_per_second();
       const double eta = tps > 0 ? double((last - step_) * config_.batch * config_.data.seq_len) / tps : 0;
-      std::fprintf(stderr, "step %lld/%lld  loss %.4f  %.0f tokens/s  ETA %s", (long long)step_,
+      std::fprintf(stderr, "\r\033[Kstep %lld/%lld  loss %.4f  %.0f tokens/s  ETA %s", (long long)step_,
                    (long long)config_.steps, loss, tps, format_duration(eta).c_str());
       std::fflush(stderr);
     }
   }
-  if (show && step_ > first) std::fprintf(stderr, "\r\033[K");
+  if (show && step_ > first) clear_progress_line();
+}
+
+void clear_progress_line() {
+  if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r\033[K");
 }
 
 void Trainer::save_checkpoint(const std::string& path) const {

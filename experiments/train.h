@@ -38,7 +38,8 @@ class Trainer {
   double evaluate();
   // Steps until config.steps, or `stop_at` steps when > 0, or divergence; evaluates every
   // eval_every steps and after the last step. `progress`: a one-line display on stderr
-  // (step, loss, tokens/s, ETA) when it is a terminal. `after_step` runs after each step.
+  // (step, loss, tokens/s, ETA; ten updates a second) when it is a terminal. `after_step`
+  // runs after each step; before it prints, it calls clear_progress_line().
   void run(int64_t stop_at = 0, bool progress = true, const std::function<void(Trainer&)>& after_step = {});
 
   int64_t step() const { return step_; }
@@ -73,6 +74,9 @@ class Trainer {
   double seconds_ = 0;
   int64_t steps_timed_ = 0;
 };
+
+// Erases the progress line Trainer::run draws on a terminal (a no-op elsewhere).
+void clear_progress_line();
 
 // Builds the optimizer a config names over the model's parameters (decay on matrices only).
 std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const NamedParameters& params);
