@@ -1,7 +1,9 @@
 # The two commands of the README. Both set up a fresh Debian machine (as root) first.
 #   make run   - install dependencies, build Release, run the main job
 #   make test  - install dependencies, build Release, run the test suite through CTest
-#   make sanitize - the suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   make sanitize - the suite under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/);
+#                   protect_shadow_gap=0 lets the CUDA driver map device memory where ASan's
+#                   shadow gap would otherwise sit (needed on a GPU machine, harmless elsewhere)
 JOBS ?= $(shell nproc)
 BUILD ?= build
 CMAKE_FLAGS ?=
@@ -31,7 +33,7 @@ test: build
 sanitize: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMLAB_SANITIZE=ON $(CMAKE_FLAGS)
 	cmake --build build-asan -j $(JOBS)
-	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:protect_shadow_gap=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
 
 clean:

@@ -58,12 +58,14 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& see
     if (!seed.defined()) {
       NL_CHECK(root.numel() == 1, "backward: the output has shape ", to_string(root.shape()),
                "; a non-scalar output needs a seed gradient of the same shape");
-      seed = ones(root.shape(), root.dtype());
+      seed = ones(root.shape(), root.dtype(), root.data().device());
     }
     NL_CHECK(seed.shape() == root.shape(), "backward: seed shape ", to_string(seed.shape()),
              " does not match output shape ", to_string(root.shape()));
     NL_CHECK(seed.dtype() == root.dtype(), "backward: seed dtype ", dtype_name(seed.dtype()),
              " does not match output dtype ", dtype_name(root.dtype()));
+    NL_CHECK(seed.device() == root.data().device(), "backward: seed is on ", seed.device(),
+             " but the output is on ", root.data().device());
     if (root.is_leaf()) {
       accumulate_leaf(*root.impl(), seed);
       continue;
@@ -112,7 +114,10 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& see
     E::grads(*node).clear();
     grad_out.resize(node->outputs().size());
     for (size_t k = 0; k < grad_out.size(); ++k)
-      if (!grad_out[k].defined()) grad_out[k] = zeros(node->outputs()[k].shape, node->outputs()[k].dtype);
+      if (!grad_out[k].defined()) {
+        const OutputMeta& meta = node->outputs()[k];
+        grad_out[k] = zeros(meta.shape, meta.dtype, meta.device);
+      }
 
     std::vector<Tensor> grad_in = node->backward(grad_out);
     grad_out.clear();

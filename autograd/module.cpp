@@ -64,6 +64,15 @@ void Module::zero_grad() {
   for (auto& p : parameters()) p.zero_grad();
 }
 
+void Module::to(Device device) {
+  for (auto& [n, p] : params_) {
+    p.data() = p.data().to(device);
+    p.zero_grad();
+  }
+  for (auto& [n, b] : buffers_) b = b.to(device);
+  for (auto& [n, c] : children_) c->to(device);
+}
+
 void Module::train(bool on) {
   training_ = on;
   for (auto& [n, c] : children_) c->train(on);

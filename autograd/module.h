@@ -22,6 +22,9 @@ class Module {
   void zero_grad();
   void train(bool on = true);
   void eval() { train(false); }
+  // Moves every parameter and buffer (of this module and its children) to `device`, dropping
+  // gradients. Tensors a module keeps outside its parameters and buffers stay where they are.
+  void to(Device device);
   bool training() const { return training_; }
 
  protected:

@@ -45,6 +45,7 @@ namespace {
 // Copy of x with out[..., i, j] = fill where j > i + (Lk - Lq).
 Tensor causal_fill(const Tensor& x, double fill) {
   NL_CHECK(x.dim() >= 2, "causal_mask: expected at least 2 dims (..., L_q, L_k), got shape ", to_string(x.shape()));
+  check_cpu(x, "causal_mask");
   Tensor out = x.clone();
   const int64_t lq = x.size(-2), lk = x.size(-1);
   const int64_t mats = lq * lk == 0 ? 0 : x.numel() / (lq * lk);
@@ -71,6 +72,8 @@ Variable causal_mask(const Variable& x, double fill) {
 
 Variable embedding(const Variable& weight, const Tensor& indices) {
   NL_CHECK(weight.dim() == 2, "embedding: weight must be [V, D], got shape ", to_string(weight.shape()));
+  check_cpu(weight.data(), "embedding");
+  check_cpu(indices, "embedding");
   NL_CHECK(indices.dtype() == DType::i64, "embedding: indices must be i64, got ", dtype_name(indices.dtype()));
   const int64_t V = weight.size(0), D = weight.size(1);
   const Tensor idx = indices.contiguous();
@@ -114,6 +117,8 @@ Variable embedding(const Variable& weight, const Tensor& indices) {
 // The loss is the mean over the n tokens whose target is not ignore_index.
 Variable cross_entropy(const Variable& logits, const Tensor& targets, int64_t ignore_index, double z_loss) {
   NL_CHECK(logits.dim() >= 1, "cross_entropy: logits need a class dim, got shape ", to_string(logits.shape()));
+  check_cpu(logits.data(), "cross_entropy");
+  check_cpu(targets, "cross_entropy");
   NL_CHECK(targets.dtype() == DType::i64, "cross_entropy: targets must be i64, got ", dtype_name(targets.dtype()));
   Shape expect = logits.shape();
   expect.pop_back();

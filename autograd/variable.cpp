@@ -71,7 +71,7 @@ std::vector<Variable> make_outputs(const std::shared_ptr<Node>& node, std::vecto
   result.reserve(outputs.size());
   const bool record = any_requires_grad(inputs);
   for (size_t i = 0; i < outputs.size(); ++i) {
-    if (record) node->outputs_.push_back({outputs[i].shape(), outputs[i].dtype()});
+    if (record) node->outputs_.push_back({outputs[i].shape(), outputs[i].dtype(), outputs[i].device()});
     Variable v(std::move(outputs[i]), record);
     if (record) {
       v.impl()->grad_fn = node;

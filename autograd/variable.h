@@ -65,11 +65,12 @@ class Variable {
   std::shared_ptr<VariableImpl> impl_;
 };
 
-// Shape and dtype of one output of a node: the engine feeds zeros to outputs that
+// Shape, dtype and device of one output of a node: the engine feeds zeros to outputs that
 // received no gradient.
 struct OutputMeta {
   Shape shape;
   DType dtype;
+  Device device{};
 };
 
 class Node {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "experiments/bench.h"
+#include "experiments/bench_cuda.h"
 #include "experiments/config.h"
 #include "experiments/demo.h"
 #include "experiments/train.h"
@@ -29,9 +30,10 @@ void print_help() {
       "  dump  [--<key> <value> ...] --out F.h5\n"
       "                                write a model, one batch, its loss and every gradient\n"
       "  demo [--steps N] [--seed S]   train a small attention model on the previous-token task\n"
-      "  bench [kernels|train|all] [--depth N]\n"
+      "  bench [kernels|train|cuda|all] [--depth N]\n"
       "                                kernel and transformer-step benchmarks (kernels), training\n"
-      "                                throughput at depth 48 and a 1000-layer step (train)\n"
+      "                                throughput at depth 48 and a 1000-layer step (train), GPU\n"
+      "                                norm kernels against copy bandwidth and cuDNN (cuda)\n"
       "  --help                        this text\n"
       "  --version                     the version\n",
       NORMLAB_VERSION);
@@ -254,13 +256,14 @@ int run_bench(int argc, char** argv) {
   int depth = 48;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "kernels" || arg == "train" || arg == "all") what = arg;
+    if (arg == "kernels" || arg == "train" || arg == "cuda" || arg == "all") what = arg;
     else if (arg == "--depth") depth = int(parse_count("bench", "--depth", i + 1 < argc ? argv[i + 1] : nullptr)), ++i;
     else if (arg == "--help" || arg == "-h") return print_help(), 0;
     else usage_error("bench", "unknown argument '" + arg + "'");
   }
   if (what == "kernels" || what == "all") run_foundation_bench(depth);
   if (what == "train" || what == "all") run_train_bench();
+  if (what == "cuda" || what == "all") run_cuda_bench();
   return 0;
 }
 

@@ -1,5 +1,7 @@
 // Elementwise maps over tensors with numpy broadcasting. The functor is a generic lambda
 // applied to scalar_t values (float or double); results are fresh contiguous tensors.
+// These are CPU kernels: a tensor on another device is refused with an Error (the CUDA
+// versions of the basic ops are in framework/cuda_ops.h, dispatched from tensor_ops.cpp).
 #pragma once
 
 #include <array>
@@ -14,6 +16,7 @@ inline constexpr int64_t kElementwiseGrain = 1 << 14;
 template <class F>
 Tensor map_unary(const Tensor& x, const char* op, const F& f) {
   NL_CHECK(x.defined(), op, ": input tensor is undefined");
+  check_cpu(x, op);
   Tensor out = empty(x.shape(), x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), op, [&] {
     scalar_t* o = out.data<scalar_t>();
@@ -35,6 +38,8 @@ Tensor map_unary(const Tensor& x, const char* op, const F& f) {
 template <class F>
 Tensor map_binary(const Tensor& a, const Tensor& b, const char* op, const F& f) {
   NL_CHECK(a.defined() && b.defined(), op, ": input tensor is undefined");
+  check_cpu(a, op);
+  check_cpu(b, op);
   NL_CHECK(a.dtype() == b.dtype(), op, ": dtypes ", dtype_name(a.dtype()), " and ", dtype_name(b.dtype()),
            " differ (shapes ", to_string(a.shape()), " and ", to_string(b.shape()), ")");
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);

@@ -7,6 +7,8 @@
 #include <sstream>
 
 #include "framework/allocator.h"
+#include "framework/cuda.h"
+#include "framework/cuda_ops.h"
 #include "framework/parallel.h"
 #include "framework/strided.h"
 
@@ -61,12 +63,31 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
 // Storage
 
 Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
-  NL_CHECK(device.type == DeviceType::cpu, "device ", device,
-           " is not available in this build (only cpu tensors are supported)");
-  data_ = CpuAllocator::instance().allocate(nbytes);
+  if (device.type == DeviceType::cpu) {
+    data_ = CpuAllocator::instance().allocate(nbytes);
+    return;
+  }
+  NL_CHECK(cuda_available(), "device ", device, " is not available: ", cuda_unavailable_reason());
+  NL_CHECK(device.index == 0, "device ", device, " is not supported: normlab uses cuda:0 only (",
+           cuda_device_count(), " CUDA device(s) present)");
+  data_ = CudaAllocator::instance().allocate(nbytes);
 }
 
-Storage::~Storage() { CpuAllocator::instance().deallocate(data_, nbytes_); }
+Storage::~Storage() {
+  if (device_.type == DeviceType::cpu) CpuAllocator::instance().deallocate(data_, nbytes_);
+  else CudaAllocator::instance().deallocate(data_, nbytes_);
+}
+
+void check_cpu(const Tensor& t, const char* op) {
+  NL_CHECK(!t.defined() || t.device().type == DeviceType::cpu, op, ": a tensor of shape ", to_string(t.shape()),
+           " is on ", t.device(), ", but this op has only a cpu kernel (move it with .to(Device::cpu()))");
+}
+
+Device same_device(const Tensor& a, const Tensor& b, const char* op) {
+  NL_CHECK(a.device() == b.device(), op, ": tensors are on different devices: ", a.device(), " (shape ",
+           to_string(a.shape()), ") and ", b.device(), " (shape ", to_string(b.shape()), ")");
+  return a.device();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Tensor
@@ -283,6 +304,21 @@ static void transpose_copy(D* dst, int64_t dst_row_stride, const S* src, int64_t
 void Tensor::copy_from(const Tensor& src) {
   NL_CHECK(src.shape() == shape_, "copy_from: source shape ", to_string(src.shape()),
            " does not match destination shape ", to_string(shape_));
+  if (device() != src.device()) {
+    // Across devices: one transfer of contiguous bytes of the destination's dtype, then (when
+    // this tensor is not a plain contiguous buffer) a copy on this device.
+    const Tensor s = src.to(dtype_).contiguous();
+    if (is_contiguous()) {
+      cuda_memcpy(raw_data(), device(), s.raw_data(), s.device(), size_t(numel_) * element_size());
+    } else {
+      copy_from(to_device(s, device()));
+    }
+    return;
+  }
+  if (device().type == DeviceType::cuda) {
+    copy_cuda(*this, src);
+    return;
+  }
   visit_dtype(dtype_, [&]<class D>() {
     visit_dtype(src.dtype(), [&]<class S>() {
       D* dst = static_cast<D*>(storage_->data()) + offset_;
@@ -322,6 +358,10 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 void Tensor::fill_(double value) {
+  if (device().type == DeviceType::cuda) {
+    fill_cuda(*this, value);
+    return;
+  }
   visit_dtype(dtype_, [&]<class T>() {
     T* base = static_cast<T*>(storage_->data()) + offset_;
     const T v = from_double<T>(value);
@@ -346,6 +386,11 @@ Tensor Tensor::to(DType dtype) const {
   return out;
 }
 
+Tensor Tensor::to(Device device) const {
+  NL_CHECK(defined(), "to: tensor is undefined");
+  return device == this->device() ? *this : to_device(*this, device);
+}
+
 int64_t Tensor::linear_offset(const std::vector<int64_t>& index) const {
   NL_CHECK(int64_t(index.size()) == dim(), "index ", to_string(Shape(index)), " has ", index.size(),
            " entries for a tensor of shape ", to_string(shape_));
@@ -360,12 +405,23 @@ int64_t Tensor::linear_offset(const std::vector<int64_t>& index) const {
 
 double Tensor::at(const std::vector<int64_t>& index) const {
   const int64_t off = linear_offset(index);
-  return visit_dtype(dtype_, [&]<class T>() { return to_double(static_cast<const T*>(storage_->data())[off]); });
+  return visit_dtype(dtype_, [&]<class T>() {
+    const T* p = static_cast<const T*>(storage_->data()) + off;
+    if (device().type == DeviceType::cpu) return to_double(*p);
+    T v;
+    cuda_memcpy(&v, Device::cpu(), p, device(), sizeof(T));
+    return to_double(v);
+  });
 }
 
 void Tensor::set(const std::vector<int64_t>& index, double value) {
   const int64_t off = linear_offset(index);
-  visit_dtype(dtype_, [&]<class T>() { static_cast<T*>(storage_->data())[off] = from_double<T>(value); });
+  visit_dtype(dtype_, [&]<class T>() {
+    T* p = static_cast<T*>(storage_->data()) + off;
+    const T v = from_double<T>(value);
+    if (device().type == DeviceType::cpu) *p = v;
+    else cuda_memcpy(p, device(), &v, Device::cpu(), sizeof(T));
+  });
 }
 
 double Tensor::item() const {
@@ -374,7 +430,7 @@ double Tensor::item() const {
 }
 
 template <class T> std::vector<T> Tensor::to_vector() const {
-  Tensor c = to(dtype_v<T>).contiguous();
+  Tensor c = to(Device::cpu()).to(dtype_v<T>).contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + numel_);
 }
@@ -402,14 +458,14 @@ Tensor empty(const Shape& shape, DType dtype, Device device) {
   return Tensor(std::move(storage), shape, contiguous_strides(shape), 0, dtype);
 }
 
-Tensor full(const Shape& shape, double value, DType dtype) {
-  Tensor t = empty(shape, dtype);
+Tensor full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
   t.fill_(value);
   return t;
 }
-Tensor zeros(const Shape& shape, DType dtype) { return full(shape, 0.0, dtype); }
-Tensor ones(const Shape& shape, DType dtype) { return full(shape, 1.0, dtype); }
-Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype()); }
+Tensor zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0, dtype, device); }
+Tensor ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
+Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype(), t.device()); }
 Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype(), t.device()); }
 
 Tensor arange(double start, double end, double step, DType dtype) {

@@ -49,6 +49,7 @@ class Tensor {
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }
   Device device() const { return storage_ ? storage_->device() : Device{}; }
+  bool is_cuda() const { return device().type == DeviceType::cuda; }
   const Shape& shape() const { return shape_; }
   const Shape& strides() const { return strides_; }
   int64_t offset() const { return offset_; }
@@ -84,11 +85,14 @@ class Tensor {
   Tensor contiguous() const;  // itself when already contiguous
   Tensor clone() const;       // always a fresh contiguous copy
   Tensor to(DType dtype) const;
-  void copy_from(const Tensor& src);  // same shape; any layouts and float dtypes
+  // This tensor on `device`: itself when already there, else to_device (framework/cuda.h).
+  Tensor to(Device device) const;
+  void copy_from(const Tensor& src);  // same shape; any layouts, float dtypes and devices
   void fill_(double value);
   void zero_() { fill_(0.0); }
 
-  // Element access (for tests and small code): any dtype, read as double.
+  // Element access (for tests and small code): any dtype, read as double. On a CUDA
+  // device each call copies one element (slow; meant for scalars such as a loss).
   double item() const;
   double at(const std::vector<int64_t>& index) const;
   void set(const std::vector<int64_t>& index, double value);
@@ -108,16 +112,22 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t);
 
 // Factories.
 Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = {});
-Tensor zeros(const Shape& shape, DType dtype = DType::f32);
-Tensor ones(const Shape& shape, DType dtype = DType::f32);
-Tensor full(const Shape& shape, double value, DType dtype = DType::f32);
+Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = {});
+Tensor ones(const Shape& shape, DType dtype = DType::f32, Device device = {});
+Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Device device = {});
 Tensor arange(double start, double end, double step = 1.0, DType dtype = DType::f32);
 Tensor randn(const Shape& shape, Generator& gen, DType dtype = DType::f32, double mean = 0.0, double std = 1.0);
 Tensor uniform(const Shape& shape, Generator& gen, double low = 0.0, double high = 1.0, DType dtype = DType::f32);
-Tensor zeros_like(const Tensor& t);
+Tensor zeros_like(const Tensor& t);  // same shape, dtype and device
 Tensor empty_like(const Tensor& t);
 template <class T> Tensor from_vector(const std::vector<T>& values, const Shape& shape);
 Tensor from_vector(const std::vector<double>& values, const Shape& shape, DType dtype);
+
+// Device checks for kernels. check_cpu throws naming the op and the tensor's device when t
+// is not on the cpu (CPU kernels call it before touching memory); same_device returns the
+// device of a and b, or throws naming both devices.
+void check_cpu(const Tensor& t, const char* op);
+Device same_device(const Tensor& a, const Tensor& b, const char* op);
 
 // Broadcasting: the shape two operands broadcast to (numpy rules), or an Error naming both.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);

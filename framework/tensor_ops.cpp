@@ -6,22 +6,45 @@
 #include <tuple>
 #include <limits>
 
+#include "framework/cuda_ops.h"
 #include "framework/elementwise.h"
 #include "framework/fast_math.h"
 #include "framework/parallel.h"
 
 namespace normlab {
 
-Tensor add(const Tensor& a, const Tensor& b) { return map_binary(a, b, "add", [](auto x, auto y) { return x + y; }); }
-Tensor sub(const Tensor& a, const Tensor& b) { return map_binary(a, b, "sub", [](auto x, auto y) { return x - y; }); }
-Tensor mul(const Tensor& a, const Tensor& b) { return map_binary(a, b, "mul", [](auto x, auto y) { return x * y; }); }
-Tensor div(const Tensor& a, const Tensor& b) { return map_binary(a, b, "div", [](auto x, auto y) { return x / y; }); }
-Tensor neg(const Tensor& a) { return map_unary(a, "neg", [](auto x) { return -x; }); }
+// Binary and scalar ops run on the inputs' device: a CUDA input goes to framework/cuda_ops.h.
+namespace {
+bool on_cuda(const Tensor& a, const Tensor& b) { return a.is_cuda() || b.is_cuda(); }
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  if (on_cuda(a, b)) return binary_cuda(a, b, BinaryOp::add, "add");
+  return map_binary(a, b, "add", [](auto x, auto y) { return x + y; });
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  if (on_cuda(a, b)) return binary_cuda(a, b, BinaryOp::sub, "sub");
+  return map_binary(a, b, "sub", [](auto x, auto y) { return x - y; });
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  if (on_cuda(a, b)) return binary_cuda(a, b, BinaryOp::mul, "mul");
+  return map_binary(a, b, "mul", [](auto x, auto y) { return x * y; });
+}
+Tensor div(const Tensor& a, const Tensor& b) {
+  if (on_cuda(a, b)) return binary_cuda(a, b, BinaryOp::div, "div");
+  return map_binary(a, b, "div", [](auto x, auto y) { return x / y; });
+}
+Tensor neg(const Tensor& a) {
+  if (a.is_cuda()) return scalar_cuda(a, -1.0, ScalarOp::mul, "neg");
+  return map_unary(a, "neg", [](auto x) { return -x; });
+}
 
 Tensor add_scalar(const Tensor& a, double s) {
+  if (a.is_cuda()) return scalar_cuda(a, s, ScalarOp::add, "add_scalar");
   return map_unary(a, "add_scalar", [s](auto x) { return x + decltype(x)(s); });
 }
 Tensor mul_scalar(const Tensor& a, double s) {
+  if (a.is_cuda()) return scalar_cuda(a, s, ScalarOp::mul, "mul_scalar");
   return map_unary(a, "mul_scalar", [s](auto x) { return x * decltype(x)(s); });
 }
 
@@ -29,6 +52,10 @@ void add_(Tensor& dst, const Tensor& src) {
   NL_CHECK(dst.shape() == src.shape(), "add_: shapes ", to_string(dst.shape()), " and ", to_string(src.shape()), " differ");
   NL_CHECK(dst.dtype() == src.dtype(), "add_: dtypes ", dtype_name(dst.dtype()), " and ", dtype_name(src.dtype()), " differ");
   NL_CHECK(dst.is_contiguous(), "add_: destination must be contiguous");
+  if (on_cuda(dst, src)) {
+    binary_inplace_cuda(dst, src, BinaryOp::add, "add_");
+    return;
+  }
   const Tensor s = src.contiguous();
   NL_DISPATCH_FLOATING(dst.dtype(), "add_", [&] {
     scalar_t* d = dst.data<scalar_t>();
@@ -114,6 +141,7 @@ void sum_kernel(const Tensor& x, const ReduceDims& r, T* out, double scale) {
 
 Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   const ReduceDims r = plan_reduce(x, std::move(dims), keepdim, "sum");
+  if (x.is_cuda()) return sum_cuda(x, r.reduced, r.out_shape, 1.0, "sum");
   Tensor out = empty(r.out_shape, x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), "sum", [&] { sum_kernel<scalar_t>(x, r, out.data<scalar_t>(), 1.0); });
   return out;
@@ -122,6 +150,7 @@ Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   const ReduceDims r = plan_reduce(x, std::move(dims), keepdim, "mean");
   NL_CHECK(r.inner > 0, "mean: reducing ", to_string(x.shape()), " over an empty set of elements");
+  if (x.is_cuda()) return sum_cuda(x, r.reduced, r.out_shape, 1.0 / double(r.inner), "mean");
   Tensor out = empty(r.out_shape, x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), "mean", [&] { sum_kernel<scalar_t>(x, r, out.data<scalar_t>(), 1.0 / double(r.inner)); });
   return out;
@@ -129,6 +158,7 @@ Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 
 std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
   dim = wrap_dim(dim, x.dim(), "max");
+  check_cpu(x, "max");
   NL_CHECK(x.dim() == 0 || x.size(dim) > 0, "max: dim ", dim, " of shape ", to_string(x.shape()), " is empty");
   const ReduceDims r = plan_reduce(x, {dim}, keepdim, "max");
   Tensor values = empty(r.out_shape, x.dtype());
@@ -180,6 +210,7 @@ template <class F, class... Rest>
 Tensor map_rows(const char* op, const F& f, const Tensor& x, const Rest&... rest) {
   NL_CHECK(x.dim() >= 1, op, ": expected at least 1 dim, got shape ", to_string(x.shape()));
   for (const Tensor& t : std::initializer_list<Tensor>{x, rest...}) {
+    check_cpu(t, op);
     NL_CHECK(t.shape() == x.shape(), op, ": shapes ", to_string(x.shape()), " and ", to_string(t.shape()), " differ");
     NL_CHECK(t.dtype() == x.dtype(), op, ": dtypes ", dtype_name(x.dtype()), " and ", dtype_name(t.dtype()), " differ");
   }
@@ -248,13 +279,14 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   shape[dim] = 0;
   for (const Tensor& x : xs) {
     NL_CHECK(x.dtype() == first.dtype(), "cat: dtypes ", dtype_name(first.dtype()), " and ", dtype_name(x.dtype()), " differ");
+    same_device(first, x, "cat");
     bool ok = x.dim() == first.dim();
     for (int64_t d = 0; ok && d < x.dim(); ++d) ok = d == dim || x.size(d) == first.size(d);
     NL_CHECK(ok, "cat: shapes ", to_string(first.shape()), " and ", to_string(x.shape()),
              " differ outside dim ", dim);
     shape[dim] += x.size(dim);
   }
-  Tensor out = empty(shape, first.dtype());
+  Tensor out = empty(shape, first.dtype(), first.device());
   int64_t at = 0;
   for (const Tensor& x : xs) {
     out.narrow(dim, at, x.size(dim)).copy_from(x);
@@ -264,7 +296,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
 }
 
 double max_abs(const Tensor& x) {
-  const Tensor c = x.contiguous();
+  const Tensor c = x.to(Device::cpu()).contiguous();
   return NL_DISPATCH_FLOATING(c.dtype(), "max_abs", [&] {
     const scalar_t* p = c.data<scalar_t>();
     double m = 0;
@@ -274,7 +306,7 @@ double max_abs(const Tensor& x) {
 }
 
 bool all_finite(const Tensor& x) {
-  const Tensor c = x.contiguous();
+  const Tensor c = x.to(Device::cpu()).contiguous();
   return NL_DISPATCH_FLOATING(c.dtype(), "all_finite", [&] {
     const scalar_t* p = c.data<scalar_t>();
     bool finite = true;

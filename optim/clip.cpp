@@ -15,6 +15,7 @@ namespace {
 constexpr int64_t kNormBlock = 1 << 15;
 
 double sum_of_squares(const Tensor& g_in) {
+  check_cpu(g_in, "grad_norm");
   const Tensor g = g_in.contiguous();
   const int64_t n = g.numel();
   const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;

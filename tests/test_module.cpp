@@ -3,6 +3,7 @@
 
 #include "autograd/module.h"
 #include "autograd/ops.h"
+#include "framework/cuda.h"
 #include "test_util.h"
 
 using namespace normlab;
@@ -69,4 +70,27 @@ BOOST_AUTO_TEST_CASE(linear_and_embedding) {
   sum(e).backward();
   BOOST_TEST(emb.weight.grad().at({4, 1}) == 2.0);
   BOOST_TEST(emb.weight.grad().at({2, 1}) == 0.0);
+}
+
+// Module::to moves parameters and buffers (and drops gradients); the member Variables follow,
+// since they share the parameters. On a GPU-less machine the CUDA half checks the error.
+BOOST_AUTO_TEST_CASE(to_moves_parameters_and_buffers) {
+  Generator gen(3);
+  Net net(gen);
+  sum(net.blocks[0]->fc->forward(Variable(ones({2, 3}, DType::f64)))).backward();
+  BOOST_TEST(net.blocks[0]->fc->weight.grad().defined());
+  const Tensor before = net.blocks[0]->fc->weight.data().clone();
+  net.to(Device::cpu());
+  BOOST_TEST(!net.blocks[0]->fc->weight.grad().defined());
+  BOOST_TEST(net.blocks[0]->fc->weight.data().at({1, 2}) == before.at({1, 2}));
+  if (!cuda_available()) {
+    BOOST_TEST(contains(error_of([&] { net.to(Device::cuda()); }), "cuda:0 is not available"));
+    return;
+  }
+  net.to(Device::cuda());
+  for (const auto& [name, p] : net.named_parameters()) BOOST_TEST(p.data().device() == Device::cuda(), name);
+  for (const auto& [name, b] : net.named_buffers()) BOOST_TEST(b.device() == Device::cuda(), name);
+  BOOST_TEST(net.blocks[0]->fc->weight.data().device() == Device::cuda());
+  net.to(Device::cpu());
+  BOOST_TEST(net.blocks[0]->fc->weight.data().at({1, 2}) == before.at({1, 2}));
 }

@@ -1,5 +1,9 @@
 #include "norm/batch_norm/batch_norm.h"
 
+#ifdef NORMLAB_WITH_CUDA
+#include "norm/batch_norm/batch_norm_cuda.h"
+#endif
+
 namespace normlab {
 
 // ---- Channel-norm kernels (shared with GroupNorm) ----
@@ -216,6 +220,10 @@ int64_t batch_norm_check_input(const Tensor& x, int64_t C, bool training, const 
 BatchNormStats batch_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in,
                                   const Tensor& running_mean, const Tensor& running_var, bool training,
                                   double momentum, double eps) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.device().type == DeviceType::cuda)
+    return batch_norm_forward_cuda(x_in, gamma_in, beta_in, running_mean, running_var, training, momentum, eps);
+#endif
   check_eps(eps, "batch_norm");
   check_momentum(momentum, "batch_norm");
   NL_CHECK(x_in.defined() && x_in.dim() >= 2, "batch_norm: expected an input of shape [N, C] or [N, C, L], got ",
@@ -255,6 +263,11 @@ BatchNormStats batch_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
 NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& gamma_in, const Tensor& mean,
                                 const Tensor& rstd, ChannelStatMap map, bool fixed_stats, bool want_dx,
                                 bool want_dgamma, bool want_dbeta, const char* who) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x.device().type == DeviceType::cuda)
+    return channel_norm_backward_cuda(dy_in, x, gamma_in, mean, rstd, map, fixed_stats, want_dx, want_dgamma,
+                                      want_dbeta, who);
+#endif
   NL_CHECK(dy_in.shape() == x.shape(), who, ": dy has shape ", to_string(dy_in.shape()), " but x has ",
            to_string(x.shape()));
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);

@@ -1,5 +1,9 @@
 #include "norm/dyt/dyt.h"
 
+#ifdef NORMLAB_WITH_CUDA
+#include "norm/dyt/dyt_cuda.h"
+#endif
+
 namespace normlab {
 
 namespace {
@@ -85,6 +89,10 @@ double alpha_value(const Tensor& alpha, DType dtype, const char* who) {
 
 Tensor dyt_forward(const Tensor& x_in, const Tensor& alpha, const Tensor& gamma_in, const Tensor& beta_in,
                    bool identity) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.device().type == DeviceType::cuda)
+    return dyt_forward_cuda(x_in, alpha, gamma_in, beta_in, identity);
+#endif
   NL_CHECK(x_in.defined() && x_in.dim() >= 1, "dyt: the input needs at least 1 dim");
   const int64_t N = x_in.size(-1);
   const int64_t M = rows_of(x_in, N, "dyt");
@@ -103,6 +111,10 @@ Tensor dyt_forward(const Tensor& x_in, const Tensor& alpha, const Tensor& gamma_
 
 DyTGrads dyt_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& alpha, const Tensor& gamma_in,
                       bool identity, bool want_dx, bool want_dalpha, bool want_dgamma, bool want_dbeta) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.device().type == DeviceType::cuda)
+    return dyt_backward_cuda(dy_in, x_in, alpha, gamma_in, identity, want_dx, want_dalpha, want_dgamma, want_dbeta);
+#endif
   const int64_t N = x_in.size(-1);
   const int64_t M = x_in.numel() / N;
   NL_CHECK(dy_in.shape() == x_in.shape(), "dyt_backward: dy has shape ", to_string(dy_in.shape()), " but x has ",

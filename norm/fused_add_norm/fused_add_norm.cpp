@@ -1,5 +1,9 @@
 #include "norm/fused_add_norm/fused_add_norm.h"
 
+#ifdef NORMLAB_WITH_CUDA
+#include "norm/fused_add_norm/fused_add_norm_cuda.h"
+#endif
+
 namespace normlab {
 
 namespace {
@@ -132,6 +136,10 @@ template void add_rms_norm_backward<double>(double*, double*, const double*, con
 
 AddLayerNormStats add_layer_norm_forward(const Tensor& x_in, const Tensor& r_in, const Tensor& gamma_in,
                                          const Tensor& beta_in, double eps) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.defined() && x_in.device().type == DeviceType::cuda)
+    return add_layer_norm_forward_cuda(x_in, r_in, gamma_in, beta_in, eps);
+#endif
   check_eps(eps, "add_layer_norm");
   const int64_t M = rows_of_pair(x_in, r_in, "add_layer_norm");
   const int64_t N = x_in.size(-1);
@@ -152,6 +160,10 @@ AddLayerNormStats add_layer_norm_forward(const Tensor& x_in, const Tensor& r_in,
 AddLayerNormGrads add_layer_norm_backward(const Tensor& dh, const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                           const Tensor& mean, const Tensor& rstd,
                                           bool want_dh_total, bool want_dgamma, bool want_dbeta) {
+#ifdef NORMLAB_WITH_CUDA
+  if (h.defined() && h.device().type == DeviceType::cuda)
+    return add_layer_norm_backward_cuda(dh, dy, h, gamma, mean, rstd, want_dh_total, want_dgamma, want_dbeta);
+#endif
   const BackwardArgs a = backward_args(dh, dy, h, gamma, "add_layer_norm_backward");
   AddLayerNormGrads g;
   if (want_dh_total) g.dh_total = empty(h.shape(), h.dtype());
@@ -168,6 +180,10 @@ AddLayerNormGrads add_layer_norm_backward(const Tensor& dh, const Tensor& dy, co
 
 AddRMSNormStats add_rms_norm_forward(const Tensor& x_in, const Tensor& r_in, const Tensor& gamma_in, double eps,
                                      bool unit_offset) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.defined() && x_in.device().type == DeviceType::cuda)
+    return add_rms_norm_forward_cuda(x_in, r_in, gamma_in, eps, unit_offset);
+#endif
   check_eps(eps, "add_rms_norm");
   const int64_t M = rows_of_pair(x_in, r_in, "add_rms_norm");
   const int64_t N = x_in.size(-1);
@@ -185,6 +201,10 @@ AddRMSNormStats add_rms_norm_forward(const Tensor& x_in, const Tensor& r_in, con
 
 AddRMSNormGrads add_rms_norm_backward(const Tensor& dh, const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                       const Tensor& rrms, bool unit_offset, bool want_dh_total, bool want_dgamma) {
+#ifdef NORMLAB_WITH_CUDA
+  if (h.defined() && h.device().type == DeviceType::cuda)
+    return add_rms_norm_backward_cuda(dh, dy, h, gamma, rrms, unit_offset, want_dh_total, want_dgamma);
+#endif
   const BackwardArgs a = backward_args(dh, dy, h, gamma, "add_rms_norm_backward");
   AddRMSNormGrads g;
   if (want_dh_total) g.dh_total = empty(h.shape(), h.dtype());

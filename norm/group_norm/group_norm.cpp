@@ -1,5 +1,9 @@
 #include "norm/group_norm/group_norm.h"
 
+#ifdef NORMLAB_WITH_CUDA
+#include "norm/group_norm/group_norm_cuda.h"
+#endif
+
 namespace normlab {
 
 namespace {
@@ -65,6 +69,10 @@ int64_t group_norm_check_input(const Tensor& x, int64_t C, const char* who) {
 
 GroupNormStats group_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in, int64_t G,
                                   double eps) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.device().type == DeviceType::cuda)
+    return group_norm_forward_cuda(x_in, gamma_in, beta_in, G, eps);
+#endif
   check_eps(eps, "group_norm");
   NL_CHECK(x_in.defined() && x_in.dim() >= 2, "group_norm: expected an input of shape [N, C, *], got ",
            x_in.defined() ? to_string(x_in.shape()) : std::string("an undefined tensor"));
@@ -87,6 +95,10 @@ GroupNormStats group_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
 
 GroupNormGrads group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                                    const Tensor& rstd, bool want_dx, bool want_dgamma, bool want_dbeta) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x.device().type == DeviceType::cuda)
+    return group_norm_backward_cuda(dy, x, gamma, mean, rstd, want_dx, want_dgamma, want_dbeta);
+#endif
   return channel_norm_backward(dy, x, gamma, mean, rstd, per_group(x.size(1), mean.size(1)), false, want_dx,
                                want_dgamma, want_dbeta, "group_norm_backward");
 }

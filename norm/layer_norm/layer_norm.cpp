@@ -1,5 +1,9 @@
 #include "norm/layer_norm/layer_norm.h"
 
+#ifdef NORMLAB_WITH_CUDA
+#include "norm/layer_norm/layer_norm_cuda.h"
+#endif
+
 namespace normlab {
 
 template <class T>
@@ -161,6 +165,10 @@ template void layer_norm_backward_cpu<double>(double*, double*, double*, const d
                                               const double*, const double*, const double*, int64_t, int64_t);
 
 LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in, double eps) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.defined() && x_in.device().type == DeviceType::cuda)
+    return layer_norm_forward_cuda(x_in, gamma_in, beta_in, eps);
+#endif
   check_eps(eps, "layer_norm");
   NL_CHECK(x_in.defined() && x_in.dim() >= 1, "layer_norm: the input needs at least 1 dim");
   const int64_t N = x_in.size(-1);
@@ -182,6 +190,10 @@ LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
 
 LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& gamma_in, const Tensor& mean,
                                    const Tensor& rstd, bool want_dx, bool want_dgamma, bool want_dbeta) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x.defined() && x.device().type == DeviceType::cuda)
+    return layer_norm_backward_cuda(dy_in, x, gamma_in, mean, rstd, want_dx, want_dgamma, want_dbeta);
+#endif
   const int64_t N = x.size(-1);
   const int64_t M = x.numel() / N;
   NL_CHECK(dy_in.shape() == x.shape(), "layer_norm_backward: dy has shape ", to_string(dy_in.shape()),

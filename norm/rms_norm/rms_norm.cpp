@@ -1,5 +1,9 @@
 #include "norm/rms_norm/rms_norm.h"
 
+#ifdef NORMLAB_WITH_CUDA
+#include "norm/rms_norm/rms_norm_cuda.h"
+#endif
+
 namespace normlab {
 
 namespace {
@@ -136,6 +140,10 @@ template void rms_norm_backward_cpu<double>(double*, double*, const double*, con
                                             const double*, int64_t, int64_t, bool);
 
 RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double eps, bool unit_offset) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.defined() && x_in.device().type == DeviceType::cuda)
+    return rms_norm_forward_cuda(x_in, gamma_in, eps, unit_offset);
+#endif
   check_eps(eps, "rms_norm");
   NL_CHECK(x_in.defined() && x_in.dim() >= 1, "rms_norm: the input needs at least 1 dim");
   const int64_t N = x_in.size(-1);
@@ -153,6 +161,10 @@ RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double
 
 RMSNormGrads rms_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& gamma_in, const Tensor& rrms,
                                bool unit_offset, bool want_dx, bool want_dgamma) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x.defined() && x.device().type == DeviceType::cuda)
+    return rms_norm_backward_cuda(dy_in, x, gamma_in, rrms, unit_offset, want_dx, want_dgamma);
+#endif
   const int64_t N = x.size(-1);
   const int64_t M = x.numel() / N;
   NL_CHECK(dy_in.shape() == x.shape(), "rms_norm_backward: dy has shape ", to_string(dy_in.shape()), " but x has ",

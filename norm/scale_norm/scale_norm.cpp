@@ -1,5 +1,9 @@
 #include "norm/scale_norm/scale_norm.h"
 
+#ifdef NORMLAB_WITH_CUDA
+#include "norm/scale_norm/scale_norm_cuda.h"
+#endif
+
 namespace normlab {
 
 template <class T>
@@ -64,6 +68,10 @@ template void scale_norm_backward<double>(double*, double*, const double*, const
                                           const double*, int64_t, int64_t, double);
 
 ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double eps) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x_in.device().type == DeviceType::cuda)
+    return scale_norm_forward_cuda(x_in, g_in, eps);
+#endif
   check_eps(eps, "scale_norm");
   NL_CHECK(x_in.defined() && x_in.dim() >= 1, "scale_norm: the input needs at least 1 dim");
   const int64_t N = x_in.size(-1);
@@ -80,6 +88,10 @@ ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double
 
 ScaleNormGrads scale_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& g, const Tensor& norm,
                                    double eps, bool want_dx, bool want_dg) {
+#ifdef NORMLAB_WITH_CUDA
+  if (x.device().type == DeviceType::cuda)
+    return scale_norm_backward_cuda(dy_in, x, g, norm, eps, want_dx, want_dg);
+#endif
   const int64_t N = x.size(-1);
   const int64_t M = x.numel() / N;
   NL_CHECK(dy_in.shape() == x.shape(), "scale_norm_backward: dy has shape ", to_string(dy_in.shape()),
