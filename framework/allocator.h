@@ -18,6 +18,37 @@ struct AllocatorStats {
   size_t cache_hits = 0;
 };
 
+// The bookkeeping both caching allocators share: free lists per size class and statistics,
+// behind one mutex. The owner gets memory from its OS (aligned_alloc, cudaMalloc) only when
+// take() finds no cached block.
+class BlockCache {
+ public:
+  // A cached block of `size` bytes (a size class), counted as in use; null when none.
+  void* take(size_t size);
+  // Counts a block of `size` bytes just obtained from the OS as in use.
+  void add_new(size_t size);
+  // Caches a block that is no longer in use.
+  void put(void* ptr, size_t size);
+  // Hands every cached block to `release` (e.g. std::free) and forgets them.
+  template <class Release>
+  void release_all(Release release) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [size, blocks] : free_)
+      for (void* p : blocks) release(p);
+    free_.clear();
+    stats_.bytes_cached = 0;
+  }
+  bool empty() const;  // no cached blocks
+  AllocatorStats stats() const;
+  void reset_peak();
+
+ private:
+  void count_in_use(size_t size);  // with mutex_ held
+  mutable std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  AllocatorStats stats_;
+};
+
 class CpuAllocator {
  public:
   static constexpr size_t kAlignment = 64;
@@ -35,9 +66,7 @@ class CpuAllocator {
 
  private:
   CpuAllocator() = default;
-  mutable std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
-  AllocatorStats stats_;
+  BlockCache cache_;
 };
 
 }  // namespace normlab

@@ -95,19 +95,7 @@ CudaAllocator& CudaAllocator::instance() {
 
 void* CudaAllocator::allocate(size_t nbytes) {
   const size_t size = CpuAllocator::size_class(nbytes);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_.find(size);
-    if (it != free_.end() && !it->second.empty()) {
-      void* p = it->second.back();
-      it->second.pop_back();
-      stats_.bytes_cached -= size;
-      stats_.bytes_in_use += size;
-      stats_.cache_hits++;
-      if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
-      return p;
-    }
-  }
+  if (void* p = cache_.take(size)) return p;
   require_cuda("CudaAllocator::allocate");
   void* p = nullptr;
   cudaError_t status = cudaMalloc(&p, size);
@@ -118,46 +106,27 @@ void* CudaAllocator::allocate(size_t nbytes) {
   }
   if (status != cudaSuccess) {
     (void)cudaGetLastError();
-    const AllocatorStats s = stats();
     NL_FAIL("out of memory on cuda:0 allocating ", nbytes, " bytes (", cudaGetErrorString(status), "; ",
-            s.bytes_in_use, " bytes in use by normlab)");
+            cache_.stats().bytes_in_use, " bytes in use by normlab)");
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  stats_.os_allocations++;
-  stats_.bytes_in_use += size;
-  if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
+  cache_.add_new(size);
   return p;
 }
 
 void CudaAllocator::deallocate(void* ptr, size_t nbytes) {
-  if (!ptr) return;
-  const size_t size = CpuAllocator::size_class(nbytes);
-  std::lock_guard<std::mutex> lock(mutex_);
-  free_[size].push_back(ptr);
-  stats_.bytes_in_use -= size;
-  stats_.bytes_cached += size;
+  if (ptr) cache_.put(ptr, CpuAllocator::size_class(nbytes));
 }
 
 void CudaAllocator::empty_cache() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (free_.empty()) return;
+  if (cache_.empty()) return;
   // Queued kernels may still read cached blocks' last contents: finish them first.
   CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
-  for (auto& [size, blocks] : free_)
-    for (void* p : blocks) CUDA_CHECK(cudaFree(p));
-  free_.clear();
-  stats_.bytes_cached = 0;
+  cache_.release_all([](void* p) { CUDA_CHECK(cudaFree(p)); });
 }
 
-AllocatorStats CudaAllocator::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return stats_;
-}
+AllocatorStats CudaAllocator::stats() const { return cache_.stats(); }
 
-void CudaAllocator::reset_peak() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  stats_.peak_bytes_in_use = stats_.bytes_in_use;
-}
+void CudaAllocator::reset_peak() { cache_.reset_peak(); }
 
 // ---------------------------------------------------------------------------------------------
 // Copies

@@ -41,9 +41,7 @@ class CudaAllocator {
 
  private:
   CudaAllocator() = default;
-  mutable std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
-  AllocatorStats stats_;
+  BlockCache cache_;
 };
 
 // A copy of t (any layout, any device) on `device`, contiguous. Host <-> device copies go
