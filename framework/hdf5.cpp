@@ -367,6 +367,14 @@ bool H5File::exists(const std::string& object_path) const {
   return bool(open_object(*this, parts, parts.size(), /*create=*/false, "exists"));
 }
 
+void H5File::remove(const std::string& object_path) {
+  require_writable(*this, "remove");
+  const Parts parts = split_path(object_path);
+  if (parts.empty() || !exists(object_path)) return;
+  H5_CHECK(H5Ldelete(id_, join_path(parts).c_str(), H5P_DEFAULT) >= 0, "remove: cannot unlink ",
+           describe(*this, parts));
+}
+
 void H5File::flush() {
   require_open(*this, "flush");
   if (mode_ == Mode::read) return;  // nothing to write

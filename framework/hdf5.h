@@ -52,6 +52,9 @@ class H5File {
   // Whether an object (group or dataset) exists at object_path; "/" always exists.
   // False, not an error, when any ancestor is missing or is not a group.
   bool exists(const std::string& object_path) const;
+  // Unlinks the group or dataset at object_path (with everything below it) when it exists;
+  // a no-op for a missing object and for the root "/".
+  void remove(const std::string& object_path);
   void flush();
   // Closes now, throwing if HDF5 fails to write the file out (the destructor cannot).
   void close();

@@ -1,6 +1,5 @@
 // The optimizer base (groups, validation, step loop, save/load), SGD, Adam/AdamW and the
 // parameter-group split. The update formulas are in optim.h.
-#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -17,27 +16,8 @@ namespace {
 
 bool is_unit_interval(double x) { return x >= 0.0 && x < 1.0; }  // [0, 1); false for NaN
 
-// "/a/b" from "a//b/", the form H5Ldelete needs; "/" for the root.
-std::string normalized_path(const std::string& path) {
-  std::string out;
-  size_t i = 0;
-  while (i < path.size()) {
-    const size_t j = std::min(path.find('/', i), path.size());
-    if (j > i) {
-      out += '/';
-      out.append(path, i, j - i);
-    }
-    i = j + 1;
-  }
-  return out.empty() ? "/" : out;
-}
-
-std::string child_path(const std::string& group, const std::string& name) {
-  std::string out = group == "/" ? std::string() : group;
-  out += '/';
-  out += name;
-  return out;
-}
+// "<group>/<name>" (write_tensor and the attribute functions drop empty components).
+std::string child_path(const std::string& group, const std::string& name) { return group + "/" + name; }
 
 int64_t num_params_of(const std::vector<ParamGroup>& groups) {
   int64_t n = 0;
@@ -143,20 +123,17 @@ void Optimizer::zero_grad() {
 void Optimizer::save(H5File& file, const std::string& group_path) const {
   NL_CHECK(file.is_open() && file.mode() != H5File::Mode::read, name(), ".save: file '", file.path(),
            "' is not open for writing");
-  const std::string root = normalized_path(group_path);
-  if (root != "/" && file.exists(root))
-    NL_CHECK(H5Ldelete(file.id(), root.c_str(), H5P_DEFAULT) >= 0, name(), ".save: cannot replace '", root, "' in ",
-             file.path());
-  write_attribute(file, root, "name", name());
-  write_attribute(file, root, "step", t_);
-  write_attribute(file, root, "lr", lr_);
-  write_attribute(file, root, "peak_lr", peak_lr_);
-  write_attribute(file, root, "num_params", num_params_of(groups_));
+  file.remove(group_path);  // replaces an earlier state (at the root, overwrites it)
+  write_attribute(file, group_path, "name", name());
+  write_attribute(file, group_path, "step", t_);
+  write_attribute(file, group_path, "lr", lr_);
+  write_attribute(file, group_path, "peak_lr", peak_lr_);
+  write_attribute(file, group_path, "num_params", num_params_of(groups_));
   const std::vector<std::string> buffers = state_names();
   for (size_t g = 0; g < groups_.size(); ++g) {
     for (size_t i = 0; i < groups_[g].params.size(); ++i) {
       const auto& [pname, p] = groups_[g].params[i];
-      const std::string ppath = child_path(root, pname);
+      const std::string ppath = child_path(group_path, pname);
       write_attribute(file, ppath, "shape", to_string(p.shape()));
       write_attribute(file, ppath, "dtype", dtype_name(p.dtype()));
       const std::vector<Tensor>& state = state_[g][i];
@@ -169,21 +146,20 @@ void Optimizer::save(H5File& file, const std::string& group_path) const {
 }
 
 void Optimizer::load(const H5File& file, const std::string& group_path) {
-  const std::string root = normalized_path(group_path);
-  const std::string where = "'" + root + "' in " + file.path();
-  NL_CHECK(file.exists(root), name(), ".load: no optimizer state at ", where);
+  const std::string where = "'" + group_path + "' in " + file.path();
+  NL_CHECK(file.exists(group_path), name(), ".load: no optimizer state at ", where);
   for (const char* attr : {"name", "step", "lr", "peak_lr", "num_params"})
-    NL_CHECK(has_attribute(file, root, attr), name(), ".load: attribute '", attr, "' is missing at ", where,
+    NL_CHECK(has_attribute(file, group_path, attr), name(), ".load: attribute '", attr, "' is missing at ", where,
              " (not an optimizer state)");
-  const std::string kind = read_attribute_string(file, root, "name");
+  const std::string kind = read_attribute_string(file, group_path, "name");
   NL_CHECK(kind == name(), name(), ".load: the state at ", where, " is for optimizer '", kind, "', not '", name(),
            "'");
-  const int64_t n = read_attribute_int(file, root, "num_params");
+  const int64_t n = read_attribute_int(file, group_path, "num_params");
   NL_CHECK(n == num_params_of(groups_), name(), ".load: the state at ", where, " has ", n,
            " parameters but the optimizer has ", num_params_of(groups_));
-  const int64_t step = read_attribute_int(file, root, "step");
+  const int64_t step = read_attribute_int(file, group_path, "step");
   NL_CHECK(step >= 0, name(), ".load: step must be >= 0, got ", step, " at ", where);
-  const double lr = read_attribute_double(file, root, "lr"), peak = read_attribute_double(file, root, "peak_lr");
+  const double lr = read_attribute_double(file, group_path, "lr"), peak = read_attribute_double(file, group_path, "peak_lr");
   NL_CHECK(std::isfinite(lr) && lr >= 0, name(), ".load: lr must be finite and >= 0, got ", lr, " at ", where);
   NL_CHECK(std::isfinite(peak) && peak >= 0, name(), ".load: peak_lr must be finite and >= 0, got ", peak, " at ",
            where);
@@ -194,7 +170,7 @@ void Optimizer::load(const H5File& file, const std::string& group_path) {
     state[g].resize(groups_[g].params.size());
     for (size_t i = 0; i < groups_[g].params.size(); ++i) {
       const auto& [pname, p] = groups_[g].params[i];
-      const std::string ppath = child_path(root, pname);
+      const std::string ppath = child_path(group_path, pname);
       NL_CHECK(file.exists(ppath) && has_attribute(file, ppath, "shape"), name(), ".load: parameter '", pname,
                "' is missing from the state at ", where);
       const std::string shape = read_attribute_string(file, ppath, "shape");

@@ -19,6 +19,8 @@
 
 using namespace normlab;
 using testing::TempDir;
+using testing::contains;
+using testing::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -203,6 +205,29 @@ BOOST_AUTO_TEST_CASE(exists_on_nested_and_missing_paths) {
   BOOST_TEST(!f.exists("/g/x/y"));  // x is a dataset, not a group
   BOOST_TEST(!f.exists("/g/y/z"));
   f.flush();
+}
+
+BOOST_AUTO_TEST_CASE(remove_unlinks_groups_and_datasets) {
+  TempDir tmp("normlab_test_hdf5");
+  const std::string path = tmp.file("remove.h5");
+  {
+    H5File f(path, H5File::Mode::create);
+    write_tensor(f, "/g/x", zeros({2}));
+    write_tensor(f, "/g/sub/y", zeros({3}));
+    write_tensor(f, "/h", zeros({1}));
+    f.remove("g//x/");  // the path's spelling does not matter
+    BOOST_TEST(!f.exists("/g/x"));
+    BOOST_TEST(f.exists("/g/sub/y"));
+    f.remove("/g");  // a group goes with everything below it
+    BOOST_TEST(!f.exists("/g"));
+    BOOST_TEST(!f.exists("/g/sub/y"));
+    f.remove("/missing/path");  // no-op
+    f.remove("/");              // no-op
+    BOOST_TEST(f.exists("/h"));
+  }
+  H5File r(path, H5File::Mode::read);
+  BOOST_TEST(contains(error_of([&] { r.remove("/h"); }), "read-only"));
+  BOOST_TEST(r.exists("/h"));
 }
 
 BOOST_AUTO_TEST_CASE(overwrite_replaces_dataset) {
