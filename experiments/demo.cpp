@@ -7,6 +7,7 @@
 #include "autograd/module.h"
 #include "autograd/ops.h"
 #include "framework/tensor_ops.h"
+#include "optim/optim.h"
 
 namespace normlab {
 
@@ -63,23 +64,17 @@ double run_demo(const DemoConfig& c) {
               "chance loss ln(%lld) = %.3f\n",
               (long long)c.vocab, (long long)c.seq_len, (long long)c.d_model, (long long)c.batch,
               (long long)c.steps, (long long)c.vocab, std::log(double(c.vocab)));
-  // SGD with momentum 0.9 (the optimizers arrive with optim/).
-  std::vector<Variable> params = model.parameters();
-  std::vector<Tensor> velocity;
-  for (const Variable& p : params) velocity.push_back(zeros_like(p.data()));
+  SGD optimizer(param_groups(model.named_parameters(), 0.0), {.lr = c.lr, .momentum = 0.9});
   const auto start = std::chrono::steady_clock::now();
   double loss_value = 0;
   for (int64_t step = 1; step <= c.steps; ++step) {
     Tensor tokens, targets;
     make_batch(c, gen, tokens, targets);
-    model.zero_grad();
+    optimizer.zero_grad();
     Variable loss = cross_entropy(model.forward(tokens), targets);
     loss.backward();
     loss_value = loss.item();
-    for (size_t i = 0; i < params.size(); ++i) {
-      velocity[i] = add(mul_scalar(velocity[i], 0.9), params[i].grad());
-      params[i].data().copy_from(sub(params[i].data(), mul_scalar(velocity[i], c.lr)));
-    }
+    optimizer.step();
     if (step == 1 || step % std::max<int64_t>(1, c.steps / 10) == 0)
       std::printf("step %5lld  loss %.4f\n", (long long)step, loss_value);
   }
