@@ -102,6 +102,7 @@ void Optimizer::step() {
                " but the parameter has dtype ", dtype_name(p.dtype()));
       NL_CHECK(g.device() == p.data().device(), name(), ": gradient of '", pname, "' is on ", g.device(),
                " but the parameter is on ", p.data().device());
+      check_cpu(p.data(), name());  // the updates are CPU kernels (a Module may have moved since)
     }
   }
   const int64_t t = t_ + 1;
@@ -217,7 +218,6 @@ void SGD::update(Variable& p, std::vector<Tensor>& state, double weight_decay, i
   const double lr = this->lr(), wd = weight_decay, mu = options.momentum, damp = options.dampening;
   const bool nesterov = options.nesterov;
   const bool first = mu != 0 && state.empty();
-  check_cpu(p.data(), "SGD");
   if (first) state.push_back(empty_like(p.data()));
   const Tensor g = p.grad().contiguous();
   NL_DISPATCH_FLOATING(p.dtype(), "SGD", [&] {
@@ -261,7 +261,6 @@ const char* Adam::name() const { return options.weight_decay_mode == WeightDecay
 std::vector<std::string> Adam::state_names() const { return {"exp_avg", "exp_avg_sq"}; }
 
 void Adam::update(Variable& p, std::vector<Tensor>& state, double weight_decay, int64_t t) {
-  check_cpu(p.data(), name());
   if (state.empty()) state = {zeros_like(p.data()), zeros_like(p.data())};
   const double lr = this->lr(), b1 = options.beta1, b2 = options.beta2, eps = options.eps;
   const double bc1 = 1 - std::pow(b1, double(t)), bc2 = 1 - std::pow(b2, double(t));
