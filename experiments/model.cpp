@@ -30,6 +30,31 @@ class TokenChannels : public Norm {
   }
 };
 
+// A norm that records the size of its input while asked to (NormInputProbe).
+template <class Norm>
+class Probed : public Norm, public NormInputProbe {
+ public:
+  using Norm::Norm;
+  Variable forward(const Variable& x) override {
+    if (record) input_rms = mean_row_rms(x.data());
+    return Norm::forward(x);
+  }
+
+ private:
+  static double mean_row_rms(const Tensor& x) {
+    const Tensor t = x.to(DType::f64).contiguous();
+    const int64_t N = t.size(-1), M = t.numel() / N;
+    const double* p = t.data<double>();
+    double total = 0;
+    for (int64_t i = 0; i < M; ++i) {
+      double ss = 0;
+      for (int64_t j = 0; j < N; ++j) ss += p[i * N + j] * p[i * N + j];
+      total += std::sqrt(ss / double(N));
+    }
+    return total / double(M);
+  }
+};
+
 void check_positive(int64_t v, const char* field) { NL_CHECK(v >= 1, "model config: ", field, " must be >= 1, got ", v); }
 
 }  // namespace
@@ -100,14 +125,14 @@ double residual_alpha(const ModelConfig& c) {
 
 std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d) {
   switch (c.norm) {
-    case NormKind::layer: return std::make_shared<LayerNorm>(d, c.norm_eps, true, c.bias, c.dtype);
-    case NormKind::rms: return std::make_shared<RMSNorm>(d, c.norm_eps, true, false, c.dtype);
-    case NormKind::scale: return std::make_shared<ScaleNorm>(d, c.norm_eps, c.dtype);
-    case NormKind::dyt: return std::make_shared<DyT>(d, c.dyt_alpha0, c.dyt_identity, c.dtype);
+    case NormKind::layer: return std::make_shared<Probed<LayerNorm>>(d, c.norm_eps, true, c.bias, c.dtype);
+    case NormKind::rms: return std::make_shared<Probed<RMSNorm>>(d, c.norm_eps, true, false, c.dtype);
+    case NormKind::scale: return std::make_shared<Probed<ScaleNorm>>(d, c.norm_eps, c.dtype);
+    case NormKind::dyt: return std::make_shared<Probed<DyT>>(d, c.dyt_alpha0, c.dyt_identity, c.dtype);
     case NormKind::batch:
-      return std::make_shared<TokenChannels<BatchNorm>>(d, c.norm_eps, 0.1, true, c.dtype);
+      return std::make_shared<Probed<TokenChannels<BatchNorm>>>(d, c.norm_eps, 0.1, true, c.dtype);
     case NormKind::group:
-      return std::make_shared<TokenChannels<GroupNorm>>(c.groups, d, c.norm_eps, true, c.dtype);
+      return std::make_shared<Probed<TokenChannels<GroupNorm>>>(c.groups, d, c.norm_eps, true, c.dtype);
     case NormKind::none: return nullptr;
   }
   return nullptr;
@@ -238,6 +263,29 @@ Variable Transformer::forward(const Tensor& tokens) {
 
 Variable Transformer::loss(const Tensor& tokens, const Tensor& targets, double z_loss) {
   return cross_entropy(forward(tokens), targets, -100, z_loss);
+}
+
+std::vector<std::pair<std::string, NormInputProbe*>> Transformer::norm_probes() const {
+  std::vector<std::pair<std::string, NormInputProbe*>> out;
+  auto add = [&](const std::string& name, const std::shared_ptr<NormLayer>& norm) {
+    if (norm) out.emplace_back(name, dynamic_cast<NormInputProbe*>(norm.get()));
+  };
+  for (size_t l = 0; l < blocks.size(); ++l) {
+    const Block& b = *blocks[l];
+    const std::string prefix = "blocks." + std::to_string(l) + ".";
+    for (const auto& [role, res] : {std::pair{"attn_res", b.attn_res}, std::pair{"ffn_res", b.ffn_res}}) {
+      add(prefix + role + ".norm_in", res->norm_in);
+      add(prefix + role + ".norm", res->norm);
+      add(prefix + role + ".norm_out", res->norm_out);
+      if (res == b.attn_res) {
+        add(prefix + "attn.q_norm", b.attn->q_norm);
+        add(prefix + "attn.k_norm", b.attn->k_norm);
+        add(prefix + "attn.v_norm", b.attn->v_norm);
+      }
+    }
+  }
+  add("final_norm", final_norm);
+  return out;
 }
 
 int64_t Transformer::num_parameters() const {

@@ -77,7 +77,16 @@ double residual_alpha(const ModelConfig& c);
 // A norm over the last dim (d) as the config describes it; null for NormKind::none.
 // BatchNorm and GroupNorm see the tokens as [B*T, d] (BatchNorm's statistics are over the
 // batch and the positions, so it leaks across a causal sequence; an option, not advice).
+// Every norm make_norm builds is also a NormInputProbe.
 std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d);
+
+// The size of a norm's input, for metrics: while `record` is set, each forward stores the
+// mean over rows of ||x_row||_2 / sqrt(d), the row's RMS (1 when ||x_row|| = sqrt(d)).
+struct NormInputProbe {
+  virtual ~NormInputProbe() = default;
+  bool record = false;
+  double input_rms = 0.0;  // of the last forward while recording
+};
 
 // Causal multi-head self-attention with separate q, k, v and out projections (run as one
 // matmul over their concatenated weights).
@@ -136,6 +145,9 @@ class Transformer : public Module {
 
   const ModelConfig& config() const { return config_; }
   int64_t num_parameters() const;
+  // Every norm of the model with its module path ("blocks.3.attn_res.norm", "final_norm"),
+  // block by block, then the final norm (qk_norm excluded: it normalizes per head).
+  std::vector<std::pair<std::string, NormInputProbe*>> norm_probes() const;
   // The generator of the dropout masks, seeded from seed + 1; its state is part of a
   // checkpoint. Untouched when dropout is 0 or in eval mode.
   Generator& generator() { return dropout_gen_; }

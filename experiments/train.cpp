@@ -141,6 +141,12 @@ double Trainer::evaluate() {
   return total / double(config_.eval_batches);
 }
 
+void Trainer::mark_diverged(const std::string& reason) {
+  if (diverged()) return;
+  history_.diverged_step = std::max<int64_t>(step_, 1);
+  history_.diverged_reason = reason;
+}
+
 double Trainer::tokens_per_second() const {
   return seconds_ > 0 ? double(steps_timed_ * config_.batch * config_.data.seq_len) / seconds_ : 0.0;
 }

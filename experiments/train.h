@@ -42,6 +42,10 @@ class Trainer {
   // runs after each step; before it prints, it calls clear_progress_line().
   void run(int64_t stop_at = 0, bool progress = true, const std::function<void(Trainer&)>& after_step = {});
 
+  // Marks the run diverged at the current step for a reason found outside the loop (say, an
+  // eval loss above a threshold); run() then stops. A no-op on a run already diverged.
+  void mark_diverged(const std::string& reason);
+
   int64_t step() const { return step_; }
   bool diverged() const { return history_.diverged_step > 0; }
   bool finished() const { return diverged() || step_ >= config_.steps; }

@@ -375,6 +375,21 @@ void H5File::remove(const std::string& object_path) {
            describe(*this, parts));
 }
 
+std::vector<std::string> H5File::list(const std::string& group_path) const {
+  require_open(*this, "list");
+  const Parts parts = split_path(group_path);
+  const Handle group = open_object(*this, parts, parts.size(), /*create=*/false, "list");
+  std::vector<std::string> names;
+  if (!group || H5Iget_type(group.get()) != H5I_GROUP) return names;
+  auto add = [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
+    static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+    return 0;
+  };
+  H5_CHECK(H5Literate(group.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr, add, &names) >= 0,
+           "list: cannot list the members of ", describe(*this, parts));
+  return names;
+}
+
 void H5File::flush() {
   require_open(*this, "flush");
   if (mode_ == Mode::read) return;  // nothing to write

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "framework/tensor.h"
 
@@ -55,6 +56,9 @@ class H5File {
   // Unlinks the group or dataset at object_path (with everything below it) when it exists;
   // a no-op for a missing object and for the root "/".
   void remove(const std::string& object_path);
+  // The names of the members of the group at group_path, in name order; empty when the
+  // group is missing.
+  std::vector<std::string> list(const std::string& group_path) const;
   void flush();
   // Closes now, throwing if HDF5 fails to write the file out (the destructor cannot).
   void close();

@@ -1,0 +1,332 @@
+#include "experiments/results_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+namespace normlab {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kFormat = "normlab-sweep";
+constexpr const char* kRunFormat = "normlab-run";
+constexpr const char* kSpecFormat = "normlab-run-spec";
+constexpr int64_t kVersion = 1;
+
+std::string join(const std::vector<std::string>& parts, char sep) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? std::string(1, sep) : "") + parts[i];
+  return out;
+}
+std::vector<std::string> split_list(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  if (s.empty()) return parts;
+  size_t start = 0;
+  while (true) {
+    const size_t end = s.find(sep, start);
+    parts.push_back(s.substr(start, end - start));
+    if (end == std::string::npos) return parts;
+    start = end + 1;
+  }
+}
+
+std::string read_string_or(const H5File& f, const std::string& object, const std::string& name,
+                           const std::string& fallback = "") {
+  return has_attribute(f, object, name) ? read_attribute_string(f, object, name) : fallback;
+}
+
+Tensor doubles(const std::vector<double>& v) {
+  Tensor t = empty({int64_t(v.size())}, DType::f64);
+  std::copy(v.begin(), v.end(), t.data<double>());
+  return t;
+}
+Tensor integers(const std::vector<int64_t>& v) {
+  Tensor t = empty({int64_t(v.size())}, DType::i64);
+  std::copy(v.begin(), v.end(), t.data<int64_t>());
+  return t;
+}
+template <class T>
+std::vector<T> values_of(const H5File& f, const std::string& path) {
+  if (!f.exists(path)) return {};
+  const Tensor t = read_tensor(f, path).contiguous();
+  return std::vector<T>(t.data<T>(), t.data<T>() + t.numel());
+}
+
+std::vector<std::string> axis_names(const std::vector<std::pair<std::string, std::string>>& labels) {
+  std::vector<std::string> names;
+  for (const auto& [axis, label] : labels) names.push_back(axis);
+  return names;
+}
+
+void write_labels(H5File& f, const std::string& object, const std::vector<std::pair<std::string, std::string>>& labels) {
+  write_attribute(f, object, "axes", join(axis_names(labels), ','));
+  for (const auto& [axis, label] : labels) write_attribute(f, object, "label." + axis, label);
+}
+std::vector<std::pair<std::string, std::string>> read_labels(const H5File& f, const std::string& object) {
+  std::vector<std::pair<std::string, std::string>> labels;
+  for (const std::string& axis : split_list(read_string_or(f, object, "axes"), ','))
+    labels.emplace_back(axis, read_string_or(f, object, "label." + axis));
+  return labels;
+}
+
+// The temporary file is renamed over `path` only after it is closed and synced.
+void sync_and_rename(const std::string& tmp, const std::string& path) {
+  const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  NL_CHECK(!ec, "cannot move ", tmp, " to ", path, ": ", ec.message());
+}
+
+std::string format_real(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string map_columns_of(const Experiment& e) {
+  if (!e.map_columns.empty()) return e.map_columns;
+  for (const Axis& a : e.axes)
+    if (a.name == "depth") return "depth";
+  return e.axes.empty() ? "" : e.axes.back().name;
+}
+
+}  // namespace
+
+// ---- Run files ----
+
+namespace {
+
+void write_run_group(H5File& f, const RunResult& r) {
+  const std::string g = "/runs/" + r.name;
+  write_config(f, g + "/config", r.config);
+  write_labels(f, g, r.labels);
+  write_attribute(f, g, "diverged", int64_t(r.diverged));
+  write_attribute(f, g, "diverged_step", r.diverged_step);
+  write_attribute(f, g, "diverged_reason", r.diverged_reason);
+  write_attribute(f, g, "initial_loss", r.initial_loss);
+  write_attribute(f, g, "final_loss", r.final_loss);
+  write_attribute(f, g, "chance_loss", r.chance_loss);
+  write_attribute(f, g, "seconds", r.seconds);
+  write_attribute(f, g, "tokens_per_second", r.tokens_per_second);
+  write_attribute(f, g, "vocab", r.config.model.vocab);
+  write_attribute(f, g, "metrics_every", r.settings.metrics.every);
+  write_attribute(f, g, "delta_f_steps", r.settings.metrics.delta_f_steps);
+  write_attribute(f, g, "diverge_loss", r.settings.divergence.loss_above);
+  write_attribute(f, g, "diverge_evals", r.settings.divergence.evals);
+  const TrainHistory& h = r.history;
+  write_tensor(f, g + "/loss", doubles(h.loss));
+  write_tensor(f, g + "/grad_norm", doubles(h.grad_norm));
+  write_tensor(f, g + "/lr", doubles(h.lr));
+  write_tensor(f, g + "/eval_step", integers(h.eval_step));
+  write_tensor(f, g + "/eval_loss", doubles(h.eval_loss));
+  write_metrics(f, g, r.metrics);
+}
+
+}  // namespace
+
+void write_run_file(const std::string& path, const RunResult& run) {
+  const std::string tmp = path + ".tmp";
+  {
+    H5File f(tmp, H5File::Mode::create);
+    write_attribute(f, "/", "format", kRunFormat);
+    write_attribute(f, "/", "version", kVersion);
+    write_run_group(f, run);
+    f.close();
+  }
+  sync_and_rename(tmp, path);
+}
+
+namespace {
+
+RunResult read_run_group(const H5File& f, const std::string& name) {
+  const std::string g = "/runs/" + name;
+  NL_CHECK(f.exists(g), f.path(), " has no run ", name);
+  RunResult r;
+  r.name = name;
+  r.labels = read_labels(f, g);
+  r.config = read_config(f, g + "/config");
+  r.diverged = read_attribute_int(f, g, "diverged") != 0;
+  r.diverged_step = read_attribute_int(f, g, "diverged_step");
+  r.diverged_reason = read_string_or(f, g, "diverged_reason");
+  r.initial_loss = read_attribute_double(f, g, "initial_loss");
+  r.final_loss = read_attribute_double(f, g, "final_loss");
+  r.chance_loss = read_attribute_double(f, g, "chance_loss");
+  r.seconds = read_attribute_double(f, g, "seconds");
+  r.tokens_per_second = read_attribute_double(f, g, "tokens_per_second");
+  r.config.model.vocab = read_attribute_int(f, g, "vocab");
+  r.config.model.seq_len = r.config.data.seq_len;
+  r.settings.metrics.every = read_attribute_int(f, g, "metrics_every");
+  r.settings.metrics.delta_f_steps = read_attribute_int(f, g, "delta_f_steps");
+  r.settings.divergence.loss_above = read_attribute_double(f, g, "diverge_loss");
+  r.settings.divergence.evals = read_attribute_int(f, g, "diverge_evals");
+  TrainHistory& h = r.history;
+  h.loss = values_of<double>(f, g + "/loss");
+  h.grad_norm = values_of<double>(f, g + "/grad_norm");
+  h.lr = values_of<double>(f, g + "/lr");
+  h.eval_step = values_of<int64_t>(f, g + "/eval_step");
+  h.eval_loss = values_of<double>(f, g + "/eval_loss");
+  h.diverged_step = r.diverged_step;
+  h.diverged_reason = r.diverged_reason;
+  r.metrics = read_metrics(f, g);
+  return r;
+}
+
+}  // namespace
+
+RunResult read_run(const std::string& path, const std::string& name) {
+  const H5File f(path, H5File::Mode::read);
+  return read_run_group(f, name);
+}
+
+SweepResults read_results(const std::string& path) {
+  NL_CHECK(fs::exists(path), "no results file ", path);
+  const H5File f(path, H5File::Mode::read);
+  NL_CHECK(read_string_or(f, "/", "format") == kFormat, path, " is not a normlab results file (no format=", kFormat,
+           " attribute)");
+  SweepResults s;
+  s.path = path;
+  s.experiment = read_string_or(f, "/", "experiment");
+  s.map_columns = read_string_or(f, "/", "map_columns");
+  s.axes = split_list(read_string_or(f, "/", "axes"), ',');
+  for (const std::string& a : s.axes) s.axis_values[a] = split_list(read_string_or(f, "/", "axis_values." + a), '|');
+  for (const std::string& name : f.list("/runs")) s.runs.push_back(read_run_group(f, name));
+  return s;
+}
+
+// ---- Worker specs ----
+
+void write_spec_file(const std::string& path, const PlannedRun& run, const Experiment& e) {
+  H5File f(path, H5File::Mode::create);
+  write_attribute(f, "/", "format", kSpecFormat);
+  write_attribute(f, "/", "name", run.name);
+  write_labels(f, "/", run.labels);
+  write_config(f, "/config", run.config);
+  write_attribute(f, "/", "metrics_every", e.metrics.every);
+  write_attribute(f, "/", "delta_f_steps", e.metrics.delta_f_steps);
+  write_attribute(f, "/", "diverge_loss", e.divergence.loss_above);
+  write_attribute(f, "/", "diverge_evals", e.divergence.evals);
+  f.close();
+}
+
+int run_worker(const std::string& spec, const std::string& result, int threads) {
+  try {
+    const H5File f(spec, H5File::Mode::read);
+    NL_CHECK(read_string_or(f, "/", "format") == kSpecFormat, spec, " is not a run spec");
+    PlannedRun run{read_attribute_string(f, "/", "name"), read_labels(f, "/"), read_config(f, "/config")};
+    Experiment e;
+    e.metrics.every = read_attribute_int(f, "/", "metrics_every");
+    e.metrics.delta_f_steps = read_attribute_int(f, "/", "delta_f_steps");
+    e.divergence.loss_above = read_attribute_double(f, "/", "diverge_loss");
+    e.divergence.evals = read_attribute_int(f, "/", "diverge_evals");
+    run_one(run, e, result, threads);
+    return 0;
+  } catch (const std::exception& err) {
+    std::fprintf(stderr, "worker: %s\n", err.what());
+    return 1;
+  }
+}
+
+// ---- The results file ----
+
+ResultsFile::ResultsFile(std::string path, const Experiment& e) : path_(std::move(path)), e_(e) {
+  const fs::path p(path_);
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir) || ::access(dir.c_str(), W_OK) != 0)
+    throw SweepInputError("cannot write results to " + path_ + ": folder " + dir.string() + " is not writable" +
+                          (ec ? " (" + ec.message() + ")" : ""));
+  if (!fs::exists(p)) return;
+  if (fs::is_directory(p)) throw SweepInputError("cannot write results to " + path_ + ": it is a folder");
+  if (::access(p.c_str(), R_OK | W_OK) != 0) throw SweepInputError("cannot write results to " + path_ + ": not writable");
+  try {
+    const H5File f(path_, H5File::Mode::read);
+    const std::string format = read_string_or(f, "/", "format");
+    if (format != kFormat)
+      throw SweepInputError(path_ + " exists and is not a normlab results file; choose another --out");
+    const std::string experiment = read_string_or(f, "/", "experiment");
+    if (experiment != e.name)
+      throw SweepInputError(path_ + " holds results of experiment '" + experiment + "', not '" + e.name +
+                            "'; choose another --out");
+  } catch (const SweepInputError&) {
+    throw;
+  } catch (const Error& err) {
+    throw SweepInputError(path_ + " exists and cannot be read as a results file: " + err.what());
+  }
+}
+
+bool ResultsFile::has_run(const PlannedRun& run) const {
+  if (!fs::exists(path_)) return false;
+  const H5File f(path_, H5File::Mode::read);
+  const std::string g = "/runs/" + run.name;
+  if (!f.exists(g)) return false;
+  const RunResult stored = read_run_group(f, run.name);
+  auto differs = [&](const std::string& key, const std::string& a, const std::string& b) {
+    if (a != b)
+      throw SweepInputError(path_ + " holds run " + run.name + " with " + key + "=" + a + ", but this sweep has " +
+                            key + "=" + b + "; choose another --out (or remove the file to start over)");
+  };
+  for (const ConfigField& field : config_fields()) differs(field.key, field.get(stored.config), field.get(run.config));
+  const RunSettings& a = stored.settings;
+  const RunSettings b = settings_of(e_);
+  differs("metrics_every", std::to_string(a.metrics.every), std::to_string(b.metrics.every));
+  differs("delta_f_steps", std::to_string(a.metrics.delta_f_steps), std::to_string(b.metrics.delta_f_steps));
+  differs("diverge_loss", format_real(a.divergence.loss_above), format_real(b.divergence.loss_above));
+  differs("diverge_evals", std::to_string(a.divergence.evals), std::to_string(b.divergence.evals));
+  return true;
+}
+
+template <class Change>
+void ResultsFile::change(Change change) {
+  const std::string tmp = path_ + ".tmp";
+  std::error_code ec;
+  if (fs::exists(path_)) {
+    fs::copy_file(path_, tmp, fs::copy_options::overwrite_existing, ec);
+    NL_CHECK(!ec, "cannot copy ", path_, " to ", tmp, ": ", ec.message());
+  }
+  {
+    H5File f(tmp, fs::exists(path_) ? H5File::Mode::read_write : H5File::Mode::create);
+    change(f);
+    f.close();
+  }
+  sync_and_rename(tmp, path_);
+}
+
+void ResultsFile::write_header() {
+  change([&](H5File& f) {
+    write_attribute(f, "/", "format", kFormat);
+    write_attribute(f, "/", "version", kVersion);
+    write_attribute(f, "/", "experiment", e_.name);
+    write_attribute(f, "/", "description", e_.description);
+    write_attribute(f, "/", "map_columns", map_columns_of(e_));
+    std::vector<std::string> axes = split_list(read_string_or(f, "/", "axes"), ',');
+    for (const Axis& a : e_.axes)
+      if (std::find(axes.begin(), axes.end(), a.name) == axes.end()) axes.push_back(a.name);
+    write_attribute(f, "/", "axes", join(axes, ','));
+    for (const Axis& a : e_.axes) {
+      const std::string key = "axis_values." + a.name;
+      std::vector<std::string> labels = split_list(read_string_or(f, "/", key), '|');
+      for (const AxisValue& v : a.values)
+        if (std::find(labels.begin(), labels.end(), v.label) == labels.end()) labels.push_back(v.label);
+      write_attribute(f, "/", key, join(labels, '|'));
+    }
+  });
+}
+
+void ResultsFile::commit(const RunResult& run) {
+  change([&](H5File& f) {
+    f.remove("/runs/" + run.name);
+    write_run_group(f, run);
+  });
+}
+
+}  // namespace normlab

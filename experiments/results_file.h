@@ -1,0 +1,50 @@
+// The results file of a sweep and the files its workers exchange (layout: README, "Results
+// files"). Every change to a results file is atomic: the file is copied, the copy changed,
+// synced and renamed over the original, so a reader or a crash sees the old file or the new
+// one, never a half-written one.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "experiments/sweep.h"
+
+namespace normlab {
+
+// A file holding the group /runs/<run.name> of one finished run (a worker's output).
+void write_run_file(const std::string& path, const RunResult& run);
+// The run `name` of a results file or a run file.
+RunResult read_run(const std::string& path, const std::string& name);
+
+// A worker's input: the run (its config, name and labels) and the experiment's metrics and
+// divergence settings.
+void write_spec_file(const std::string& path, const PlannedRun& run, const Experiment& e);
+// `normlab __worker spec result threads`: runs the spec's run into `result`. Returns the
+// process exit code.
+int run_worker(const std::string& spec, const std::string& result, int threads);
+
+class ResultsFile {
+ public:
+  // Checks that `path` is a results file of experiment e.name (or does not exist yet) and
+  // that its folder is writable; throws SweepInputError naming the problem.
+  ResultsFile(std::string path, const Experiment& e);
+  // Whether the file holds this run; throws SweepInputError when it holds a run of the
+  // same name with another config (naming the first differing key).
+  bool has_run(const PlannedRun& run) const;
+  // Writes the root attributes (format, experiment, axes and their labels, merged with the
+  // labels of runs already there), creating the file when missing.
+  void write_header();
+  // Adds the run as /runs/<run.name>.
+  void commit(const RunResult& run);
+  const std::string& path() const { return path_; }
+
+ private:
+  template <class Change>
+  void change(Change change);
+
+  std::string path_;
+  const Experiment& e_;
+};
+
+}  // namespace normlab

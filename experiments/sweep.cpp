@@ -1,0 +1,421 @@
+#include "experiments/sweep.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "experiments/presets.h"
+#include "experiments/results_file.h"
+#include "framework/parallel.h"
+
+namespace normlab {
+
+namespace fs = std::filesystem;
+
+// ---- Defining an experiment ----
+
+Axis axis(const std::string& key, const std::vector<std::string>& values) {
+  Axis a{key, {}};
+  for (const std::string& v : values) a.values.push_back({v, {}});
+  return a;
+}
+
+namespace {
+
+// Names and labels become HDF5 group names and the separators of the results file.
+void check_token(const std::string& s, const std::string& what) {
+  NL_CHECK(!s.empty(), what, " is empty");
+  NL_CHECK(s.find_first_of(",=|/") == std::string::npos, what, " '", s, "' contains one of , = | /");
+}
+
+bool valid_experiment_name(const std::string& name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-';
+  });
+}
+
+std::vector<ExperimentFactory>& user_factories() {
+  static std::vector<ExperimentFactory> factories;
+  return factories;
+}
+
+}  // namespace
+
+// ---- The registry ----
+
+bool register_experiment(ExperimentFactory factory) {
+  NL_CHECK(factory, "register_experiment: the factory is null");
+  user_factories().push_back(factory);
+  return true;
+}
+
+std::vector<Experiment> registered_experiments() {
+  std::vector<Experiment> all = builtin_presets();
+  for (ExperimentFactory f : user_factories()) all.push_back(f());
+  std::set<std::string> seen;
+  for (const Experiment& e : all) {
+    NL_CHECK(valid_experiment_name(e.name), "experiment name '", e.name,
+             "' must be lower case letters, digits and '-'");
+    NL_CHECK(seen.insert(e.name).second, "experiment '", e.name, "' is registered twice");
+  }
+  return all;
+}
+
+Experiment find_experiment(const std::string& name) {
+  std::string names;
+  for (Experiment& e : registered_experiments()) {
+    if (e.name == name) return std::move(e);
+    names += (names.empty() ? "" : ", ") + e.name;
+  }
+  NL_FAIL("unknown experiment '", name, "' (valid: ", names, ")");
+}
+
+// ---- Planning ----
+
+namespace {
+
+constexpr const char* kRunnerKeys[] = {"metrics_every", "delta_f_steps", "diverge_loss", "diverge_evals"};
+
+bool is_runner_key(const std::string& key) {
+  return std::find(std::begin(kRunnerKeys), std::end(kRunnerKeys), key) != std::end(kRunnerKeys);
+}
+
+double parse_real(const std::string& key, const std::string& s) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  NL_CHECK(!s.empty() && *end == '\0' && std::isfinite(v) && v >= 0, "bad value '", s, "' for ", key,
+           " (expected a finite number >= 0)");
+  return v;
+}
+int64_t parse_count(const std::string& key, const std::string& s) {
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  NL_CHECK(!s.empty() && *end == '\0' && v >= 0, "bad value '", s, "' for ", key, " (expected an integer >= 0)");
+  return v;
+}
+
+void set_runner_value(Experiment& e, const std::string& key, const std::string& value) {
+  if (key == "metrics_every") e.metrics.every = parse_count(key, value);
+  else if (key == "delta_f_steps") e.metrics.delta_f_steps = parse_count(key, value);
+  else if (key == "diverge_loss") e.divergence.loss_above = parse_real(key, value);
+  else if (key == "diverge_evals") {
+    const int64_t evals = parse_count(key, value);
+    NL_CHECK(evals >= 1, "bad value '", value, "' for diverge_evals (expected an integer >= 1)");
+    e.divergence.evals = evals;
+  }
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t end = s.find(sep, start);
+    parts.push_back(s.substr(start, end - start));
+    if (end == std::string::npos) return parts;
+    start = end + 1;
+  }
+}
+
+// An axis whose every value sets only `key` (or names it through the axis name).
+bool is_simple_axis_over(const Axis& a, const std::string& key) {
+  return std::all_of(a.values.begin(), a.values.end(), [&](const AxisValue& v) {
+    return v.settings.empty() ? a.name == key : v.settings.size() == 1 && v.settings[0].key == key;
+  });
+}
+
+void apply(TrainConfig& c, const std::string& key, const std::string& value) { set_config_value(c, key, value); }
+
+// Rethrows `err` with `context` in front of its message ("normlab: run X: ...").
+[[noreturn]] void rethrow_in(const std::string& context, const Error& err) {
+  std::string message = err.what();
+  if (message.rfind("normlab: ", 0) == 0) message.erase(0, 9);
+  throw Error("normlab: " + context + ": " + message);
+}
+
+}  // namespace
+
+void apply_override(Experiment& e, const std::string& raw_key, const std::string& value) {
+  std::string key = raw_key;
+  std::replace(key.begin(), key.end(), '-', '_');
+  if (is_runner_key(key)) return set_runner_value(e, key, value);
+  const std::vector<std::string> values = split(value, ',');
+  TrainConfig scratch = e.base;
+  for (const std::string& v : values) apply(scratch, key, v);  // names an unknown key or a bad value
+  // The axis this key names or is the only setting of.
+  auto simple = std::find_if(e.axes.begin(), e.axes.end(),
+                             [&](const Axis& a) { return a.name == key || is_simple_axis_over(a, key); });
+  if (values.size() > 1 || simple != e.axes.end()) {
+    if (simple == e.axes.end()) {
+      e.axes.push_back(axis(key, values));
+      return;
+    }
+    // Keep the listed values; a value the axis already has keeps its settings.
+    Axis a{simple->name, {}};
+    for (const std::string& v : values) {
+      auto same = std::find_if(simple->values.begin(), simple->values.end(),
+                               [&](const AxisValue& x) { return x.label == v; });
+      if (same != simple->values.end()) a.values.push_back(*same);
+      else a.values.push_back({v, a.name == key ? std::vector<Setting>{} : std::vector<Setting>{{key, v}}});
+    }
+    *simple = std::move(a);
+    return;
+  }
+  apply(e.base, key, value);
+  e.overrides.push_back({key, value});
+}
+
+std::vector<PlannedRun> plan(const Experiment& e) {
+  for (const Axis& a : e.axes) {
+    check_token(a.name, "axis name");
+    NL_CHECK(!a.values.empty(), "axis ", a.name, " has no values");
+    for (const AxisValue& v : a.values) check_token(v.label, "label of axis " + a.name);
+  }
+  std::vector<PlannedRun> runs;
+  std::set<std::string> names;
+  std::vector<size_t> index(e.axes.size(), 0);
+  while (true) {
+    PlannedRun run{"", {}, e.base};
+    for (size_t i = 0; i < e.axes.size(); ++i) {
+      const Axis& a = e.axes[i];
+      const AxisValue& v = a.values[index[i]];
+      run.labels.emplace_back(a.name, v.label);
+      run.name += (i ? "," : "") + a.name + "=" + v.label;
+      try {
+        if (v.settings.empty()) apply(run.config, a.name, v.label);
+        for (const Setting& s : v.settings) apply(run.config, s.key, s.value);
+      } catch (const Error& err) {
+        rethrow_in("axis " + a.name + " value " + v.label, err);
+      }
+    }
+    for (const Setting& s : e.overrides) apply(run.config, s.key, s.value);
+    if (e.axes.empty()) run.name = "run";
+    if (!e.keep || e.keep(run.config)) {
+      try {
+        check(run.config);
+        const auto data = make_dataset(run.config.data);
+        run.config.model.vocab = data->vocab_size();
+        run.config.model.seq_len = run.config.data.seq_len;
+      } catch (const Error& err) {
+        rethrow_in("run " + run.name, err);
+      }
+      NL_CHECK(names.insert(run.name).second, "two runs are named ", run.name, " (an axis repeats a label)");
+      runs.push_back(std::move(run));
+    }
+    // The next combination, the last axis fastest.
+    size_t i = e.axes.size();
+    while (i > 0 && ++index[i - 1] == e.axes[i - 1].values.size()) index[--i] = 0;
+    if (i == 0) break;
+  }
+  NL_CHECK(!runs.empty(), "experiment ", e.name, " has no runs (its keep filter leaves out every combination)");
+  return runs;
+}
+
+// ---- One run ----
+
+void run_one(const PlannedRun& run, const Experiment& e, const std::string& path, int threads) {
+  if (threads > 0) set_num_threads(threads);
+  const auto start = std::chrono::steady_clock::now();
+  Trainer trainer(run.config);
+  RunResult r;
+  r.name = run.name;
+  r.labels = run.labels;
+  r.initial_loss = trainer.evaluate();
+  r.chance_loss = trainer.data().chance_loss();
+  const double threshold = e.divergence.loss_above > 0 ? e.divergence.loss_above : 1.5 * r.chance_loss;
+  MetricsRecorder metrics(trainer, e.metrics);
+  size_t evals_seen = 0;
+  int64_t streak = 0;
+  trainer.run(0, false, [&](Trainer& t) {
+    metrics.after_step(t);
+    const TrainHistory& h = t.history();
+    for (; evals_seen < h.eval_loss.size(); ++evals_seen) {
+      const double loss = h.eval_loss[evals_seen];
+      streak = std::isfinite(loss) && loss <= threshold ? 0 : streak + 1;
+      if (streak >= e.divergence.evals) {
+        char reason[96];
+        std::snprintf(reason, sizeof reason, "eval loss above %.4g for %lld evals", threshold,
+                      (long long)e.divergence.evals);
+        t.mark_diverged(reason);
+      }
+    }
+  });
+  if (!trainer.diverged()) metrics.probe(trainer);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.tokens_per_second = trainer.tokens_per_second();
+  r.config = trainer.config();
+  r.settings = settings_of(e);
+  r.history = trainer.history();
+  r.diverged = trainer.diverged();
+  r.diverged_step = r.history.diverged_step;
+  r.diverged_reason = r.history.diverged_reason;
+  r.final_loss = r.diverged || r.history.eval_loss.empty() ? NAN : r.history.eval_loss.back();
+  r.metrics = metrics.metrics();
+  write_run_file(path, r);
+}
+
+// ---- The sweep ----
+
+namespace {
+
+std::string format_loss(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4f", v);
+  return buf;
+}
+
+// A finished run's line: "eval 0.0123" or "diverged at step 120 (non-finite loss)".
+std::string outcome(const RunResult& r) {
+  if (r.diverged) return "diverged at step " + std::to_string(r.diverged_step) + " (" + r.diverged_reason + ")";
+  return "eval " + format_loss(r.final_loss);
+}
+
+struct Job {
+  size_t run;  // index into the plan
+  std::string spec, result, log;
+  std::chrono::steady_clock::time_point start;
+};
+
+// Starts `exe __worker spec result threads` with stdout and stderr to `log`; the worker dies
+// with this process.
+pid_t start_worker(const std::string& exe, const Job& job, int threads) {
+  const std::string threads_arg = std::to_string(threads);
+  std::vector<const char*> argv = {exe.c_str(), "__worker", job.spec.c_str(), job.result.c_str(),
+                                   threads_arg.c_str(), nullptr};
+  const pid_t parent = getpid();
+  const int log = ::open(job.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  NL_CHECK(log >= 0, "cannot write the worker log ", job.log);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(log, STDOUT_FILENO);
+    dup2(log, STDERR_FILENO);
+    execv(exe.c_str(), const_cast<char* const*>(argv.data()));
+    _exit(127);
+  }
+  ::close(log);
+  NL_CHECK(pid > 0, "cannot start a worker process for ", exe);
+  return pid;
+}
+
+std::string tail_of(const std::string& path, size_t max_chars) {
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return text.size() > max_chars ? "..." + text.substr(text.size() - max_chars) : text;
+}
+
+// Runs plot.py on the results file: the one beside the sources this program was built from,
+// or $NORMLAB_PLOT. Prints why when it cannot.
+void make_plots(const std::string& results) {
+  const char* env = std::getenv("NORMLAB_PLOT");
+  const std::string script = env ? env : NORMLAB_SOURCE_DIR "/experiments/plot.py";
+  if (!fs::exists(script)) {
+    std::printf("plots: skipped (no %s; set NORMLAB_PLOT to plot.py)\n", script.c_str());
+    return;
+  }
+  for (const char* python : {"python3", "/usr/bin/python3"}) {
+    const std::string command = std::string(python) + " '" + script + "' '" + results + "'";
+    std::fflush(stdout);
+    const int status = std::system(command.c_str());
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
+    if (!(WIFEXITED(status) && (WEXITSTATUS(status) == 3 || WEXITSTATUS(status) == 127))) {
+      std::printf("plots: %s failed\n", command.c_str());
+      return;
+    }
+  }
+  std::printf("plots: skipped (python3 with h5py and matplotlib not found)\n");
+}
+
+}  // namespace
+
+int run_sweep(const Experiment& e, const SweepOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<PlannedRun> runs;
+  try {
+    runs = plan(e);
+  } catch (const Error& err) {
+    throw SweepInputError(err.what());
+  }
+  const std::string out = options.out.empty() ? "results/" + e.name + ".h5" : options.out;
+  ResultsFile file(out, e);  // checks the file and the path; throws SweepInputError
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < runs.size(); ++i)
+    if (!file.has_run(runs[i])) todo.push_back(i);  // throws SweepInputError on another config
+  file.write_header();
+
+  const int cores = std::max(1, num_threads());
+  const int jobs = std::max(1, std::min<int>(options.jobs > 0 ? options.jobs : cores, int(std::max<size_t>(todo.size(), 1))));
+  const int threads = std::max(1, cores / jobs);
+  std::printf("%s: %zu runs, %zu already in %s; %d at a time, %d thread%s each\n", e.name.c_str(), runs.size(),
+              runs.size() - todo.size(), out.c_str(), jobs, threads, threads == 1 ? "" : "s");
+  std::fflush(stdout);
+
+  // Worker files; a killed sweep may have left some behind.
+  const std::string work = out + ".work";
+  std::error_code ec;
+  fs::remove_all(work, ec);
+  fs::create_directories(work);
+  const std::string exe = options.executable.empty() ? fs::read_symlink("/proc/self/exe").string() : options.executable;
+  std::map<pid_t, Job> running;
+  size_t next = 0, done = 0;
+  int failed = 0;
+  while (next < todo.size() || !running.empty()) {
+    while (next < todo.size() && int(running.size()) < jobs) {
+      const size_t i = todo[next++];
+      const std::string stem = work + "/" + std::to_string(i);
+      Job job{i, stem + ".spec.h5", stem + ".h5", stem + ".log", std::chrono::steady_clock::now()};
+      write_spec_file(job.spec, runs[i], e);
+      running.emplace(start_worker(exe, job, threads), job);
+    }
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0 && errno == EINTR) continue;
+    NL_CHECK(pid > 0, "waiting for the workers failed: ", std::strerror(errno));
+    auto it = running.find(pid);
+    if (it == running.end()) continue;
+    const Job job = it->second;
+    running.erase(it);
+    ++done;
+    const PlannedRun& run = runs[job.run];
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - job.start).count();
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && fs::exists(job.result)) {
+      const RunResult r = read_run(job.result, run.name);
+      file.commit(r);
+      if (!options.quiet)
+        std::printf("[%zu/%zu] %-44s %s  (%.1f s)\n", done, todo.size(), run.name.c_str(), outcome(r).c_str(),
+                    seconds);
+      fs::remove(job.result);
+      fs::remove(job.log);
+    } else {
+      ++failed;
+      const std::string why = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                                  : "exit code " + std::to_string(WEXITSTATUS(status));
+      std::printf("[%zu/%zu] %-44s FAILED (%s); its log:\n%s\n", done, todo.size(), run.name.c_str(), why.c_str(),
+                  tail_of(job.log, 2000).c_str());
+    }
+    fs::remove(job.spec);
+    std::fflush(stdout);
+  }
+  fs::remove(work, ec);  // kept when a failed run's log is there
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), todo.size(), wall);
+  report(read_results(out), &e, stdout);
+  if (options.plots) make_plots(out);
+  return failed;
+}
+
+}  // namespace normlab
