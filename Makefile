@@ -25,7 +25,7 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
-	./$(BUILD)/normlab train --task copy --steps 300 --lr 3e-3 --warmup 20
+	./$(BUILD)/normlab run quick
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -216,6 +216,27 @@ void set_config_value(TrainConfig& c, const std::string& key, const std::string&
   f->set(c, value);
 }
 
+std::vector<std::string> split_list(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  if (s.empty()) return parts;
+  size_t start = 0;
+  while (true) {
+    const size_t end = s.find(sep, start);
+    parts.push_back(s.substr(start, end - start));
+    if (end == std::string::npos) return parts;
+    start = end + 1;
+  }
+}
+
+std::string join_list(const std::vector<std::string>& parts, char sep) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i) out += sep;
+    out += parts[i];
+  }
+  return out;
+}
+
 void write_config(H5File& file, const std::string& object_path, const TrainConfig& c) {
   for (const ConfigField& f : config_fields()) {
     const std::string v = f.get(c);

@@ -62,6 +62,10 @@ const ConfigField* find_config_field(const std::string& key);  // null when unkn
 // key=value; throws naming an unknown key (listing near ones) or a bad value.
 void set_config_value(TrainConfig& c, const std::string& key, const std::string& value);
 
+// "a,b,c" <-> {"a", "b", "c"} and "" <-> {} (lists on the command line and in attributes).
+std::vector<std::string> split_list(const std::string& s, char sep);
+std::string join_list(const std::vector<std::string>& parts, char sep);
+
 // Every field as an attribute of the object at object_path: integers as int64, reals as
 // double, booleans as int64 0/1, enums and paths as strings.
 void write_config(H5File& file, const std::string& object_path, const TrainConfig& c);

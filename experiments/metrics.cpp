@@ -13,20 +13,6 @@ namespace {
 // A tensor as a contiguous f64 copy on the cpu (for metrics, computed in double).
 Tensor host_f64(const Tensor& t) { return t.to(Device::cpu()).to(DType::f64).contiguous(); }
 
-// Mean over rows of ||x_row||_2, x viewed as [M, N] (N = the last dim).
-double mean_row_norm(const Tensor& x) {
-  const Tensor t = host_f64(x);
-  const int64_t N = t.size(-1), M = t.numel() / N;
-  const double* p = t.data<double>();
-  double total = 0;
-  for (int64_t i = 0; i < M; ++i) {
-    double ss = 0;
-    for (int64_t j = 0; j < N; ++j) ss += p[i * N + j] * p[i * N + j];
-    total += std::sqrt(ss);
-  }
-  return total / double(M);
-}
-
 // max over b, h and causal pairs j <= i of logits [B, H, T, T].
 double max_causal_logit(const Tensor& logits) {
   const Tensor t = host_f64(logits);
@@ -130,16 +116,6 @@ void check_rows(const std::vector<std::vector<double>>& rows, size_t steps, cons
              r.size(), " values");
 }
 
-Tensor doubles(const std::vector<double>& v) {
-  Tensor t = empty({int64_t(v.size())}, DType::f64);
-  std::copy(v.begin(), v.end(), t.data<double>());
-  return t;
-}
-Tensor integers(const std::vector<int64_t>& v) {
-  Tensor t = empty({int64_t(v.size())}, DType::i64);
-  std::copy(v.begin(), v.end(), t.data<int64_t>());
-  return t;
-}
 // rows [S][n] -> f64 [S, n]; `width` is n when there are no rows.
 Tensor matrix(const std::vector<std::vector<double>>& rows, int64_t width) {
   const int64_t S = int64_t(rows.size()), n = rows.empty() ? width : int64_t(rows.front().size());
@@ -170,21 +146,6 @@ std::vector<std::vector<double>> read_rows(const H5File& f, const std::string& p
   const double* p = t.data<double>();
   for (size_t s = 0; s < steps; ++s) rows[s].assign(p + int64_t(s) * n, p + int64_t(s + 1) * n);
   return rows;
-}
-
-std::string join(const std::vector<std::string>& parts) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) out += (i ? "," : "") + parts[i];
-  return out;
-}
-std::vector<std::string> split_names(const std::string& s) {
-  std::vector<std::string> out;
-  if (s.empty()) return out;
-  size_t start = 0;
-  for (size_t comma; (comma = s.find(',', start)) != std::string::npos; start = comma + 1)
-    out.push_back(s.substr(start, comma - start));
-  out.push_back(s.substr(start));
-  return out;
 }
 
 }  // namespace
@@ -289,15 +250,15 @@ void write_metrics(H5File& file, const std::string& group, const RunMetrics& m) 
     NL_CHECK(!name.empty() && name.find(',') == std::string::npos, "write_metrics: norm name '", name,
              "' is empty or contains ','");
   const std::string g = group + "/";
-  write_tensor(file, g + "metric_step", integers(m.step));
+  write_vector(file, g + "metric_step", m.step);
   write_tensor(file, g + "layer_grad_norm", matrix(m.layer_grad_norm, 0));
   write_tensor(file, g + "residual_norm", matrix(m.residual_norm, 0));
   write_tensor(file, g + "norm_input_rms", matrix(m.norm_input_rms, n_norms));
   write_tensor(file, g + "max_attn_logit", matrix(m.max_attn_logit, 0));
-  write_tensor(file, g + "log_z", doubles(m.log_z));
-  write_tensor(file, g + "delta_f_step", integers(m.delta_f_step));
-  write_tensor(file, g + "delta_f", doubles(m.delta_f));
-  write_attribute(file, group, "norm_names", join(m.norm_names));
+  write_vector(file, g + "log_z", m.log_z);
+  write_vector(file, g + "delta_f_step", m.delta_f_step);
+  write_vector(file, g + "delta_f", m.delta_f);
+  write_attribute(file, group, "norm_names", join_list(m.norm_names, ','));
 }
 
 RunMetrics read_metrics(const H5File& file, const std::string& group) {
@@ -316,7 +277,7 @@ RunMetrics read_metrics(const H5File& file, const std::string& group) {
   m.delta_f = read_vector<double>(file, g + "delta_f", DType::f64);
   NL_CHECK(m.delta_f.size() == m.delta_f_step.size(), "read_metrics: ", file.path(), ": ", g, "delta_f has ",
            m.delta_f.size(), " values for ", m.delta_f_step.size(), " steps");
-  m.norm_names = split_names(read_attribute_string(file, group, "norm_names"));
+  m.norm_names = split_list(read_attribute_string(file, group, "norm_names"), ',');
   for (const auto& row : m.norm_input_rms)
     NL_CHECK(row.size() == m.norm_names.size(), "read_metrics: ", file.path(), ": ", g, "norm_input_rms has ",
              row.size(), " columns for ", m.norm_names.size(), " norm names");

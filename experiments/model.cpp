@@ -36,22 +36,8 @@ class Probed : public Norm, public NormInputProbe {
  public:
   using Norm::Norm;
   Variable forward(const Variable& x) override {
-    if (record) input_rms = mean_row_rms(x.data());
+    if (record) input_rms = mean_row_norm(x.data()) / std::sqrt(double(x.size(-1)));
     return Norm::forward(x);
-  }
-
- private:
-  static double mean_row_rms(const Tensor& x) {
-    const Tensor t = x.to(DType::f64).contiguous();
-    const int64_t N = t.size(-1), M = t.numel() / N;
-    const double* p = t.data<double>();
-    double total = 0;
-    for (int64_t i = 0; i < M; ++i) {
-      double ss = 0;
-      for (int64_t j = 0; j < N; ++j) ss += p[i * N + j] * p[i * N + j];
-      total += std::sqrt(ss / double(N));
-    }
-    return total / double(M);
   }
 };
 
@@ -263,6 +249,19 @@ Variable Transformer::forward(const Tensor& tokens) {
 
 Variable Transformer::loss(const Tensor& tokens, const Tensor& targets, double z_loss) {
   return cross_entropy(forward(tokens), targets, -100, z_loss);
+}
+
+double mean_row_norm(const Tensor& x) {
+  const Tensor t = x.to(Device::cpu()).to(DType::f64).contiguous();
+  const int64_t N = t.size(-1), M = t.numel() / N;
+  const double* p = t.data<double>();
+  double total = 0;
+  for (int64_t i = 0; i < M; ++i) {
+    double ss = 0;
+    for (int64_t j = 0; j < N; ++j) ss += p[i * N + j] * p[i * N + j];
+    total += std::sqrt(ss);
+  }
+  return total / double(M);
 }
 
 std::vector<std::pair<std::string, NormInputProbe*>> Transformer::norm_probes() const {

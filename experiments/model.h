@@ -77,6 +77,9 @@ double residual_alpha(const ModelConfig& c);
 // A norm over the last dim (d) as the config describes it; null for NormKind::none.
 // BatchNorm and GroupNorm see the tokens as [B*T, d] (BatchNorm's statistics are over the
 // batch and the positions, so it leaks across a causal sequence; an option, not advice).
+// Mean over rows of ||x_row||_2, x viewed as [M, N] (N the last dim), in f64 (for metrics).
+double mean_row_norm(const Tensor& x);
+
 // Every norm make_norm builds is also a NormInputProbe.
 std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d);
 

@@ -152,8 +152,16 @@ void report(const SweepResults& s, const Experiment* e, std::FILE* out) {
   print_map(s, out);
   print_lr_sensitivity(s, out);
   if (!e || !e->verdicts) return;
+  std::vector<Verdict> verdicts;
+  try {
+    verdicts = e->verdicts(s);
+  } catch (const std::exception& err) {
+    // A sweep narrowed by --set may lack the runs a verdict compares.
+    std::fprintf(out, "\nno verdicts: this file lacks runs they compare (%s)\n", err.what());
+    return;
+  }
   std::fprintf(out, "\nclaims and verdicts:\n");
-  for (const Verdict& v : e->verdicts(s))
+  for (const Verdict& v : verdicts)
     std::fprintf(out, "\n  %s: %s\n    measured: %s\n    verdict:  %s\n", v.source.c_str(), v.claim.c_str(),
                  v.measured.c_str(), v.verdict.c_str());
 }

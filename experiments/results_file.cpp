@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -18,43 +19,9 @@ constexpr const char* kRunFormat = "normlab-run";
 constexpr const char* kSpecFormat = "normlab-run-spec";
 constexpr int64_t kVersion = 1;
 
-std::string join(const std::vector<std::string>& parts, char sep) {
-  std::string out;
-  for (size_t i = 0; i < parts.size(); ++i) out += (i ? std::string(1, sep) : "") + parts[i];
-  return out;
-}
-std::vector<std::string> split_list(const std::string& s, char sep) {
-  std::vector<std::string> parts;
-  if (s.empty()) return parts;
-  size_t start = 0;
-  while (true) {
-    const size_t end = s.find(sep, start);
-    parts.push_back(s.substr(start, end - start));
-    if (end == std::string::npos) return parts;
-    start = end + 1;
-  }
-}
-
 std::string read_string_or(const H5File& f, const std::string& object, const std::string& name,
                            const std::string& fallback = "") {
   return has_attribute(f, object, name) ? read_attribute_string(f, object, name) : fallback;
-}
-
-Tensor doubles(const std::vector<double>& v) {
-  Tensor t = empty({int64_t(v.size())}, DType::f64);
-  std::copy(v.begin(), v.end(), t.data<double>());
-  return t;
-}
-Tensor integers(const std::vector<int64_t>& v) {
-  Tensor t = empty({int64_t(v.size())}, DType::i64);
-  std::copy(v.begin(), v.end(), t.data<int64_t>());
-  return t;
-}
-template <class T>
-std::vector<T> values_of(const H5File& f, const std::string& path) {
-  if (!f.exists(path)) return {};
-  const Tensor t = read_tensor(f, path).contiguous();
-  return std::vector<T>(t.data<T>(), t.data<T>() + t.numel());
 }
 
 std::vector<std::string> axis_names(const std::vector<std::pair<std::string, std::string>>& labels) {
@@ -64,7 +31,7 @@ std::vector<std::string> axis_names(const std::vector<std::pair<std::string, std
 }
 
 void write_labels(H5File& f, const std::string& object, const std::vector<std::pair<std::string, std::string>>& labels) {
-  write_attribute(f, object, "axes", join(axis_names(labels), ','));
+  write_attribute(f, object, "axes", join_list(axis_names(labels), ','));
   for (const auto& [axis, label] : labels) write_attribute(f, object, "label." + axis, label);
 }
 std::vector<std::pair<std::string, std::string>> read_labels(const H5File& f, const std::string& object) {
@@ -110,8 +77,6 @@ void write_run_group(H5File& f, const RunResult& r) {
   write_config(f, g + "/config", r.config);
   write_labels(f, g, r.labels);
   write_attribute(f, g, "diverged", int64_t(r.diverged));
-  write_attribute(f, g, "diverged_step", r.diverged_step);
-  write_attribute(f, g, "diverged_reason", r.diverged_reason);
   write_attribute(f, g, "initial_loss", r.initial_loss);
   write_attribute(f, g, "final_loss", r.final_loss);
   write_attribute(f, g, "chance_loss", r.chance_loss);
@@ -122,12 +87,7 @@ void write_run_group(H5File& f, const RunResult& r) {
   write_attribute(f, g, "delta_f_steps", r.settings.metrics.delta_f_steps);
   write_attribute(f, g, "diverge_loss", r.settings.divergence.loss_above);
   write_attribute(f, g, "diverge_evals", r.settings.divergence.evals);
-  const TrainHistory& h = r.history;
-  write_tensor(f, g + "/loss", doubles(h.loss));
-  write_tensor(f, g + "/grad_norm", doubles(h.grad_norm));
-  write_tensor(f, g + "/lr", doubles(h.lr));
-  write_tensor(f, g + "/eval_step", integers(h.eval_step));
-  write_tensor(f, g + "/eval_loss", doubles(h.eval_loss));
+  write_history(f, g, r.history);
   write_metrics(f, g, r.metrics);
 }
 
@@ -155,8 +115,6 @@ RunResult read_run_group(const H5File& f, const std::string& name) {
   r.labels = read_labels(f, g);
   r.config = read_config(f, g + "/config");
   r.diverged = read_attribute_int(f, g, "diverged") != 0;
-  r.diverged_step = read_attribute_int(f, g, "diverged_step");
-  r.diverged_reason = read_string_or(f, g, "diverged_reason");
   r.initial_loss = read_attribute_double(f, g, "initial_loss");
   r.final_loss = read_attribute_double(f, g, "final_loss");
   r.chance_loss = read_attribute_double(f, g, "chance_loss");
@@ -168,14 +126,9 @@ RunResult read_run_group(const H5File& f, const std::string& name) {
   r.settings.metrics.delta_f_steps = read_attribute_int(f, g, "delta_f_steps");
   r.settings.divergence.loss_above = read_attribute_double(f, g, "diverge_loss");
   r.settings.divergence.evals = read_attribute_int(f, g, "diverge_evals");
-  TrainHistory& h = r.history;
-  h.loss = values_of<double>(f, g + "/loss");
-  h.grad_norm = values_of<double>(f, g + "/grad_norm");
-  h.lr = values_of<double>(f, g + "/lr");
-  h.eval_step = values_of<int64_t>(f, g + "/eval_step");
-  h.eval_loss = values_of<double>(f, g + "/eval_loss");
-  h.diverged_step = r.diverged_step;
-  h.diverged_reason = r.diverged_reason;
+  r.history = read_history(f, g);
+  r.diverged_step = r.history.diverged_step;
+  r.diverged_reason = r.history.diverged_reason;
   r.metrics = read_metrics(f, g);
   return r;
 }
@@ -199,6 +152,17 @@ SweepResults read_results(const std::string& path) {
   s.axes = split_list(read_string_or(f, "/", "axes"), ',');
   for (const std::string& a : s.axes) s.axis_values[a] = split_list(read_string_or(f, "/", "axis_values." + a), '|');
   for (const std::string& name : f.list("/runs")) s.runs.push_back(read_run_group(f, name));
+  // In the experiment's order (the file lists runs by name).
+  auto order = [&](const RunResult& r) {
+    std::vector<size_t> key;
+    for (const std::string& a : s.axes) {
+      const std::vector<std::string>& labels = s.axis_values[a];
+      key.push_back(size_t(std::find(labels.begin(), labels.end(), r.label(a)) - labels.begin()));
+    }
+    return key;
+  };
+  std::stable_sort(s.runs.begin(), s.runs.end(),
+                   [&](const RunResult& a, const RunResult& b) { return order(a) < order(b); });
   return s;
 }
 
@@ -311,13 +275,13 @@ void ResultsFile::write_header() {
     std::vector<std::string> axes = split_list(read_string_or(f, "/", "axes"), ',');
     for (const Axis& a : e_.axes)
       if (std::find(axes.begin(), axes.end(), a.name) == axes.end()) axes.push_back(a.name);
-    write_attribute(f, "/", "axes", join(axes, ','));
+    write_attribute(f, "/", "axes", join_list(axes, ','));
     for (const Axis& a : e_.axes) {
       const std::string key = "axis_values." + a.name;
       std::vector<std::string> labels = split_list(read_string_or(f, "/", key), '|');
       for (const AxisValue& v : a.values)
         if (std::find(labels.begin(), labels.end(), v.label) == labels.end()) labels.push_back(v.label);
-      write_attribute(f, "/", key, join(labels, '|'));
+      write_attribute(f, "/", key, join_list(labels, '|'));
     }
   });
 }

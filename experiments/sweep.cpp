@@ -118,17 +118,6 @@ void set_runner_value(Experiment& e, const std::string& key, const std::string& 
   }
 }
 
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> parts;
-  size_t start = 0;
-  while (true) {
-    const size_t end = s.find(sep, start);
-    parts.push_back(s.substr(start, end - start));
-    if (end == std::string::npos) return parts;
-    start = end + 1;
-  }
-}
-
 // An axis whose every value sets only `key` (or names it through the axis name).
 bool is_simple_axis_over(const Axis& a, const std::string& key) {
   return std::all_of(a.values.begin(), a.values.end(), [&](const AxisValue& v) {
@@ -151,7 +140,7 @@ void apply_override(Experiment& e, const std::string& raw_key, const std::string
   std::string key = raw_key;
   std::replace(key.begin(), key.end(), '-', '_');
   if (is_runner_key(key)) return set_runner_value(e, key, value);
-  const std::vector<std::string> values = split(value, ',');
+  const std::vector<std::string> values = split_list(value, ',');
   TrainConfig scratch = e.base;
   for (const std::string& v : values) apply(scratch, key, v);  // names an unknown key or a bad value
   // The axis this key names or is the only setting of.
@@ -327,8 +316,11 @@ void make_plots(const std::string& results) {
     std::printf("plots: skipped (no %s; set NORMLAB_PLOT to plot.py)\n", script.c_str());
     return;
   }
+  // The first python3 on the PATH may lack the packages (a virtual environment); then the
+  // system's is tried, and only its complaint is shown.
   for (const char* python : {"python3", "/usr/bin/python3"}) {
-    const std::string command = std::string(python) + " '" + script + "' '" + results + "'";
+    const std::string quiet = std::string(python) == "python3" ? " 2>/dev/null" : "";
+    const std::string command = std::string(python) + " '" + script + "' '" + results + "'" + quiet;
     std::fflush(stdout);
     const int status = std::system(command.c_str());
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;

@@ -16,23 +16,6 @@ namespace {
 constexpr const char* kCheckpointFormat = "normlab-checkpoint";
 constexpr int64_t kCheckpointVersion = 1;
 
-Tensor doubles(const std::vector<double>& v) {
-  Tensor t = empty({int64_t(v.size())}, DType::f64);
-  std::copy(v.begin(), v.end(), t.data<double>());
-  return t;
-}
-Tensor integers(const std::vector<int64_t>& v) {
-  Tensor t = empty({int64_t(v.size())}, DType::i64);
-  std::copy(v.begin(), v.end(), t.data<int64_t>());
-  return t;
-}
-template <class T>
-std::vector<T> values_of(const H5File& f, const std::string& path) {
-  if (!f.exists(path)) return {};
-  const Tensor t = read_tensor(f, path).contiguous();
-  return std::vector<T>(t.data<T>(), t.data<T>() + t.numel());
-}
-
 // Writes to `path` through a temporary file renamed over it, so a reader (or a crash)
 // never sees a half-written file.
 template <class Write>
@@ -189,13 +172,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
     Generator& gen = const_cast<Transformer&>(*model_).generator();
     write_attribute(f, "/rng", "seed", gen.seed());
     write_attribute(f, "/rng", "offset", gen.offset());
-    write_tensor(f, "/history/loss", doubles(history_.loss));
-    write_tensor(f, "/history/grad_norm", doubles(history_.grad_norm));
-    write_tensor(f, "/history/lr", doubles(history_.lr));
-    write_tensor(f, "/history/eval_step", integers(history_.eval_step));
-    write_tensor(f, "/history/eval_loss", doubles(history_.eval_loss));
-    write_attribute(f, "/history", "diverged_step", history_.diverged_step);
-    write_attribute(f, "/history", "diverged_reason", history_.diverged_reason);
+    write_history(f, "/history", history_);
   });
 }
 
@@ -219,15 +196,32 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& path, int64_t overri
                                          uint64_t(read_attribute_int(f, "/rng", "offset")));
   trainer->step_ = read_attribute_int(f, "/", "step");
   NL_CHECK(trainer->step_ <= config.steps, path, " is at step ", trainer->step_, ", past steps=", config.steps);
-  TrainHistory& h = trainer->history_;
-  h.loss = values_of<double>(f, "/history/loss");
-  h.grad_norm = values_of<double>(f, "/history/grad_norm");
-  h.lr = values_of<double>(f, "/history/lr");
-  h.eval_step = values_of<int64_t>(f, "/history/eval_step");
-  h.eval_loss = values_of<double>(f, "/history/eval_loss");
-  h.diverged_step = read_attribute_int(f, "/history", "diverged_step");
-  h.diverged_reason = read_attribute_string(f, "/history", "diverged_reason");
+  trainer->history_ = read_history(f, "/history");
   return trainer;
+}
+
+void write_history(H5File& file, const std::string& group, const TrainHistory& h) {
+  const std::string g = group + "/";
+  write_vector(file, g + "loss", h.loss);
+  write_vector(file, g + "grad_norm", h.grad_norm);
+  write_vector(file, g + "lr", h.lr);
+  write_vector(file, g + "eval_step", h.eval_step);
+  write_vector(file, g + "eval_loss", h.eval_loss);
+  write_attribute(file, group, "diverged_step", h.diverged_step);
+  write_attribute(file, group, "diverged_reason", h.diverged_reason);
+}
+
+TrainHistory read_history(const H5File& file, const std::string& group) {
+  const std::string g = group + "/";
+  TrainHistory h;
+  h.loss = read_doubles(file, g + "loss");
+  h.grad_norm = read_doubles(file, g + "grad_norm");
+  h.lr = read_doubles(file, g + "lr");
+  h.eval_step = read_integers(file, g + "eval_step");
+  h.eval_loss = read_doubles(file, g + "eval_loss");
+  h.diverged_step = read_attribute_int(file, group, "diverged_step");
+  h.diverged_reason = read_attribute_string(file, group, "diverged_reason");
+  return h;
 }
 
 double write_dump(const TrainConfig& config, const std::string& path) {

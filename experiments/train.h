@@ -85,6 +85,11 @@ void clear_progress_line();
 // Builds the optimizer a config names over the model's parameters (decay on matrices only).
 std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const NamedParameters& params);
 
+// A history as datasets under `group` (loss, grad_norm, lr, eval_step, eval_loss) and the
+// group's attributes diverged_step and diverged_reason (checkpoints and results files).
+void write_history(H5File& file, const std::string& group, const TrainHistory& h);
+TrainHistory read_history(const H5File& file, const std::string& group);
+
 // Writes the dump of `normlab dump`: the config (attributes of /config), the train batch 0
 // (/batch/tokens, /batch/targets), every parameter (/params/<name>), the loss (/loss) and
 // every parameter gradient (/grads/<name>), at the initialisation. Returns the loss.

@@ -542,3 +542,40 @@ bool has_attribute(const H5File& file, const std::string& object_path, const std
 }
 
 }  // namespace normlab
+
+namespace normlab {
+
+namespace {
+
+template <class T>
+void write_vector_as(H5File& file, const std::string& path, const std::vector<T>& v, DType dtype) {
+  Tensor t = empty({int64_t(v.size())}, dtype);
+  std::copy(v.begin(), v.end(), t.data<T>());
+  write_tensor(file, path, t);
+}
+
+template <class T>
+std::vector<T> read_vector_as(const H5File& file, const std::string& path, DType dtype) {
+  if (!file.exists(path)) return {};
+  const Tensor t = read_tensor(file, path).contiguous();
+  NL_CHECK(t.dim() == 1 && t.dtype() == dtype, "read_vector: '", path, "' in '", file.path(), "' is ",
+           to_string(t.shape()), " ", dtype_name(t.dtype()), ", expected a 1-D ", dtype_name(dtype), " dataset");
+  return std::vector<T>(t.data<T>(), t.data<T>() + t.numel());
+}
+
+}  // namespace
+
+void write_vector(H5File& file, const std::string& path, const std::vector<double>& v) {
+  write_vector_as(file, path, v, DType::f64);
+}
+void write_vector(H5File& file, const std::string& path, const std::vector<int64_t>& v) {
+  write_vector_as(file, path, v, DType::i64);
+}
+std::vector<double> read_doubles(const H5File& file, const std::string& path) {
+  return read_vector_as<double>(file, path, DType::f64);
+}
+std::vector<int64_t> read_integers(const H5File& file, const std::string& path) {
+  return read_vector_as<int64_t>(file, path, DType::i64);
+}
+
+}  // namespace normlab

@@ -74,6 +74,13 @@ void write_tensor(H5File& file, const std::string& path, const Tensor& t);
 // Reads the dataset at `path` with its stored dtype and shape.
 Tensor read_tensor(const H5File& file, const std::string& path);
 
+// 1-D f64 / i64 datasets from and to std::vector; the readers return {} for a missing
+// dataset and throw for one of another dtype or rank.
+void write_vector(H5File& file, const std::string& path, const std::vector<double>& v);
+void write_vector(H5File& file, const std::string& path, const std::vector<int64_t>& v);
+std::vector<double> read_doubles(const H5File& file, const std::string& path);
+std::vector<int64_t> read_integers(const H5File& file, const std::string& path);
+
 // Scalar attributes on the object at object_path ("/" is the root). Writing creates the
 // object as a group when it is missing, and replaces an attribute of the same name.
 // Strings are stored as variable-length UTF-8 and must not contain '\0'.

@@ -230,6 +230,20 @@ BOOST_AUTO_TEST_CASE(remove_unlinks_groups_and_datasets) {
   BOOST_TEST(r.exists("/h"));
 }
 
+BOOST_AUTO_TEST_CASE(list_names_group_members_in_name_order) {
+  TempDir tmp("normlab_test_hdf5");
+  const std::string path = tmp.file("list.h5");
+  H5File f(path, H5File::Mode::create);
+  write_tensor(f, "/runs/b=2,c=1/x", zeros({1}));
+  write_tensor(f, "/runs/a.0", zeros({1}));
+  write_attribute(f, "/runs/z", "k", int64_t(1));
+  BOOST_TEST(f.list("/runs") == (std::vector<std::string>{"a.0", "b=2,c=1", "z"}), boost::test_tools::per_element());
+  BOOST_TEST(f.list("/runs/b=2,c=1") == std::vector<std::string>{"x"}, boost::test_tools::per_element());
+  BOOST_TEST(f.list("/").size() == 1u);
+  BOOST_TEST(f.list("/missing").empty());
+  BOOST_TEST(f.list("/runs/a.0").empty());  // a dataset has no members
+}
+
 BOOST_AUTO_TEST_CASE(overwrite_replaces_dataset) {
   TempDir tmp("normlab_test_hdf5");
   const std::string path = tmp.file("overwrite.h5");
