@@ -97,6 +97,7 @@ void print_map(const SweepResults& s, std::FILE* out) {
     if (!row_title.empty()) row_title += '/';
     row_title += a;
   }
+  width = std::max(width, row_title.size());
   std::fprintf(out, "stability map: final eval loss (chance %.4f); div@N: diverged at step N; -: not run\n",
                s.runs.front().chance_loss);
   std::fprintf(out, "  %-*s", int(width), row_title.c_str());
