@@ -13,6 +13,7 @@
 #include "autograd/ops.h"
 #include "experiments/metrics.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 
 using namespace normlab;
 using namespace normlab::testing;
@@ -20,30 +21,15 @@ namespace tt = boost::test_tools;
 
 namespace {
 
+// small() with a batch of 4, 6 steps, no evaluation but the last, and no warmup.
 TrainConfig tiny() {
-  TrainConfig c;
-  c.data.task = TaskKind::copy;
-  c.data.seq_len = 16;
-  c.data.symbols = 6;
-  c.model.d_model = 16;
-  c.model.heads = 2;
-  c.model.depth = 2;
+  TrainConfig c = small();
   c.batch = 4;
   c.steps = 6;
   c.eval_every = 0;
   c.eval_batches = 1;
-  c.optim.lr = 3e-3;
+  c.optim.warmup = 0;
   return c;
-}
-
-bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  const size_t bytes = size_t(a.numel()) * dtype_size(a.dtype());
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.contiguous().raw_data(), b.contiguous().raw_data(), bytes) == 0;
 }
 
 std::function<void(Trainer&)> recording(MetricsRecorder& rec) {

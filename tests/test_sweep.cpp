@@ -22,6 +22,7 @@
 #include "experiments/results_file.h"
 #include "experiments/sweep.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 
 using namespace normlab;
 using namespace normlab::testing;
@@ -32,19 +33,14 @@ namespace {
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
 
+// small() at depth 1 with a batch of 2, 4 steps, evaluation every 2 and one warmup step.
 TrainConfig tiny_base() {
-  TrainConfig c;
-  c.data.task = TaskKind::copy;
-  c.data.seq_len = 16;
-  c.data.symbols = 6;
-  c.model.d_model = 16;
-  c.model.heads = 2;
+  TrainConfig c = small();
   c.model.depth = 1;
   c.batch = 2;
   c.steps = 4;
   c.eval_every = 2;
   c.eval_batches = 1;
-  c.optim.lr = 3e-3;
   c.optim.warmup = 1;
   return c;
 }
@@ -80,16 +76,6 @@ std::string config_diff(const TrainConfig& a, const TrainConfig& b, bool derived
   return "";
 }
 
-bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
-}
-bool same_bits(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (!same_bits(a[i], b[i])) return false;
-  return true;
-}
-bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 // Every value two results hold for a run, compared bit for bit; "" when identical, else the
 // first differing field. `timing`: also the seconds and tokens/s (a run not recomputed).

@@ -12,37 +12,12 @@
 #include "experiments/train.h"
 #include "framework/tensor_ops.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 
 using namespace normlab;
 using namespace normlab::testing;
 
 namespace {
-
-TrainConfig small(TaskKind task = TaskKind::copy) {
-  TrainConfig c;
-  c.data.task = task;
-  c.data.seq_len = 16;
-  c.data.symbols = 6;
-  c.model.d_model = 16;
-  c.model.heads = 2;
-  c.model.depth = 2;
-  c.batch = 8;
-  c.steps = 12;
-  c.eval_every = 4;
-  c.eval_batches = 2;
-  c.optim.lr = 3e-3;
-  c.optim.warmup = 2;
-  return c;
-}
-
-bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
-}
-
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.contiguous().raw_data(), b.contiguous().raw_data(), size_t(a.numel()) * dtype_size(a.dtype())) == 0;
-}
 
 // Trains `c` for its steps without interruption, and again with a checkpoint after `cut`
 // steps from which a fresh Trainer resumes; the histories and parameters must be identical.
