@@ -168,7 +168,7 @@ void MetricsRecorder::after_step(Trainer& trainer) {
   const bool due_probe = config_.every > 0 && step % config_.every == 0;
   const bool due_delta = step >= 1 && step <= config_.delta_f_steps;
   if (due_probe) probe(trainer);  // also records delta_f when due (one forward)
-  if (due_delta && (metrics_.delta_f_step.empty() || metrics_.delta_f_step.back() != step)) {
+  if (due_delta && !delta_f_recorded(step)) {
     Transformer& model = trainer.model();
     ProbeScope scope(model);
     Tensor f;
@@ -177,9 +177,18 @@ void MetricsRecorder::after_step(Trainer& trainer) {
       f = host_f64(model.forward(probe_tokens_).data());
     }
     scope.restore();
-    metrics_.delta_f_step.push_back(step);
-    metrics_.delta_f.push_back(delta_norm(f, f0_));
+    record_delta_f(step, f);
   }
+}
+
+bool MetricsRecorder::delta_f_recorded(int64_t step) const {
+  return !metrics_.delta_f_step.empty() && metrics_.delta_f_step.back() == step;
+}
+
+void MetricsRecorder::record_delta_f(int64_t step, const Tensor& f) {
+  if (step < 1 || step > config_.delta_f_steps || delta_f_recorded(step)) return;
+  metrics_.delta_f_step.push_back(step);
+  metrics_.delta_f.push_back(delta_norm(f, f0_));
 }
 
 void MetricsRecorder::probe(Trainer& trainer) {
@@ -187,7 +196,6 @@ void MetricsRecorder::probe(Trainer& trainer) {
   if (!metrics_.step.empty() && metrics_.step.back() == step) return;
   Transformer& model = trainer.model();
   const int64_t depth = int64_t(model.blocks.size());
-  const auto named = model.named_parameters();
   ProbeScope scope(model);
   scope.record(true);
   model.zero_grad();
@@ -203,14 +211,13 @@ void MetricsRecorder::probe(Trainer& trainer) {
   scope.record(false);
   const Tensor f = host_f64(logits.data());
 
-  // ||dL/dtheta||_F per block: sum of squares over the parameters named "blocks.<l>.*".
+  // ||dL/dtheta||_F per block: sum of squares over the block's parameters.
   cross_entropy(logits, probe_targets_, -100, trainer.config().z_loss).backward();
   std::vector<double> layer_grad_norm(size_t(depth), 0.0);
   for (int64_t l = 0; l < depth; ++l) {
-    const std::string prefix = "blocks." + std::to_string(l) + ".";
     double ss = 0;
-    for (const auto& [name, p] : named) {
-      if (!name.starts_with(prefix) || !p.grad().defined()) continue;
+    for (const Variable& p : model.blocks[size_t(l)]->parameters()) {
+      if (!p.grad().defined()) continue;
       const Tensor g = host_f64(p.grad());
       const double* q = g.data<double>();
       for (int64_t i = 0; i < g.numel(); ++i) ss += q[i] * q[i];
@@ -225,13 +232,8 @@ void MetricsRecorder::probe(Trainer& trainer) {
   metrics_.norm_input_rms.push_back(std::move(norm_input_rms));
   metrics_.max_attn_logit.push_back(std::move(max_attn_logit));
   metrics_.log_z.push_back(mean_logsumexp(f));
-  if (step == 0) {
-    f0_ = f;
-  } else if (step <= config_.delta_f_steps &&
-             (metrics_.delta_f_step.empty() || metrics_.delta_f_step.back() != step)) {
-    metrics_.delta_f_step.push_back(step);
-    metrics_.delta_f.push_back(delta_norm(f, f0_));
-  }
+  if (step == 0) f0_ = f;
+  record_delta_f(step, f);
 }
 
 void write_metrics(H5File& file, const std::string& group, const RunMetrics& m) {

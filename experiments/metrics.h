@@ -55,6 +55,11 @@ class MetricsRecorder {
   const RunMetrics& metrics() const { return metrics_; }
 
  private:
+  bool delta_f_recorded(int64_t step) const;
+  // Appends ||f - F(x, theta_0)|| for `step` when it is one of the first delta_f_steps steps
+  // and not recorded yet.
+  void record_delta_f(int64_t step, const Tensor& f);
+
   MetricsConfig config_;
   Tensor probe_tokens_, probe_targets_;
   Tensor f0_;  // logits at the init, f64
