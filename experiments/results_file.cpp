@@ -53,6 +53,22 @@ void sync_and_rename(const std::string& tmp, const std::string& path) {
   NL_CHECK(!ec, "cannot move ", tmp, " to ", path, ": ", ec.message());
 }
 
+// The runner's settings as attributes (of a run group, or of a worker's spec).
+void write_settings(H5File& f, const std::string& object, const RunSettings& s) {
+  write_attribute(f, object, "metrics_every", s.metrics.every);
+  write_attribute(f, object, "delta_f_steps", s.metrics.delta_f_steps);
+  write_attribute(f, object, "diverge_loss", s.divergence.loss_above);
+  write_attribute(f, object, "diverge_evals", s.divergence.evals);
+}
+RunSettings read_settings(const H5File& f, const std::string& object) {
+  RunSettings s;
+  s.metrics.every = read_attribute_int(f, object, "metrics_every");
+  s.metrics.delta_f_steps = read_attribute_int(f, object, "delta_f_steps");
+  s.divergence.loss_above = read_attribute_double(f, object, "diverge_loss");
+  s.divergence.evals = read_attribute_int(f, object, "diverge_evals");
+  return s;
+}
+
 std::string format_real(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.17g", v);
@@ -83,10 +99,7 @@ void write_run_group(H5File& f, const RunResult& r) {
   write_attribute(f, g, "seconds", r.seconds);
   write_attribute(f, g, "tokens_per_second", r.tokens_per_second);
   write_attribute(f, g, "vocab", r.config.model.vocab);
-  write_attribute(f, g, "metrics_every", r.settings.metrics.every);
-  write_attribute(f, g, "delta_f_steps", r.settings.metrics.delta_f_steps);
-  write_attribute(f, g, "diverge_loss", r.settings.divergence.loss_above);
-  write_attribute(f, g, "diverge_evals", r.settings.divergence.evals);
+  write_settings(f, g, r.settings);
   write_history(f, g, r.history);
   write_metrics(f, g, r.metrics);
 }
@@ -122,10 +135,7 @@ RunResult read_run_group(const H5File& f, const std::string& name) {
   r.tokens_per_second = read_attribute_double(f, g, "tokens_per_second");
   r.config.model.vocab = read_attribute_int(f, g, "vocab");
   r.config.model.seq_len = r.config.data.seq_len;
-  r.settings.metrics.every = read_attribute_int(f, g, "metrics_every");
-  r.settings.metrics.delta_f_steps = read_attribute_int(f, g, "delta_f_steps");
-  r.settings.divergence.loss_above = read_attribute_double(f, g, "diverge_loss");
-  r.settings.divergence.evals = read_attribute_int(f, g, "diverge_evals");
+  r.settings = read_settings(f, g);
   r.history = read_history(f, g);
   r.diverged_step = r.history.diverged_step;
   r.diverged_reason = r.history.diverged_reason;
@@ -174,10 +184,7 @@ void write_spec_file(const std::string& path, const PlannedRun& run, const Exper
   write_attribute(f, "/", "name", run.name);
   write_labels(f, "/", run.labels);
   write_config(f, "/config", run.config);
-  write_attribute(f, "/", "metrics_every", e.metrics.every);
-  write_attribute(f, "/", "delta_f_steps", e.metrics.delta_f_steps);
-  write_attribute(f, "/", "diverge_loss", e.divergence.loss_above);
-  write_attribute(f, "/", "diverge_evals", e.divergence.evals);
+  write_settings(f, "/", settings_of(e));
   f.close();
 }
 
@@ -186,11 +193,10 @@ int run_worker(const std::string& spec, const std::string& result, int threads) 
     const H5File f(spec, H5File::Mode::read);
     NL_CHECK(read_string_or(f, "/", "format") == kSpecFormat, spec, " is not a run spec");
     PlannedRun run{read_attribute_string(f, "/", "name"), read_labels(f, "/"), read_config(f, "/config")};
+    const RunSettings settings = read_settings(f, "/");
     Experiment e;
-    e.metrics.every = read_attribute_int(f, "/", "metrics_every");
-    e.metrics.delta_f_steps = read_attribute_int(f, "/", "delta_f_steps");
-    e.divergence.loss_above = read_attribute_double(f, "/", "diverge_loss");
-    e.divergence.evals = read_attribute_int(f, "/", "diverge_evals");
+    e.metrics = settings.metrics;
+    e.divergence = settings.divergence;
     run_one(run, e, result, threads);
     return 0;
   } catch (const std::exception& err) {
