@@ -125,8 +125,6 @@ bool is_simple_axis_over(const Axis& a, const std::string& key) {
   });
 }
 
-void apply(TrainConfig& c, const std::string& key, const std::string& value) { set_config_value(c, key, value); }
-
 // Rethrows `err` with `context` in front of its message ("normlab: run X: ...").
 [[noreturn]] void rethrow_in(const std::string& context, const Error& err) {
   std::string message = err.what();
@@ -140,9 +138,10 @@ void apply_override(Experiment& e, const std::string& raw_key, const std::string
   std::string key = raw_key;
   std::replace(key.begin(), key.end(), '-', '_');
   if (is_runner_key(key)) return set_runner_value(e, key, value);
-  const std::vector<std::string> values = split_list(value, ',');
+  std::vector<std::string> values = split_list(value, ',');
+  if (values.empty()) values.push_back("");  // an empty value is checked like any other
   TrainConfig scratch = e.base;
-  for (const std::string& v : values) apply(scratch, key, v);  // names an unknown key or a bad value
+  for (const std::string& v : values) set_config_value(scratch, key, v);  // names an unknown key or a bad value
   // The axis this key names or is the only setting of.
   auto simple = std::find_if(e.axes.begin(), e.axes.end(),
                              [&](const Axis& a) { return a.name == key || is_simple_axis_over(a, key); });
@@ -162,7 +161,6 @@ void apply_override(Experiment& e, const std::string& raw_key, const std::string
     *simple = std::move(a);
     return;
   }
-  apply(e.base, key, value);
   e.overrides.push_back({key, value});
 }
 
@@ -183,13 +181,13 @@ std::vector<PlannedRun> plan(const Experiment& e) {
       run.labels.emplace_back(a.name, v.label);
       run.name += (i ? "," : "") + a.name + "=" + v.label;
       try {
-        if (v.settings.empty()) apply(run.config, a.name, v.label);
-        for (const Setting& s : v.settings) apply(run.config, s.key, s.value);
+        if (v.settings.empty()) set_config_value(run.config, a.name, v.label);
+        for (const Setting& s : v.settings) set_config_value(run.config, s.key, s.value);
       } catch (const Error& err) {
         rethrow_in("axis " + a.name + " value " + v.label, err);
       }
     }
-    for (const Setting& s : e.overrides) apply(run.config, s.key, s.value);
+    for (const Setting& s : e.overrides) set_config_value(run.config, s.key, s.value);
     if (e.axes.empty()) run.name = "run";
     if (!e.keep || e.keep(run.config)) {
       try {
