@@ -239,14 +239,15 @@ bool ResultsFile::has_run(const PlannedRun& run) const {
   const H5File f(path_, H5File::Mode::read);
   const std::string g = "/runs/" + run.name;
   if (!f.exists(g)) return false;
-  const RunResult stored = read_run_group(f, run.name);
+  // Only the config and the settings: the run's histories and metrics are not needed here.
+  const TrainConfig stored = read_config(f, g + "/config");
   auto differs = [&](const std::string& key, const std::string& a, const std::string& b) {
     if (a != b)
       throw SweepInputError(path_ + " holds run " + run.name + " with " + key + "=" + a + ", but this sweep has " +
                             key + "=" + b + "; choose another --out (or remove the file to start over)");
   };
-  for (const ConfigField& field : config_fields()) differs(field.key, field.get(stored.config), field.get(run.config));
-  const RunSettings& a = stored.settings;
+  for (const ConfigField& field : config_fields()) differs(field.key, field.get(stored), field.get(run.config));
+  const RunSettings a = read_settings(f, g);
   const RunSettings b = settings_of(e_);
   differs("metrics_every", std::to_string(a.metrics.every), std::to_string(b.metrics.every));
   differs("delta_f_steps", std::to_string(a.metrics.delta_f_steps), std::to_string(b.metrics.delta_f_steps));
