@@ -23,6 +23,19 @@ std::vector<const RunResult*> SweepResults::select(
   return out;
 }
 
+int SweepResults::position(const std::string& axis, const std::string& label) const {
+  const auto it = axis_values.find(axis);
+  if (it == axis_values.end()) return 1 << 20;
+  const auto at = std::find(it->second.begin(), it->second.end(), label);
+  return at == it->second.end() ? 1 << 20 : int(at - it->second.begin());
+}
+
+std::vector<int> SweepResults::positions(const RunResult& r, const std::vector<std::string>& axes) const {
+  std::vector<int> key;
+  for (const std::string& a : axes) key.push_back(position(a, r.label(a)));
+  return key;
+}
+
 const RunResult* SweepResults::find(const std::vector<std::pair<std::string, std::string>>& match) const {
   const std::vector<const RunResult*> found = select(match);
   return found.size() == 1 ? found[0] : nullptr;
@@ -43,27 +56,17 @@ double lr_sensitivity(const std::vector<const RunResult*>& runs) {
 
 namespace {
 
-// Where a label sits in its axis's order (unknown labels last).
-int position(const SweepResults& s, const std::string& axis, const std::string& label) {
-  const auto it = s.axis_values.find(axis);
-  if (it == s.axis_values.end()) return 1 << 20;
-  const auto at = std::find(it->second.begin(), it->second.end(), label);
-  return at == it->second.end() ? 1 << 20 : int(at - it->second.begin());
-}
-
 // Runs grouped by their labels on `axes`, in the axes' order: (key, label text) -> runs.
 std::map<std::vector<int>, std::pair<std::string, std::vector<const RunResult*>>> group_by(
     const SweepResults& s, const std::vector<std::string>& axes) {
   std::map<std::vector<int>, std::pair<std::string, std::vector<const RunResult*>>> groups;
   for (const RunResult& r : s.runs) {
-    std::vector<int> key;
     std::string text;
     for (const std::string& a : axes) {
-      key.push_back(position(s, a, r.label(a)));
       if (!text.empty()) text += '/';
       text += r.label(a);
     }
-    auto& g = groups[key];
+    auto& g = groups[s.positions(r, axes)];
     g.first = text.empty() ? "all" : text;
     g.second.push_back(&r);
   }

@@ -163,16 +163,9 @@ SweepResults read_results(const std::string& path) {
   for (const std::string& a : s.axes) s.axis_values[a] = split_list(read_string_or(f, "/", "axis_values." + a), '|');
   for (const std::string& name : f.list("/runs")) s.runs.push_back(read_run_group(f, name));
   // In the experiment's order (the file lists runs by name).
-  auto order = [&](const RunResult& r) {
-    std::vector<size_t> key;
-    for (const std::string& a : s.axes) {
-      const std::vector<std::string>& labels = s.axis_values[a];
-      key.push_back(size_t(std::find(labels.begin(), labels.end(), r.label(a)) - labels.begin()));
-    }
-    return key;
-  };
-  std::stable_sort(s.runs.begin(), s.runs.end(),
-                   [&](const RunResult& a, const RunResult& b) { return order(a) < order(b); });
+  std::stable_sort(s.runs.begin(), s.runs.end(), [&](const RunResult& a, const RunResult& b) {
+    return s.positions(a, s.axes) < s.positions(b, s.axes);
+  });
   return s;
 }
 

@@ -171,6 +171,10 @@ struct SweepResults {
   std::vector<const RunResult*> select(const std::vector<std::pair<std::string, std::string>>& match) const;
   // The one run that matches; null when none does.
   const RunResult* find(const std::vector<std::pair<std::string, std::string>>& match) const;
+  // Where a label sits in its axis's order (labels the file does not list come last).
+  int position(const std::string& axis, const std::string& label) const;
+  // The run's positions on `axes`, in order: sorts runs as the experiment lists them.
+  std::vector<int> positions(const RunResult& r, const std::vector<std::string>& axes) const;
 };
 
 SweepResults read_results(const std::string& path);
