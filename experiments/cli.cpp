@@ -1,11 +1,15 @@
 // The normlab command-line program.
 #include "experiments/cli.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -13,6 +17,7 @@
 #include "experiments/bench_cuda.h"
 #include "experiments/config.h"
 #include "experiments/demo.h"
+#include "experiments/output_file.h"
 #include "experiments/results_file.h"
 #include "experiments/sweep.h"
 #include "experiments/train.h"
@@ -22,7 +27,11 @@ namespace normlab {
 
 namespace {
 
-constexpr int kUsageError = 2;
+constexpr int kUsageError = 2;  // bad input: flags, values, paths, files; nothing was done
+constexpr int kWorkError = 1;   // a failure during the work (a full disk, a failed run)
+
+constexpr const char* kCommands[] = {"run", "list", "report", "train", "dump", "demo", "bench"};
+bool is_command(const std::string& s) { return std::find(std::begin(kCommands), std::end(kCommands), s) != std::end(kCommands); }
 
 void print_help() {
   std::printf(
@@ -40,9 +49,10 @@ void print_help() {
       "                                write a model, one batch, its loss and every gradient\n"
       "  demo [--steps N] [--seed S]   train a small attention model on the previous-token task\n"
       "  bench [kernels|train|cuda|all] [--depth N]\n"
-      "                                kernel and transformer-step benchmarks (kernels), training\n"
-      "                                throughput at depth 48 and a 1000-layer step (train), GPU\n"
-      "                                norm kernels against copy bandwidth and cuDNN (cuda)\n"
+      "                                kernel and transformer-step benchmarks (kernels; --depth N\n"
+      "                                sets the step's depth), training throughput at depth 48 and\n"
+      "                                a 1000-layer step (train), GPU norm kernels against copy\n"
+      "                                bandwidth and cuDNN (cuda)\n"
       "  --help                        this text\n"
       "  --version                     the version\n",
       NORMLAB_VERSION);
@@ -75,7 +85,8 @@ void print_train_help() {
       "options:\n"
       "  --checkpoint F.h5       save the whole state to F.h5 at the end (and every\n"
       "                          --checkpoint-every K steps)\n"
-      "  --checkpoint-every K    steps between checkpoints (0: only at the end)\n"
+      "  --checkpoint-every K    steps between checkpoints (0: only at the end); the checkpoint\n"
+      "                          records it and a resumed run keeps it\n"
       "  --stop-at N             stop after step N (a later --resume continues)\n"
       "  --resume F.h5           continue the run saved in F.h5, bit-exactly; the config comes\n"
       "                          from the file (only --steps may change); saves back to F.h5\n"
@@ -97,20 +108,69 @@ void print_dump_help() {
   print_config_keys();
 }
 
-[[noreturn]] void usage_error(const std::string& command, const std::string& message) {
-  std::fprintf(stderr, "normlab %s: %s (see normlab %s --help)\n", command.c_str(), message.c_str(),
-               command.c_str());
-  std::exit(kUsageError);
+// Bad input on the command line, or a bad input file: the command prints the message and
+// exits with kUsageError before any work.
+struct UsageError : Error {
+  using Error::Error;
+};
+
+[[noreturn]] void usage_error(const std::string& message) { throw UsageError(message); }
+
+// Runs `f`, turning an Error into a UsageError: for the steps that only read the input
+// (checking a config, opening a checkpoint or a results file).
+template <class F>
+auto as_input(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    usage_error(e.what());
+  }
 }
 
-// Parses a non-negative integer flag value; exits with code 2 naming the flag on bad input.
-long long parse_count(const std::string& command, const std::string& flag, const char* value) {
+// An integer flag value in [lo, hi]; anything else (text, overflow, out of range) is a
+// usage error naming the flag and the value.
+long long parse_int(const std::string& flag, const char* value, long long lo, long long hi) {
+  if (!value) usage_error(flag + " needs a value");
+  errno = 0;
   char* end = nullptr;
-  const long long v = value ? std::strtoll(value, &end, 10) : 0;
-  if (!value || *end != '\0' || v < 0)
-    usage_error(command, flag + " needs a non-negative integer, got '" + (value ? value : "") + "'");
+  const long long v = std::strtoll(value, &end, 10);
+  if (!*value || *end != '\0' || errno == ERANGE || v < lo || v > hi)
+    usage_error("bad value '" + std::string(value) + "' for " + flag + " (expected an integer from " +
+                std::to_string(lo) + " to " + std::to_string(hi) + ")");
   return v;
 }
+
+// The flags of one command: each value flag at most once, values taken in turn.
+class Flags {
+ public:
+  Flags(int argc, char** argv, int first) : argc_(argc), argv_(argv), i_(first) {}
+  bool done() const { return i_ >= argc_; }
+  // The next argument; remembers it so a second occurrence of the same flag is refused.
+  std::string next() {
+    current_ = argv_[i_++];
+    return current_;
+  }
+  // The value after the current flag.
+  const char* value() {
+    if (i_ >= argc_) usage_error(current_ + " needs a value");
+    return argv_[i_++];
+  }
+  // Refuses a flag (or a key, as `what` names it) given twice.
+  void once(const std::string& name, const std::string& what = "") {
+    if (!seen_.insert(name).second) usage_error((what.empty() ? name : what) + " is given twice");
+  }
+
+ private:
+  int argc_;
+  char** argv_;
+  int i_;
+  std::string current_;
+  std::set<std::string> seen_;
+};
+
+bool is_help(const std::string& flag) { return flag == "--help" || flag == "-h"; }
 
 // The key of a config flag: "--d-model" -> "d_model".
 std::string config_key(const std::string& flag) {
@@ -122,44 +182,53 @@ std::string config_key(const std::string& flag) {
 
 struct TrainOptions {
   std::string checkpoint, resume, out;
-  long long checkpoint_every = 0, stop_at = 0;
+  std::optional<long long> checkpoint_every;
+  long long stop_at = 0;
   bool quiet = false;
-  std::vector<std::string> config_flags;  // as given, for the --resume check
+  std::vector<std::string> config_flags;  // the keys given, in order
 };
 
-// Parses `normlab <command>` flags into config and options; exits with 2 on bad input.
-void parse_flags(const std::string& command, int argc, char** argv, TrainConfig& config, TrainOptions& o,
+constexpr long long kMaxSteps = 1'000'000'000'000;
+
+// Parses `normlab <command>` flags into config and options. Returns false after printing
+// the help.
+bool parse_flags(const std::string& command, int argc, char** argv, TrainConfig& config, TrainOptions& o,
                  void (*help)()) {
-  for (int i = 2; i < argc; ++i) {
-    const std::string flag = argv[i];
-    const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
-    auto take = [&]() -> std::string {
-      if (!value) usage_error(command, flag + " needs a value");
-      ++i;
-      return value;
-    };
-    if (flag == "--help" || flag == "-h") {
-      help();
-      std::exit(0);
-    }
-    if (command == "train" && flag == "--checkpoint") o.checkpoint = take();
-    else if (command == "train" && flag == "--checkpoint-every") o.checkpoint_every = parse_count(command, flag, value), ++i;
-    else if (command == "train" && flag == "--stop-at") o.stop_at = parse_count(command, flag, value), ++i;
-    else if (command == "train" && flag == "--resume") o.resume = take();
-    else if (command == "train" && flag == "--quiet") o.quiet = true;
-    else if (command == "dump" && flag == "--out") o.out = take();
-    else if (flag.rfind("--", 0) == 0 && find_config_field(config_key(flag))) {
-      const std::string v = take();
-      try {
-        set_config_value(config, config_key(flag), v);
-      } catch (const Error& e) {
-        usage_error(command, e.what());
-      }
-      o.config_flags.push_back(config_key(flag));
+  Flags flags(argc, argv, 2);
+  while (!flags.done()) {
+    const std::string flag = flags.next();
+    if (is_help(flag)) return help(), false;
+    const bool train = command == "train";
+    if (flag.rfind("--", 0) != 0) usage_error("unexpected argument '" + flag + "' (flags start with --)");
+    if (train && flag == "--checkpoint") flags.once(flag), o.checkpoint = flags.value();
+    else if (train && flag == "--checkpoint-every") flags.once(flag), o.checkpoint_every = parse_int(flag, flags.value(), 0, kMaxSteps);
+    else if (train && flag == "--stop-at") flags.once(flag), o.stop_at = parse_int(flag, flags.value(), 1, kMaxSteps);
+    else if (train && flag == "--resume") flags.once(flag), o.resume = flags.value();
+    else if (train && flag == "--quiet") flags.once(flag), o.quiet = true;
+    else if (command == "dump" && flag == "--out") flags.once(flag), o.out = flags.value();
+    else if (find_config_field(config_key(flag))) {
+      const std::string key = config_key(flag);
+      flags.once(key, "--" + key);
+      as_input([&] { set_config_value(config, key, flags.value(), "--" + key); });
+      o.config_flags.push_back(key);
     } else {
-      usage_error(command, "unknown flag '" + flag + "'");
+      usage_error("unknown flag '" + flag + "' (see normlab " + command + " --help)");
     }
   }
+  return true;
+}
+
+// Refuses a config flag that would do nothing in this config (naming why).
+void check_flags_used(const TrainConfig& config, const std::vector<std::string>& keys) {
+  for (const std::string& key : keys)
+    if (const std::string why = unused_reason(config, key); !why.empty())
+      usage_error("--" + key + " does nothing here: " + why);
+}
+
+// An output file given on the command line: refuses "" and checks it can be written.
+void check_output(const std::string& flag, const std::string& path, const char* format, const char* kind) {
+  if (path.empty()) usage_error(flag + " needs a file name, got ''");
+  as_input([&] { check_output_file(path, format, kind); });
 }
 
 void print_summary(const Trainer& t) {
@@ -185,25 +254,33 @@ void print_summary(const Trainer& t) {
 int run_train(int argc, char** argv) {
   TrainConfig config;
   TrainOptions o;
-  parse_flags("train", argc, argv, config, o, print_train_help);
-  if (!o.resume.empty())
+  if (!parse_flags("train", argc, argv, config, o, print_train_help)) return 0;
+  const bool steps_given = std::find(o.config_flags.begin(), o.config_flags.end(), "steps") != o.config_flags.end();
+  if (!o.resume.empty()) {
     for (const std::string& key : o.config_flags)
       if (key != "steps")
-        usage_error("train", "--resume takes the config from the checkpoint; only --steps may change, got --" + key);
-  std::unique_ptr<Trainer> trainer;
-  try {
-    if (!o.resume.empty()) {
-      bool steps_given = false;
-      for (const std::string& key : o.config_flags) steps_given |= key == "steps";
-      trainer = Trainer::resume(o.resume, steps_given ? config.steps : 0);
-      if (o.checkpoint.empty()) o.checkpoint = o.resume;
-      std::printf("resumed %s at step %lld\n", o.resume.c_str(), (long long)trainer->step());
-    } else {
-      trainer = std::make_unique<Trainer>(config);
-    }
-  } catch (const Error& e) {
-    usage_error("train", e.what());
+        usage_error("--resume takes the config from the checkpoint; only --steps may change, got --" + key);
+  } else {
+    check_flags_used(config, o.config_flags);
+    if (o.checkpoint_every && o.checkpoint.empty())
+      usage_error("--checkpoint-every needs --checkpoint F.h5 (the file to save to)");
   }
+  if (!o.resume.empty() && o.checkpoint.empty()) o.checkpoint = o.resume;
+  if (!o.checkpoint.empty()) check_output("--checkpoint", o.checkpoint, kCheckpointFormat, "checkpoint");
+  // Checked before the model is built: a config too large for the machine stops here.
+  std::unique_ptr<Trainer> trainer = as_input([&] {
+    return o.resume.empty() ? std::make_unique<Trainer>(config)
+                            : Trainer::resume(o.resume, steps_given ? config.steps : 0);
+  });
+  if (!o.resume.empty()) {
+    // The checkpoint keeps its save interval: a resumed run saves as the first one did.
+    if (!o.checkpoint_every) o.checkpoint_every = trainer->checkpoint_every();
+    std::printf("resumed %s at step %lld\n", o.resume.c_str(), (long long)trainer->step());
+  }
+  trainer->set_checkpoint_every(o.checkpoint_every.value_or(0));
+  if (o.stop_at > 0 && o.stop_at <= trainer->step())
+    usage_error("--stop-at " + std::to_string(o.stop_at) + " is not after the checkpoint's step " +
+                std::to_string(trainer->step()));
   const TrainConfig& c = trainer->config();
   std::printf("task   %s; chance loss %.4f\n", trainer->data().describe().c_str(), trainer->data().chance_loss());
   std::printf("model  depth %lld, d_model %lld, heads %lld, %s, norm %s, placement %s, qk_norm %s, init %s; %lld "
@@ -215,26 +292,20 @@ int run_train(int argc, char** argv) {
   std::printf("train  %s lr %g, %s schedule, warmup %lld, clip %g, batch %lld, %lld steps\n", to_string(c.optim.kind),
               c.optim.lr, to_string(c.optim.schedule), (long long)c.optim.warmup, c.optim.clip, (long long)c.batch,
               (long long)c.steps);
-  try {
-    size_t evals_printed = trainer->history().eval_loss.size();
-    trainer->run(o.stop_at, !o.quiet, [&](Trainer& t) {
-      const TrainHistory& h = t.history();
-      for (; evals_printed < h.eval_loss.size(); ++evals_printed) {
-        clear_progress_line();
-        std::printf("step %6lld  train loss %.4f  eval loss %.4f\n", (long long)h.eval_step[evals_printed],
-                    h.loss[size_t(h.eval_step[evals_printed] - 1)], h.eval_loss[evals_printed]);
-        std::fflush(stdout);
-      }
-      if (!o.checkpoint.empty() && o.checkpoint_every > 0 && t.step() % o.checkpoint_every == 0)
-        t.save_checkpoint(o.checkpoint);
-    });
-    if (!o.checkpoint.empty()) {
-      trainer->save_checkpoint(o.checkpoint);
-      std::printf("checkpoint %s (step %lld)\n", o.checkpoint.c_str(), (long long)trainer->step());
+  size_t evals_printed = trainer->history().eval_loss.size();
+  const long long every = o.checkpoint_every.value_or(0);
+  trainer->run(o.stop_at, !o.quiet, [&](Trainer& t) {
+    const TrainHistory& h = t.history();
+    for (; evals_printed < h.eval_loss.size(); ++evals_printed) {
+      clear_progress_line();
+      std::printf("step %6lld  train loss %.4f  eval loss %.4f\n", (long long)h.eval_step[evals_printed],
+                  h.loss[size_t(h.eval_step[evals_printed] - 1)], h.eval_loss[evals_printed]);
     }
-  } catch (const Error& e) {
-    std::fprintf(stderr, "normlab train: %s\n", e.what());
-    return 1;
+    if (!o.checkpoint.empty() && every > 0 && t.step() % every == 0) t.save_checkpoint(o.checkpoint);
+  });
+  if (!o.checkpoint.empty()) {
+    trainer->save_checkpoint(o.checkpoint);
+    std::printf("checkpoint %s (step %lld)\n", o.checkpoint.c_str(), (long long)trainer->step());
   }
   print_summary(*trainer);
   return 0;
@@ -243,55 +314,77 @@ int run_train(int argc, char** argv) {
 int run_dump(int argc, char** argv) {
   TrainConfig config;
   TrainOptions o;
-  parse_flags("dump", argc, argv, config, o, print_dump_help);
-  if (o.out.empty()) usage_error("dump", "--out F.h5 is required");
-  try {
-    check(config);
-  } catch (const Error& e) {
-    usage_error("dump", e.what());
-  }
-  try {
-    const double loss = write_dump(config, o.out);
-    std::printf("dump %s: loss %.17g\n", o.out.c_str(), loss);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "normlab dump: %s\n", e.what());
-    return 1;
-  }
+  if (!parse_flags("dump", argc, argv, config, o, print_dump_help)) return 0;
+  if (o.out.empty()) usage_error("--out F.h5 is required");
+  check_flags_used(config, o.config_flags);
+  as_input([&] { check(config); });
+  check_output("--out", o.out, kDumpFormat, "dump");
+  const double loss = write_dump(config, o.out);
+  std::printf("dump %s: loss %.17g\n", o.out.c_str(), loss);
   return 0;
 }
 
+void print_bench_help() {
+  std::printf(
+      "usage: normlab bench [kernels|train|cuda|all] [--depth N]\n"
+      "\n"
+      "Benchmarks, printing figures measured side by side in one run:\n"
+      "  kernels   norm kernels against oneDNN and copy bandwidth, matmul, and one transformer\n"
+      "            training step at --depth N (default 48) composed of ops and hand-derived\n"
+      "  train     the toy model's training throughput at depth 48 and one 1000-layer step\n"
+      "  cuda      GPU norm kernels against copy bandwidth and cuDNN (needs a GPU)\n"
+      "  all       all of them (the default is kernels)\n");
+}
+
 int run_bench(int argc, char** argv) {
-  std::string what = "kernels";
-  int depth = 48;
-  for (int i = 2; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "kernels" || arg == "train" || arg == "cuda" || arg == "all") what = arg;
-    else if (arg == "--depth") depth = int(parse_count("bench", "--depth", i + 1 < argc ? argv[i + 1] : nullptr)), ++i;
-    else if (arg == "--help" || arg == "-h") return print_help(), 0;
-    else usage_error("bench", "unknown argument '" + arg + "'");
+  std::string what;
+  std::optional<long long> depth;
+  Flags flags(argc, argv, 2);
+  while (!flags.done()) {
+    const std::string arg = flags.next();
+    if (is_help(arg)) return print_bench_help(), 0;
+    if (arg == "kernels" || arg == "train" || arg == "cuda" || arg == "all") {
+      if (!what.empty()) usage_error("name one benchmark, got '" + what + "' and '" + arg + "'");
+      what = arg;
+    } else if (arg == "--depth") {
+      flags.once(arg);
+      depth = parse_int(arg, flags.value(), 1, 100000);
+    } else {
+      usage_error("unknown argument '" + arg + "' (see normlab bench --help)");
+    }
   }
-  if (what == "kernels" || what == "all") run_foundation_bench(depth);
+  if (what.empty()) what = "kernels";
+  if (depth && what != "kernels" && what != "all")
+    usage_error("--depth sets the transformer step of bench kernels; bench " + what + " does not take it");
+  if (what == "kernels" || what == "all") run_foundation_bench(int(depth.value_or(48)));
   if (what == "train" || what == "all") run_train_bench();
   if (what == "cuda" || what == "all") run_cuda_bench();
   return 0;
 }
 
+void print_demo_help() {
+  std::printf(
+      "usage: normlab demo [--steps N] [--seed S]\n"
+      "\n"
+      "Trains a one-block causal-attention model to output the previous token and prints its\n"
+      "loss every N/10 steps.\n"
+      "\n"
+      "options:\n"
+      "  --steps N   training steps (default 300)\n"
+      "  --seed S    seed of the initialisation and data (default 0)\n");
+}
+
 int run_demo_command(int argc, char** argv) {
   DemoConfig config;
-  for (int i = 2; i < argc; ++i) {
-    const std::string flag = argv[i];
-    const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
-    if (flag == "--steps") config.steps = parse_count("demo", flag, value), ++i;
-    else if (flag == "--seed") config.seed = uint64_t(parse_count("demo", flag, value)), ++i;
-    else if (flag == "--help") return print_help(), 0;
-    else usage_error("demo", "unknown flag '" + flag + "'");
+  Flags flags(argc, argv, 2);
+  while (!flags.done()) {
+    const std::string flag = flags.next();
+    if (is_help(flag)) return print_demo_help(), 0;
+    if (flag == "--steps") flags.once(flag), config.steps = parse_int(flag, flags.value(), 1, 100'000'000);
+    else if (flag == "--seed") flags.once(flag), config.seed = uint64_t(parse_int(flag, flags.value(), 0, INT64_MAX));
+    else usage_error("unknown flag '" + flag + "' (see normlab demo --help)");
   }
-  try {
-    run_demo(config);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
+  run_demo(config);
   return 0;
 }
 
@@ -320,65 +413,68 @@ void print_run_help() {
 }
 
 int run_sweep_command(int argc, char** argv) {
-  if (argc < 3) usage_error("run", "name an experiment (normlab list shows them)");
-  std::string name = argv[2];
-  if (name == "--help" || name == "-h") return print_run_help(), 0;
-  Experiment e;
-  try {
-    e = find_experiment(name);
-  } catch (const Error& err) {
-    usage_error("run", err.what());
-  }
+  if (argc < 3) usage_error("name an experiment (normlab list shows them)");
+  const std::string name = argv[2];
+  if (is_help(name)) return print_run_help(), 0;
+  Experiment e = as_input([&] { return find_experiment(name); });
   SweepOptions o;
-  for (int i = 3; i < argc; ++i) {
-    const std::string flag = argv[i];
-    const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
-    auto take = [&]() -> std::string {
-      if (!value) usage_error("run", flag + " needs a value");
-      ++i;
-      return value;
-    };
-    if (flag == "--help" || flag == "-h") return print_run_help(), 0;
+  std::vector<std::string> set_keys;  // config keys given with --set
+  Flags flags(argc, argv, 3);
+  while (!flags.done()) {
+    const std::string flag = flags.next();
+    if (is_help(flag)) return print_run_help(), 0;
     if (flag == "--set") {
-      const std::string kv = take();
+      const std::string kv = flags.value();
       const size_t eq = kv.find('=');
-      if (eq == std::string::npos || eq == 0) usage_error("run", "--set needs key=value, got '" + kv + "'");
-      try {
-        apply_override(e, kv.substr(0, eq), kv.substr(eq + 1));
-      } catch (const Error& err) {
-        usage_error("run", err.what());
-      }
+      if (eq == std::string::npos || eq == 0) usage_error("--set needs key=value, got '" + kv + "'");
+      std::string key = kv.substr(0, eq);
+      std::replace(key.begin(), key.end(), '-', '_');
+      flags.once("--set " + key, "--set " + key + " (a list makes an axis: --set " + key + "=a,b)");
+      as_input([&] { apply_override(e, key, kv.substr(eq + 1)); });
+      if (find_config_field(key)) set_keys.push_back(key);
     } else if (flag == "--out") {
-      o.out = take();
+      flags.once(flag);
+      o.out = flags.value();
+      if (o.out.empty()) usage_error("--out needs a file name, got ''");
     } else if (flag == "--jobs") {
-      o.jobs = int(parse_count("run", flag, value)), ++i;
-      if (o.jobs < 1) usage_error("run", "--jobs needs an integer >= 1, got '0'");
+      flags.once(flag);
+      o.jobs = int(parse_int(flag, flags.value(), 1, 4096));
     } else if (flag == "--no-plots") {
+      flags.once(flag);
       o.plots = false;
     } else if (flag == "--quiet") {
+      flags.once(flag);
       o.quiet = true;
     } else {
-      usage_error("run", "unknown flag '" + flag + "'");
+      usage_error("unknown flag '" + flag + "' (see normlab run --help)");
     }
+  }
+  // A --set key that does nothing in every run of the sweep is refused, naming why.
+  const std::vector<PlannedRun> runs = as_input([&] { return plan(e); });
+  for (const std::string& key : set_keys) {
+    std::string why;
+    for (const PlannedRun& r : runs) {
+      why = unused_reason(r.config, key);
+      if (why.empty()) break;
+    }
+    if (!why.empty()) usage_error("--set " + key + " does nothing in this sweep: " + why);
   }
   try {
     return run_sweep(e, o) == 0 ? 0 : 1;
   } catch (const SweepInputError& err) {
-    usage_error("run", err.what());
-  } catch (const Error& err) {
-    std::fprintf(stderr, "normlab run: %s\n", err.what());
-    return 1;
+    usage_error(err.what());
   }
 }
 
-int run_list() {
-  std::vector<Experiment> all;
-  try {
-    all = registered_experiments();
-  } catch (const Error& err) {
-    std::fprintf(stderr, "normlab list: %s\n", err.what());
-    return 1;
+int run_list(int argc, char** argv) {
+  if (argc > 2) {
+    if (argc == 3 && is_help(argv[2])) {
+      std::printf("usage: normlab list\n\nThe experiments normlab run knows (presets and your own), one line each.\n");
+      return 0;
+    }
+    usage_error(std::string("list takes no arguments, got '") + argv[2] + "'");
   }
+  const std::vector<Experiment> all = registered_experiments();
   size_t width = 0;
   for (const Experiment& e : all) width = std::max(width, e.name.size());
   for (const Experiment& e : all) std::printf("  %-*s  %s\n", int(width), e.name.c_str(), e.description.c_str());
@@ -386,30 +482,45 @@ int run_list() {
 }
 
 int run_report(int argc, char** argv) {
-  if (argc != 3 || !std::strcmp(argv[2], "--help")) {
-    if (argc == 3) return std::printf("usage: normlab report F.h5\n"), 0;
-    usage_error("report", "expected one results file");
+  if (argc == 3 && is_help(argv[2])) {
+    std::printf(
+        "usage: normlab report F.h5\n"
+        "\n"
+        "Prints the summary of a results file: the stability map, LR sensitivity when lr is an\n"
+        "axis, and the published claims next to the file's verdicts when normlab knows its\n"
+        "experiment.\n");
+    return 0;
   }
-  SweepResults results;
-  try {
-    results = read_results(argv[2]);
-  } catch (const Error& err) {
-    usage_error("report", err.what());
-  }
-  std::optional<Experiment> e;
-  try {
-    e = find_experiment(results.experiment);
-  } catch (const Error&) {
-    // An experiment this program does not know: the tables only, without its verdicts.
-  }
-  report(results, e ? &*e : nullptr, stdout);
+  if (argc != 3) usage_error("expected one results file, got " + std::to_string(argc - 2) + " arguments");
+  // Every failure here comes from the file: bad input.
+  as_input([&] {
+    const SweepResults results = read_results(argv[2]);
+    std::optional<Experiment> e;
+    try {
+      e = find_experiment(results.experiment);
+    } catch (const Error&) {
+      // An experiment this program does not know: the tables only, without its verdicts.
+    }
+    report(results, e ? &*e : nullptr, stdout);
+  });
   return 0;
+}
+
+int dispatch(const std::string& command, int argc, char** argv) {
+  if (command == "run") return run_sweep_command(argc, argv);
+  if (command == "list") return run_list(argc, argv);
+  if (command == "report") return run_report(argc, argv);
+  if (command == "train") return run_train(argc, argv);
+  if (command == "dump") return run_dump(argc, argv);
+  if (command == "demo") return run_demo_command(argc, argv);
+  if (command == "bench") return run_bench(argc, argv);
+  usage_error("unknown command '" + command + "' (see normlab --help)");
 }
 
 }  // namespace
 
 int cli_main(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+  if (argc < 2 || is_help(argv[1])) {
     print_help();
     return 0;
   }
@@ -418,16 +529,26 @@ int cli_main(int argc, char** argv) {
     std::printf("normlab %s\n", NORMLAB_VERSION);
     return 0;
   }
-  if (command == "run") return run_sweep_command(argc, argv);
-  if (command == "list") return run_list();
-  if (command == "report") return run_report(argc, argv);
-  if (command == "__worker" && argc == 5) return run_worker(argv[2], argv[3], std::atoi(argv[4]));
-  if (command == "train") return run_train(argc, argv);
-  if (command == "dump") return run_dump(argc, argv);
-  if (command == "demo") return run_demo_command(argc, argv);
-  if (command == "bench") return run_bench(argc, argv);
-  std::fprintf(stderr, "normlab: unknown command '%s' (see normlab --help)\n", command.c_str());
-  return kUsageError;
+  if (command == "__worker") {
+    if (argc != 5) return kUsageError;
+    return run_worker(argv[2], argv[3], std::atoi(argv[4]));
+  }
+  const std::string who = is_command(command) ? "normlab " + command : "normlab";
+  auto fail = [&](const std::string& message, int code) {
+    std::fflush(stdout);
+    clear_progress_line();
+    std::fprintf(stderr, "%s: %s\n", who.c_str(), message.c_str());
+    return code;
+  };
+  try {
+    return dispatch(command, argc, argv);
+  } catch (const UsageError& e) {
+    return fail(e.what(), kUsageError);
+  } catch (const std::bad_alloc&) {
+    return fail("out of memory", kWorkError);
+  } catch (const std::exception& e) {
+    return fail(e.what(), kWorkError);
+  }
 }
 
 }  // namespace normlab

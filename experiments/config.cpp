@@ -1,9 +1,12 @@
 #include "experiments/config.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 
 #include "framework/enum_names.h"
 
@@ -14,6 +17,36 @@ constexpr EnumNames<OptimizerKind, 3> kOptimizerNames{
 
 const char* to_string(OptimizerKind k) { return enum_name(kOptimizerNames, k); }
 OptimizerKind parse_optimizer_kind(const std::string& name) { return parse_enum(kOptimizerNames, name, "optimizer"); }
+
+namespace {
+
+std::string gib(double bytes) {
+  char buf[48];
+  if (bytes < double(1 << 30)) std::snprintf(buf, sizeof buf, "%.0f MiB", bytes / double(1 << 20));
+  else std::snprintf(buf, sizeof buf, "%.3g GiB", bytes / double(1 << 30));
+  return buf;
+}
+
+std::string count(double n) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, n < 1e6 ? "%.0f" : "%.3g", n);
+  return buf;
+}
+
+// The largest vocabulary the task can have (data.h): copy/reverse S + 2, recall 2S + 2,
+// modadd p + 2, text at most 256 bytes.
+int64_t task_vocab_bound(const TaskConfig& t) {
+  switch (t.task) {
+    case TaskKind::copy:
+    case TaskKind::reverse:
+    case TaskKind::modadd: return t.symbols + 2;
+    case TaskKind::recall: return 2 * t.symbols + 2;
+    case TaskKind::text: return 256;
+  }
+  return 256;
+}
+
+}  // namespace
 
 void check(const TrainConfig& c) {
   ModelConfig m = c.model;
@@ -32,7 +65,56 @@ void check(const TrainConfig& c) {
            o.weight_decay);
   NL_CHECK(o.kind != OptimizerKind::adamw || o.weight_decay_mode != WeightDecayMode::l2,
            "config: adamw needs weight_decay_mode decoupled or independent, got l2 (use optimizer adam for l2)");
+  NL_CHECK(!(o.schedule == ScheduleKind::linear || o.schedule == ScheduleKind::cosine) || c.steps > o.warmup,
+           "config: the ", to_string(o.schedule), " schedule decays after the warmup, so steps must exceed warmup; "
+           "got steps=", c.steps, " and warmup=", o.warmup, ": set warmup below ", c.steps, " or steps above ", o.warmup);
+  NL_CHECK(o.min_lr <= o.lr, "config: min_lr=", o.min_lr, " exceeds lr=", o.lr, "; set min_lr <= lr");
   Schedule{o.schedule, o.lr, o.warmup, c.steps, o.min_lr}.check();
+  const MemoryEstimate need = estimate_memory(c);
+  const double have = available_memory();
+  NL_CHECK(need.total() <= have, "config: depth=", m.depth, ", d_model=", m.d_model, ", ffn_mult=", m.ffn_mult,
+           ", batch=", c.batch, ", seq_len=", c.data.seq_len, " need about ", gib(need.total()),
+           " (", gib(need.weights), " for ", count(need.parameters), " parameters with gradients and optimizer state, ",
+           gib(need.activations), " of activations), more than this machine's ", gib(have));
+}
+
+// Parameters, from Transformer's layers (experiments/model.cpp): per block q, k, v, out
+// (d x d) and the FFN (2 or 3 matrices of d x f), their biases, up to six norms of 2d; the
+// token embedding, positions and the head. Weights: parameter, gradient and optimizer state
+// (Adam: m and v; SGD: momentum). Activations per block, in elements, for N = batch x seq_len
+// tokens and h heads: about 24 N d + 4 N f + 5 h batch seq_len^2 (the saved inputs and
+// outputs of each op; attention keeps its logits, mask, softmax); plus 4 N vocab for the
+// logits and the loss. Against the allocator's peak over a training step, the estimate is
+// 1.10x to 1.41x (depth 1 to 24, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu,
+// adamw, adam and sgd); test_train's memory_estimate_brackets_the_measured_peak prints the
+// ratios and requires [1, 2].
+MemoryEstimate estimate_memory(const TrainConfig& c) {
+  const ModelConfig& m = c.model;
+  // Doubles: a config of 10^9 layers must not overflow.
+  const double d = double(m.d_model), f = double(m.ffn_mult) * d, L = double(m.depth), T = double(c.data.seq_len);
+  const double V = double(std::max<int64_t>(m.vocab, task_vocab_bound(c.data)));
+  const double N = double(c.batch) * T, H = double(m.heads);
+  const double matrices = m.activation == Activation::swiglu ? 3 : 2;
+  const double per_block = 4 * d * d + matrices * d * f + (m.bias ? 4 * d + (matrices - 1) * f + d : 0) + 12 * d;
+  MemoryEstimate e;
+  e.parameters = L * per_block + V * d + T * d + d * V + 2 * d;
+  const double element = m.dtype == DType::f64 ? 8 : 4;
+  const double copies = c.optim.kind == OptimizerKind::sgd ? 3 : 4;
+  e.weights = e.parameters * copies * element;
+  e.activations = (L * (24 * N * d + 4 * N * f + 5 * H * double(c.batch) * T * T) + 4 * N * V) * element;
+  return e;
+}
+
+double available_memory() {
+  double bytes = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  std::ifstream cgroup("/sys/fs/cgroup/memory.max");  // cgroup v2; "max" when unlimited
+  std::string limit;
+  if (cgroup >> limit && limit != "max") {
+    char* end = nullptr;
+    const double v = std::strtod(limit.c_str(), &end);
+    if (*end == '\0' && v > 0) bytes = std::min(bytes, v);
+  }
+  return bytes;
 }
 
 namespace {
@@ -133,7 +215,7 @@ ConfigField field(const char* key, const char* help, Ref ref) {
   using T = std::remove_reference_t<decltype(ref(std::declval<TrainConfig&>()))>;
   return ConfigField{key, help, type_of<T>(),
                      [ref](const TrainConfig& c) { return format(ref(const_cast<TrainConfig&>(c))); },
-                     [ref, k = std::string(key)](TrainConfig& c, const std::string& v) { parse_into(k, v, ref(c)); }};
+                     [ref](TrainConfig& c, const std::string& v, const std::string& name) { parse_into(name, v, ref(c)); }};
 }
 
 #define NL_FIELD(key, help, member) field(key, help, [](TrainConfig& c) -> auto& { return c.member; })
@@ -205,7 +287,7 @@ const ConfigField* find_config_field(const std::string& key) {
   return nullptr;
 }
 
-void set_config_value(TrainConfig& c, const std::string& key, const std::string& value) {
+void set_config_value(TrainConfig& c, const std::string& key, const std::string& value, const std::string& name) {
   const ConfigField* f = find_config_field(key);
   if (!f) {
     std::string near;
@@ -213,7 +295,33 @@ void set_config_value(TrainConfig& c, const std::string& key, const std::string&
       if (g.key.find(key) != std::string::npos || key.find(g.key) != std::string::npos) near += " " + g.key;
     NL_FAIL("unknown config key '", key, "'", near.empty() ? "" : " (did you mean:" + near + "?)");
   }
-  f->set(c, value);
+  f->set(c, value, name.empty() ? key : name);
+}
+
+std::string unused_reason(const TrainConfig& c, const std::string& key) {
+  const ModelConfig& m = c.model;
+  const OptimConfig& o = c.optim;
+  const bool adam = o.kind == OptimizerKind::adam || o.kind == OptimizerKind::adamw;
+  const bool decays = o.schedule == ScheduleKind::linear || o.schedule == ScheduleKind::cosine;
+  if (key == "text" && c.data.task != TaskKind::text) return "it is the file of task text, and task is " + std::string(to_string(c.data.task));
+  if (key == "symbols" && c.data.task == TaskKind::text) return "task text takes its symbols from the file";
+  if (key == "eval_fraction" && c.data.task != TaskKind::text && c.data.task != TaskKind::modadd)
+    return "only tasks text and modadd split by eval_fraction, and task is " + std::string(to_string(c.data.task));
+  if ((key == "momentum" || key == "nesterov") && o.kind != OptimizerKind::sgd)
+    return "it is an SGD setting, and optimizer is " + std::string(to_string(o.kind));
+  if ((key == "beta1" || key == "beta2" || key == "adam_eps") && !adam)
+    return "it is an Adam setting, and optimizer is " + std::string(to_string(o.kind));
+  if (key == "weight_decay_mode" && o.kind != OptimizerKind::adamw)
+    return "only adamw has a weight decay mode (adam and sgd use l2), and optimizer is " + std::string(to_string(o.kind));
+  if (key == "min_lr" && !decays)
+    return "only the linear and cosine schedules decay to min_lr, and schedule is " + std::string(to_string(o.schedule));
+  if ((key == "dyt_alpha0" || key == "dyt_identity") && m.norm != NormKind::dyt)
+    return "it is a DyT setting, and norm is " + std::string(to_string(m.norm));
+  if (key == "groups" && m.norm != NormKind::group)
+    return "it is a GroupNorm setting, and norm is " + std::string(to_string(m.norm));
+  if (key == "norm_eps" && (m.norm == NormKind::none || m.norm == NormKind::dyt) && !m.qk_norm)
+    return "norm " + std::string(to_string(m.norm)) + " has no epsilon (and qk_norm is none)";
+  return "";
 }
 
 std::vector<std::string> split_list(const std::string& s, char sep) {
@@ -258,18 +366,22 @@ TrainConfig read_config(const H5File& file, const std::string& object_path) {
   TrainConfig c;
   for (const ConfigField& f : config_fields()) {
     if (!has_attribute(file, object_path, f.key)) continue;
+    const std::string& k = f.key;
     switch (f.type) {
-      case ConfigField::Type::integer:
-        f.set(c, std::to_string(read_attribute_int(file, object_path, f.key)));
-        break;
-      case ConfigField::Type::real: f.set(c, format(read_attribute_double(file, object_path, f.key))); break;
-      case ConfigField::Type::boolean:
-        f.set(c, read_attribute_int(file, object_path, f.key) ? "on" : "off");
-        break;
-      case ConfigField::Type::text: f.set(c, read_attribute_string(file, object_path, f.key)); break;
+      case ConfigField::Type::integer: f.set(c, std::to_string(read_attribute_int(file, object_path, k)), k); break;
+      case ConfigField::Type::real: f.set(c, format(read_attribute_double(file, object_path, k)), k); break;
+      case ConfigField::Type::boolean: f.set(c, read_attribute_int(file, object_path, k) ? "on" : "off", k); break;
+      case ConfigField::Type::text: f.set(c, read_attribute_string(file, object_path, k), k); break;
     }
   }
   return c;
+}
+
+std::vector<std::string> missing_config_keys(const H5File& file, const std::string& object_path) {
+  std::vector<std::string> missing;
+  for (const ConfigField& f : config_fields())
+    if (!has_attribute(file, object_path, f.key)) missing.push_back(f.key);
+  return missing;
 }
 
 }  // namespace normlab

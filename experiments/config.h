@@ -45,8 +45,9 @@ struct TrainConfig {
   double z_loss = 0.0;       // z_loss * logsumexp^2 added to each token's loss
 };
 
-// Throws normlab::Error naming the first bad field and value (model, task, optimizer, loop).
-// The task's file is not opened here (make_dataset does that).
+// Throws normlab::Error naming the first bad field and value (model, task, optimizer, loop),
+// and a config whose estimated memory (estimate_memory) exceeds available_memory(), naming
+// its sizes and both figures. The task's file is not opened here (make_dataset does that).
 void check(const TrainConfig& c);
 
 struct ConfigField {
@@ -54,13 +55,34 @@ struct ConfigField {
   std::string help;  // one line, with the valid values of an enum
   enum class Type { integer, real, boolean, text } type;
   std::function<std::string(const TrainConfig&)> get;  // round-trips exactly (%.17g for reals)
-  // Parses `value` into the config; throws naming the key and the bad value.
-  std::function<void(TrainConfig&, const std::string&)> set;
+  // Parses `value` into the config; throws naming `name` (the key, or the flag "--key") and
+  // the bad value.
+  std::function<void(TrainConfig&, const std::string& value, const std::string& name)> set;
 };
 const std::vector<ConfigField>& config_fields();
 const ConfigField* find_config_field(const std::string& key);  // null when unknown
-// key=value; throws naming an unknown key (listing near ones) or a bad value.
-void set_config_value(TrainConfig& c, const std::string& key, const std::string& value);
+// key=value; throws naming an unknown key (listing near ones) or a bad value. Messages name
+// the value's `name` (say "--depth" on the command line); "": the key.
+void set_config_value(TrainConfig& c, const std::string& key, const std::string& value,
+                      const std::string& name = "");
+
+// Why setting `key` does nothing in config c ("" when it does something): --text without
+// task text, momentum without optimizer sgd, groups without norm group, ... The command line
+// refuses such a key rather than accept it silently.
+std::string unused_reason(const TrainConfig& c, const std::string& key);
+
+// The memory a training run holds at its peak, estimated from the config (README, "Memory"):
+// parameters, their gradients and optimizer state, and the activations one step keeps for
+// backward. Each figure in bytes.
+struct MemoryEstimate {
+  double parameters = 0;   // the parameter count
+  double weights = 0;      // parameters + gradients + optimizer state
+  double activations = 0;  // saved for backward, with the logits
+  double total() const { return weights + activations; }
+};
+MemoryEstimate estimate_memory(const TrainConfig& c);
+// The memory this process may use: physical memory, or the cgroup's limit when lower.
+double available_memory();
 
 // "a,b,c" <-> {"a", "b", "c"} and "" <-> {} (lists on the command line and in attributes).
 std::vector<std::string> split_list(const std::string& s, char sep);
@@ -71,5 +93,7 @@ std::string join_list(const std::vector<std::string>& parts, char sep);
 void write_config(H5File& file, const std::string& object_path, const TrainConfig& c);
 // The inverse of write_config; missing attributes keep the default.
 TrainConfig read_config(const H5File& file, const std::string& object_path);
+// The config keys write_config would write that the object at object_path lacks.
+std::vector<std::string> missing_config_keys(const H5File& file, const std::string& object_path);
 
 }  // namespace normlab

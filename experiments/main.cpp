@@ -1,5 +1,15 @@
 // The normlab program, and the main() of every experiment built with
 // normlab_add_experiment (which adds its own experiments to the registry).
+#include <csignal>
+#include <cstdio>
+
 #include "experiments/cli.h"
 
-int main(int argc, char** argv) { return normlab::cli_main(argc, argv); }
+int main(int argc, char** argv) {
+  // Lines appear as they are printed, also when the output goes to a file or a pipe.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  // A write past the file-size limit (ulimit -f) fails with EFBIG and becomes an error
+  // message, like a full disk, instead of killing the program.
+  std::signal(SIGXFSZ, SIG_IGN);
+  return normlab::cli_main(argc, argv);
+}

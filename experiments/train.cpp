@@ -13,7 +13,6 @@ namespace normlab {
 
 namespace {
 
-constexpr const char* kCheckpointFormat = "normlab-checkpoint";
 constexpr int64_t kCheckpointVersion = 1;
 
 // Writes to `path` through a temporary file renamed over it, so a reader (or a crash)
@@ -165,6 +164,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
     write_attribute(f, "/", "format", kCheckpointFormat);
     write_attribute(f, "/", "version", kCheckpointVersion);
     write_attribute(f, "/", "step", step_);
+    write_attribute(f, "/", "checkpoint_every", checkpoint_every_);
     write_config(f, "/config", config_);
     for (const auto& [name, p] : model_->named_parameters()) write_tensor(f, "/params/" + name, p.data());
     for (const auto& [name, b] : model_->named_buffers()) write_tensor(f, "/buffers/" + name, b);
@@ -183,6 +183,9 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& path, int64_t overri
   const int64_t version = read_attribute_int(f, "/", "version");
   NL_CHECK(version == kCheckpointVersion, path, ": checkpoint version ", version, " is not supported (expected ",
            kCheckpointVersion, ")");
+  const std::vector<std::string> missing = missing_config_keys(f, "/config");
+  NL_CHECK(missing.empty(), path, " lacks the config key", missing.size() > 1 ? "s " : " ", join_list(missing, ','),
+           " (a run resumes bit-exactly only with its whole config)");
   TrainConfig config = read_config(f, "/config");
   if (override_steps > 0) config.steps = override_steps;
   auto trainer = std::make_unique<Trainer>(config);
@@ -195,6 +198,9 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& path, int64_t overri
   trainer->model_->generator().set_state(uint64_t(read_attribute_int(f, "/rng", "seed")),
                                          uint64_t(read_attribute_int(f, "/rng", "offset")));
   trainer->step_ = read_attribute_int(f, "/", "step");
+  NL_CHECK(trainer->step_ >= 0, path, ": step ", trainer->step_, " is negative");
+  trainer->checkpoint_every_ = has_attribute(f, "/", "checkpoint_every") ? read_attribute_int(f, "/", "checkpoint_every") : 0;
+  NL_CHECK(trainer->checkpoint_every_ >= 0, path, ": checkpoint_every ", trainer->checkpoint_every_, " is negative");
   NL_CHECK(trainer->step_ <= config.steps, path, " is at step ", trainer->step_, ", past steps=", config.steps);
   trainer->history_ = read_history(f, "/history");
   return trainer;
@@ -234,7 +240,7 @@ double write_dump(const TrainConfig& config, const std::string& path) {
   Variable loss = model.loss(batch.tokens, batch.targets, config.z_loss);
   loss.backward();
   write_atomically(path, [&](H5File& f) {
-    write_attribute(f, "/", "format", "normlab-dump");
+    write_attribute(f, "/", "format", kDumpFormat);
     write_config(f, "/config", trainer.config());
     // Values the config implies, for an independent implementation's convenience.
     const ModelConfig& m = trainer.config().model;

@@ -16,6 +16,11 @@
 
 namespace normlab {
 
+// The `format` attribute of a checkpoint and of a dump: a file of another format is never
+// overwritten by either.
+inline constexpr const char* kCheckpointFormat = "normlab-checkpoint";
+inline constexpr const char* kDumpFormat = "normlab-dump";
+
 struct TrainHistory {
   std::vector<double> loss, grad_norm, lr;  // per completed step; entry i is step i + 1
   std::vector<int64_t> eval_step;
@@ -52,11 +57,18 @@ class Trainer {
   double tokens_per_second() const;  // over the steps run by this object
 
   // Writes the whole state to `path` atomically (a temporary file renamed over it):
-  // config, parameters, buffers, optimizer state, RNG state, step and history.
+  // config, parameters, buffers, optimizer state, RNG state, step, history and the
+  // checkpoint interval.
   void save_checkpoint(const std::string& path) const;
   // A trainer in the state a checkpoint recorded. `override_steps` > 0 replaces the
-  // recorded step budget (to continue a finished run further).
+  // recorded step budget (to continue a finished run further). A checkpoint lacking any
+  // config key is refused, naming the keys: defaults would not continue the run bit-exactly.
   static std::unique_ptr<Trainer> resume(const std::string& path, int64_t override_steps = 0);
+
+  // Steps between the checkpoints of `normlab train` (0: only at the end); saved in each
+  // checkpoint, so a resumed run keeps saving as the first one did.
+  int64_t checkpoint_every() const { return checkpoint_every_; }
+  void set_checkpoint_every(int64_t every) { checkpoint_every_ = every; }
 
   const TrainConfig& config() const { return config_; }
   const TrainHistory& history() const { return history_; }
@@ -77,6 +89,7 @@ class Trainer {
   TrainHistory history_;
   double seconds_ = 0;
   int64_t steps_timed_ = 0;
+  int64_t checkpoint_every_ = 0;
 };
 
 // Erases the progress line Trainer::run draws on a terminal (a no-op elsewhere).

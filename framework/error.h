@@ -1,5 +1,6 @@
 // Errors: every public entry point validates its input and throws normlab::Error with a
-// message that names the bad value and what was expected.
+// message that names the bad value and what was expected, as one line a user can read. The
+// source location (file:line) is appended only in a debug build or with NORMLAB_DEBUG=1.
 #pragma once
 
 #include <sstream>

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "experiments/train.h"
+#include "framework/allocator.h"
 #include "framework/tensor_ops.h"
 #include "tests/test_util.h"
 #include "tests/train_test_util.h"
@@ -199,6 +200,63 @@ BOOST_AUTO_TEST_CASE(a_dump_holds_the_models_loss_and_gradients) {
   TrainConfig d = c;
   d.model.dropout = 0.1;
   BOOST_TEST(contains(error_of([&] { write_dump(d, path); }), "dropout must be 0"));
+}
+
+// The memory estimate that refuses configs too large for the machine stays within [1, 2] x
+// the allocator's measured peak over one training step (and an eval), across depth, width,
+// sequence length, heads, activation and optimizer: it never refuses a config that fits by
+// much, and never lets one through that is far larger than it says.
+BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
+  struct Case {
+    int64_t depth, d_model, heads, seq_len, batch;
+    Activation activation;
+    OptimizerKind optimizer;
+  };
+  const Case cases[] = {
+      {1, 16, 2, 16, 8, Activation::gelu, OptimizerKind::adamw},
+      {8, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw},
+      {4, 64, 4, 128, 4, Activation::swiglu, OptimizerKind::sgd},
+      {24, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw},
+      {2, 128, 8, 256, 2, Activation::gelu, OptimizerKind::adam},
+  };
+  for (const Case& k : cases) {
+    TrainConfig c = small();
+    c.model.depth = k.depth;
+    c.model.d_model = k.d_model;
+    c.model.heads = k.heads;
+    c.model.activation = k.activation;
+    c.data.seq_len = k.seq_len;
+    c.batch = k.batch;
+    c.optim.kind = k.optimizer;
+    c.steps = 3;
+    CpuAllocator::instance().empty_cache();
+    CpuAllocator::instance().reset_peak();
+    const size_t before = CpuAllocator::instance().stats().bytes_in_use;
+    {
+      Trainer t(c);
+      t.run(0, false);
+    }
+    const double peak = double(CpuAllocator::instance().stats().peak_bytes_in_use - before);
+    const double estimate = estimate_memory(c).total();
+    BOOST_TEST_MESSAGE("depth " << k.depth << " d_model " << k.d_model << " seq_len " << k.seq_len << ": estimate "
+                                << estimate / (1 << 20) << " MiB, measured peak " << peak / (1 << 20) << " MiB, ratio "
+                                << estimate / peak);
+    BOOST_TEST(estimate >= peak);
+    BOOST_TEST(estimate <= 2 * peak);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_config_larger_than_the_machine_is_refused_before_allocating) {
+  TrainConfig c = small();
+  c.model.depth = 1'000'000'000;
+  try {
+    Trainer t(c);
+    BOOST_FAIL("a 10^9-layer model was accepted");
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    BOOST_TEST(m.find("depth=1000000000") != std::string::npos, m);
+    BOOST_TEST(m.find("more than this machine's") != std::string::npos, m);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
