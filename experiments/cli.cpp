@@ -157,9 +157,9 @@ class Flags {
     if (i_ >= argc_) usage_error(current_ + " needs a value");
     return argv_[i_++];
   }
-  // Refuses a flag (or a key, as `what` names it) given twice.
-  void once(const std::string& name, const std::string& what = "") {
-    if (!seen_.insert(name).second) usage_error((what.empty() ? name : what) + " is given twice");
+  // Refuses a flag (or a --set key) given twice; `hint` follows the message.
+  void once(const std::string& name, const std::string& hint = "") {
+    if (!seen_.insert(name).second) usage_error(name + " is given twice" + hint);
   }
 
  private:
@@ -208,7 +208,7 @@ bool parse_flags(const std::string& command, int argc, char** argv, TrainConfig&
     else if (command == "dump" && flag == "--out") flags.once(flag), o.out = flags.value();
     else if (find_config_field(config_key(flag))) {
       const std::string key = config_key(flag);
-      flags.once(key, "--" + key);
+      flags.once("--" + key);
       as_input([&] { set_config_value(config, key, flags.value(), "--" + key); });
       o.config_flags.push_back(key);
     } else {
@@ -275,7 +275,8 @@ int run_train(int argc, char** argv) {
   if (!o.resume.empty()) {
     // The checkpoint keeps its save interval: a resumed run saves as the first one did.
     if (!o.checkpoint_every) o.checkpoint_every = trainer->checkpoint_every();
-    std::printf("resumed %s at step %lld\n", o.resume.c_str(), (long long)trainer->step());
+    std::printf("resumed %s at step %lld (checkpoint every %lld steps%s)\n", o.resume.c_str(),
+                (long long)trainer->step(), *o.checkpoint_every, *o.checkpoint_every ? "" : ": only at the end");
   }
   trainer->set_checkpoint_every(o.checkpoint_every.value_or(0));
   if (o.stop_at > 0 && o.stop_at <= trainer->step())
@@ -429,7 +430,7 @@ int run_sweep_command(int argc, char** argv) {
       if (eq == std::string::npos || eq == 0) usage_error("--set needs key=value, got '" + kv + "'");
       std::string key = kv.substr(0, eq);
       std::replace(key.begin(), key.end(), '-', '_');
-      flags.once("--set " + key, "--set " + key + " (a list makes an axis: --set " + key + "=a,b)");
+      flags.once("--set " + key, " (a list makes an axis: --set " + key + "=a,b)");
       as_input([&] { apply_override(e, key, kv.substr(eq + 1)); });
       if (find_config_field(key)) set_keys.push_back(key);
     } else if (flag == "--out") {

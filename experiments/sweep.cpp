@@ -125,11 +125,9 @@ bool is_simple_axis_over(const Axis& a, const std::string& key) {
   });
 }
 
-// Rethrows `err` with `context` in front of its message ("normlab: run X: ...").
+// Rethrows `err` with `context` in front of its message ("run X: ...").
 [[noreturn]] void rethrow_in(const std::string& context, const Error& err) {
-  std::string message = err.what();
-  if (message.rfind("normlab: ", 0) == 0) message.erase(0, 9);
-  throw Error("normlab: " + context + ": " + message);
+  throw Error(context + ": " + err.what());
 }
 
 }  // namespace

@@ -259,4 +259,30 @@ BOOST_AUTO_TEST_CASE(a_config_larger_than_the_machine_is_refused_before_allocati
   }
 }
 
+// A resumed run keeps the checkpoint's interval; a checkpoint lacking a config key is
+// refused, naming it, instead of resuming with a default (not bit-exact).
+BOOST_AUTO_TEST_CASE(a_checkpoint_keeps_its_interval_and_its_whole_config) {
+  TempDir tmp("normlab_test_train");
+  const std::string ckpt = tmp.file("settings.h5");
+  {
+    Trainer t(small());
+    t.set_checkpoint_every(5);
+    t.run(3, false);
+    t.save_checkpoint(ckpt);
+  }
+  BOOST_TEST(Trainer::resume(ckpt)->checkpoint_every() == 5);
+  {
+    H5File f(ckpt, H5File::Mode::read_write);
+    BOOST_REQUIRE(H5Adelete_by_name(f.id(), "/config", "lr", H5P_DEFAULT) >= 0);
+    BOOST_REQUIRE(H5Adelete_by_name(f.id(), "/config", "depth", H5P_DEFAULT) >= 0);
+  }
+  try {
+    Trainer::resume(ckpt);
+    BOOST_FAIL("a checkpoint without depth and lr was resumed");
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    BOOST_TEST(m.find("lacks the config keys depth,lr") != std::string::npos, m);
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
