@@ -137,15 +137,29 @@ std::vector<T> read_vector(const H5File& f, const std::string& path, DType dtype
   const Tensor t = read_dataset(f, path, dtype, 1);
   return std::vector<T>(t.data<T>(), t.data<T>() + t.numel());
 }
-std::vector<std::vector<double>> read_rows(const H5File& f, const std::string& path, size_t steps) {
+// A [steps, width] dataset as rows; `columns` says what fixes the width (-1: any width).
+std::vector<std::vector<double>> read_rows(const H5File& f, const std::string& path, size_t steps, int64_t width,
+                                           const std::string& columns) {
   const Tensor t = read_dataset(f, path, DType::f64, 2);
-  NL_CHECK(t.size(0) == int64_t(steps), "read_metrics: ", f.path(), ": ", path, " has ", t.size(0),
-           " rows, expected ", steps, " (one per metric_step)");
   const int64_t n = t.size(1);
+  if (width < 0 || steps == 0) width = n;  // no rows: no values, whatever the width
+  NL_CHECK(t.size(0) == int64_t(steps) && n == width, "read_metrics: ", f.path(), ": ", path, " is ",
+           to_string(t.shape()), ", expected ", to_string({int64_t(steps), width}),
+           " (rows: one per metric_step; columns: ", columns, ")");
   std::vector<std::vector<double>> rows(steps);
   const double* p = t.data<double>();
   for (size_t s = 0; s < steps; ++s) rows[s].assign(p + int64_t(s) * n, p + int64_t(s + 1) * n);
   return rows;
+}
+
+// Steps that must increase and start at `first` or later.
+void check_steps(const H5File& f, const std::string& path, const std::vector<int64_t>& steps, int64_t first) {
+  int64_t next = first;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    NL_CHECK(steps[i] >= next, "read_metrics: ", f.path(), ": ", path, "[", i, "] is ", steps[i],
+             ", expected an increasing step >= ", next);
+    next = steps[i] + 1;
+  }
 }
 
 }  // namespace
@@ -263,26 +277,26 @@ void write_metrics(H5File& file, const std::string& group, const RunMetrics& m) 
   write_attribute(file, group, "norm_names", join_list(m.norm_names, ','));
 }
 
-RunMetrics read_metrics(const H5File& file, const std::string& group) {
+RunMetrics read_metrics(const H5File& file, const std::string& group, int64_t depth) {
   const std::string g = group + "/";
   RunMetrics m;
   m.step = read_vector<int64_t>(file, g + "metric_step", DType::i64);
+  check_steps(file, g + "metric_step", m.step, 0);
   const size_t S = m.step.size();
-  m.layer_grad_norm = read_rows(file, g + "layer_grad_norm", S);
-  m.residual_norm = read_rows(file, g + "residual_norm", S);
-  m.norm_input_rms = read_rows(file, g + "norm_input_rms", S);
-  m.max_attn_logit = read_rows(file, g + "max_attn_logit", S);
+  m.norm_names = split_list(read_attribute_string(file, group, "norm_names"), ',');
+  m.layer_grad_norm = read_rows(file, g + "layer_grad_norm", S, depth, "the run's depth");
+  if (depth < 0) depth = S ? int64_t(m.layer_grad_norm.front().size()) : 0;
+  m.residual_norm = read_rows(file, g + "residual_norm", S, depth + 1, "depth + 1");
+  m.norm_input_rms = read_rows(file, g + "norm_input_rms", S, int64_t(m.norm_names.size()), "one per norm name");
+  m.max_attn_logit = read_rows(file, g + "max_attn_logit", S, depth, "the run's depth");
   m.log_z = read_vector<double>(file, g + "log_z", DType::f64);
   NL_CHECK(m.log_z.size() == S, "read_metrics: ", file.path(), ": ", g, "log_z has ", m.log_z.size(),
-           " values, expected ", S);
+           " values, expected ", S, " (one per metric_step)");
   m.delta_f_step = read_vector<int64_t>(file, g + "delta_f_step", DType::i64);
+  check_steps(file, g + "delta_f_step", m.delta_f_step, 1);
   m.delta_f = read_vector<double>(file, g + "delta_f", DType::f64);
   NL_CHECK(m.delta_f.size() == m.delta_f_step.size(), "read_metrics: ", file.path(), ": ", g, "delta_f has ",
-           m.delta_f.size(), " values for ", m.delta_f_step.size(), " steps");
-  m.norm_names = split_list(read_attribute_string(file, group, "norm_names"), ',');
-  for (const auto& row : m.norm_input_rms)
-    NL_CHECK(row.size() == m.norm_names.size(), "read_metrics: ", file.path(), ": ", g, "norm_input_rms has ",
-             row.size(), " columns for ", m.norm_names.size(), " norm names");
+           m.delta_f.size(), " values, expected ", m.delta_f_step.size(), " (one per delta_f_step)");
   return m;
 }
 

@@ -69,6 +69,10 @@ class MetricsRecorder {
 // Writes the metrics as datasets under `group` (layout in the README, "Results files");
 // norm_names as the group's attribute "norm_names" (comma-separated).
 void write_metrics(H5File& file, const std::string& group, const RunMetrics& m);
-RunMetrics read_metrics(const H5File& file, const std::string& group);
+// Reads them back, checking every shape: one row per metric_step, of `depth` values
+// (layer_grad_norm, max_attn_logit), depth + 1 (residual_norm) and one per norm name
+// (norm_input_rms); steps that increase. depth -1: the width layer_grad_norm has. Throws
+// normlab::Error naming the file, the dataset, and the shape found and expected.
+RunMetrics read_metrics(const H5File& file, const std::string& group, int64_t depth = -1);
 
 }  // namespace normlab

@@ -34,11 +34,43 @@ void write_labels(H5File& f, const std::string& object, const std::vector<std::p
   write_attribute(f, object, "axes", join_list(axis_names(labels), ','));
   for (const auto& [axis, label] : labels) write_attribute(f, object, "label." + axis, label);
 }
-std::vector<std::pair<std::string, std::string>> read_labels(const H5File& f, const std::string& object) {
+// The attribute `axes` and a label.<axis> for each of them; `where` names the object.
+std::vector<std::pair<std::string, std::string>> read_labels(const H5File& f, const std::string& object,
+                                                             const std::string& where) {
   std::vector<std::pair<std::string, std::string>> labels;
-  for (const std::string& axis : split_list(read_string_or(f, object, "axes"), ','))
-    labels.emplace_back(axis, read_string_or(f, object, "label." + axis));
+  NL_CHECK(has_attribute(f, object, "axes"), where, " has no attribute axes, expected its axis names separated by ','");
+  for (const std::string& axis : split_list(read_attribute_string(f, object, "axes"), ',')) {
+    NL_CHECK(has_attribute(f, object, "label." + axis), where, " has axis '", axis, "' but no attribute label.", axis,
+             " (expected one label per axis in its attribute axes)");
+    labels.emplace_back(axis, read_attribute_string(f, object, "label." + axis));
+  }
   return labels;
+}
+
+// The group name plan() gives a run with these labels: "axis=label,..." ("run" without axes).
+std::string run_name_of(const std::vector<std::pair<std::string, std::string>>& labels) {
+  if (labels.empty()) return "run";
+  std::string name;
+  for (const auto& [axis, label] : labels) name += (name.empty() ? "" : ",") + axis + "=" + label;
+  return name;
+}
+
+// Whether the object at `path` is a group (false for a dataset and for a missing object).
+bool is_group(const H5File& f, const std::string& path) {
+  if (!f.exists(path)) return false;
+  const hid_t object = H5Oopen(f.id(), path.c_str(), H5P_DEFAULT);
+  if (object < 0) return false;
+  const bool group = H5Iget_type(object) == H5I_GROUP;
+  H5Oclose(object);
+  return group;
+}
+
+// Checks that a list attribute of the root holds distinct, non-empty items.
+void check_distinct(const H5File& f, const std::string& attribute, const std::vector<std::string>& items, char sep) {
+  for (size_t i = 0; i < items.size(); ++i)
+    NL_CHECK(!items[i].empty() && std::find(items.begin(), items.begin() + i, items[i]) == items.begin() + i,
+             f.path(), ": root attribute ", attribute, " is '", join_list(items, sep),
+             "', expected distinct non-empty names separated by '", sep, "'");
 }
 
 // The temporary file is renamed over `path` only after it is closed and synced.
@@ -120,14 +152,46 @@ void write_run_file(const std::string& path, const RunResult& run) {
 
 namespace {
 
+// `path` opened for reading, checked to be a file of `format` and version kVersion; throws
+// naming the file and what it holds instead. `what` names the kind of file ("results file").
+H5File open_checked(const std::string& path, const std::string& format, const std::string& what) {
+  NL_CHECK(fs::exists(path), "no ", what, " ", path);
+  H5File f = [&] {
+    try {
+      return H5File(path, H5File::Mode::read);
+    } catch (const Error& err) {
+      NL_FAIL(path, " cannot be read as a ", what, ": ", err.what());
+    }
+  }();
+  NL_CHECK(read_string_or(f, "/", "format") == format, path, " is not a normlab ", what, " (no format=", format,
+           " attribute)");
+  NL_CHECK(has_attribute(f, "/", "version"), path, " has no root attribute version, expected version=", kVersion);
+  int64_t version = 0;
+  try {
+    version = read_attribute_int(f, "/", "version");
+  } catch (const Error&) {
+    NL_FAIL(path, ": root attribute version is not an integer, expected version=", kVersion);
+  }
+  NL_CHECK(version == kVersion, path, " is a ", what, " of version ", version, ", which this normlab cannot read",
+           " (expected version=", kVersion, ")");
+  return f;
+}
+
+// A run's group /runs/<name>, checked: its labels match its name, and its histories and
+// metrics have the shapes its config and one another imply.
 RunResult read_run_group(const H5File& f, const std::string& name) {
   const std::string g = "/runs/" + name;
+  const std::string where = f.path() + ": run " + name;
   NL_CHECK(f.exists(g), f.path(), " has no run ", name);
+  NL_CHECK(is_group(f, g), where, ": ", g, " is not a group, expected a run's group");
   RunResult r;
   r.name = name;
-  r.labels = read_labels(f, g);
+  r.labels = read_labels(f, g, where);
+  NL_CHECK(run_name_of(r.labels) == name, where, " has the labels ", run_name_of(r.labels),
+           ", expected the labels its group's name lists");
   r.config = read_config(f, g + "/config");
-  r.diverged = read_attribute_int(f, g, "diverged") != 0;
+  const int64_t diverged = read_attribute_int(f, g, "diverged");
+  r.diverged = diverged != 0;
   r.initial_loss = read_attribute_double(f, g, "initial_loss");
   r.final_loss = read_attribute_double(f, g, "final_loss");
   r.chance_loss = read_attribute_double(f, g, "chance_loss");
@@ -139,29 +203,60 @@ RunResult read_run_group(const H5File& f, const std::string& name) {
   r.history = read_history(f, g);
   r.diverged_step = r.history.diverged_step;
   r.diverged_reason = r.history.diverged_reason;
-  r.metrics = read_metrics(f, g);
+  r.metrics = read_metrics(f, g, r.config.model.depth);
+
+  const int64_t steps = int64_t(r.history.loss.size());
+  NL_CHECK(diverged == (r.diverged_step > 0 ? 1 : 0), where, " has diverged=", diverged, " and diverged_step=",
+           r.diverged_step, ", expected diverged=1 exactly when diverged_step > 0");
+  NL_CHECK(steps <= r.config.steps, where, " has a history of ", steps, " steps, expected at most its config's steps=",
+           r.config.steps);
+  for (const auto& [dataset, probed] : {std::pair{"metric_step", &r.metrics.step},
+                                        std::pair{"delta_f_step", &r.metrics.delta_f_step}})
+    NL_CHECK(probed->empty() || probed->back() <= steps, where, ": ", dataset, " ends at step ", probed->back(),
+             ", expected at most ", steps, " (the steps run)");
   return r;
 }
 
 }  // namespace
 
 RunResult read_run(const std::string& path, const std::string& name) {
-  const H5File f(path, H5File::Mode::read);
+  const H5File f = open_checked(path, kRunFormat, "run file");
   return read_run_group(f, name);
 }
 
 SweepResults read_results(const std::string& path) {
-  NL_CHECK(fs::exists(path), "no results file ", path);
-  const H5File f(path, H5File::Mode::read);
-  NL_CHECK(read_string_or(f, "/", "format") == kFormat, path, " is not a normlab results file (no format=", kFormat,
-           " attribute)");
+  const H5File f = open_checked(path, kFormat, "results file");
   SweepResults s;
   s.path = path;
-  s.experiment = read_string_or(f, "/", "experiment");
+  s.experiment = read_attribute_string(f, "/", "experiment");
   s.map_columns = read_string_or(f, "/", "map_columns");
-  s.axes = split_list(read_string_or(f, "/", "axes"), ',');
-  for (const std::string& a : s.axes) s.axis_values[a] = split_list(read_string_or(f, "/", "axis_values." + a), '|');
-  for (const std::string& name : f.list("/runs")) s.runs.push_back(read_run_group(f, name));
+  NL_CHECK(has_attribute(f, "/", "axes"), path, " has no root attribute axes, expected the sweep's axis names",
+           " separated by ','");
+  s.axes = split_list(read_attribute_string(f, "/", "axes"), ',');
+  check_distinct(f, "axes", s.axes, ',');
+  for (const std::string& a : s.axes) {
+    const std::string key = "axis_values." + a;
+    const std::vector<std::string> labels = split_list(read_string_or(f, "/", key), '|');
+    NL_CHECK(!labels.empty(), path, ": the root's axes list '", a, "' but its root attribute ", key,
+             " is missing or empty, expected the axis's labels separated by '|'");
+    check_distinct(f, key, labels, '|');
+    s.axis_values[a] = labels;
+  }
+  NL_CHECK(!f.exists("/runs") || is_group(f, "/runs"), path, ": /runs is not a group, expected the group of the runs");
+  for (const std::string& name : f.list("/runs")) {
+    RunResult r = read_run_group(f, name);
+    // A run may lack an axis the root lists (the header of a sweep that added one is written
+    // before its first run), but each of its labels must be one the root lists.
+    for (const auto& [axis, label] : r.labels) {
+      const auto values = s.axis_values.find(axis);
+      NL_CHECK(values != s.axis_values.end(), path, ": run ", name, " has axis '", axis,
+               "', expected one of the root's axes '", join_list(s.axes, ','), "'");
+      NL_CHECK(std::find(values->second.begin(), values->second.end(), label) != values->second.end(), path,
+               ": run ", name, " has ", axis, "=", label, ", expected one of the labels of axis_values.", axis, " '",
+               join_list(values->second, '|'), "'");
+    }
+    s.runs.push_back(std::move(r));
+  }
   // In the experiment's order (the file lists runs by name).
   std::stable_sort(s.runs.begin(), s.runs.end(), [&](const RunResult& a, const RunResult& b) {
     return s.positions(a, s.axes) < s.positions(b, s.axes);
@@ -185,7 +280,7 @@ int run_worker(const std::string& spec, const std::string& result, int threads) 
   try {
     const H5File f(spec, H5File::Mode::read);
     NL_CHECK(read_string_or(f, "/", "format") == kSpecFormat, spec, " is not a run spec");
-    PlannedRun run{read_attribute_string(f, "/", "name"), read_labels(f, "/"), read_config(f, "/config")};
+    PlannedRun run{read_attribute_string(f, "/", "name"), read_labels(f, "/", spec), read_config(f, "/config")};
     const RunSettings settings = read_settings(f, "/");
     Experiment e;
     e.metrics = settings.metrics;
@@ -211,19 +306,16 @@ ResultsFile::ResultsFile(std::string path, const Experiment& e) : path_(std::mov
   if (!fs::exists(p)) return;
   if (fs::is_directory(p)) throw SweepInputError("cannot write results to " + path_ + ": it is a folder");
   if (::access(p.c_str(), R_OK | W_OK) != 0) throw SweepInputError("cannot write results to " + path_ + ": not writable");
+  // The whole file, with the reader of `normlab report`: a file it refuses is left as it is.
   try {
-    const H5File f(path_, H5File::Mode::read);
-    const std::string format = read_string_or(f, "/", "format");
-    if (format != kFormat)
-      throw SweepInputError(path_ + " exists and is not a normlab results file; choose another --out");
-    const std::string experiment = read_string_or(f, "/", "experiment");
-    if (experiment != e.name)
-      throw SweepInputError(path_ + " holds results of experiment '" + experiment + "', not '" + e.name +
+    const SweepResults existing = read_results(path_);
+    if (existing.experiment != e.name)
+      throw SweepInputError(path_ + " holds results of experiment '" + existing.experiment + "', not '" + e.name +
                             "'; choose another --out");
   } catch (const SweepInputError&) {
     throw;
   } catch (const Error& err) {
-    throw SweepInputError(path_ + " exists and cannot be read as a results file: " + err.what());
+    throw SweepInputError(err.what());
   }
 }
 

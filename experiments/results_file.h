@@ -14,7 +14,9 @@ namespace normlab {
 
 // A file holding the group /runs/<run.name> of one finished run (a worker's output).
 void write_run_file(const std::string& path, const RunResult& run);
-// The run `name` of a results file or a run file.
+// The run `name` of a run file, checked as read_results checks each run (its labels against
+// its name, its histories and metrics against its config); throws normlab::Error naming the
+// file, the run and what is wrong.
 RunResult read_run(const std::string& path, const std::string& name);
 
 // A worker's input: the run (its config, name and labels) and the experiment's metrics and
@@ -26,8 +28,9 @@ int run_worker(const std::string& spec, const std::string& result, int threads);
 
 class ResultsFile {
  public:
-  // Checks that `path` is a results file of experiment e.name (or does not exist yet) and
-  // that its folder is writable; throws SweepInputError naming the problem.
+  // Checks that `path` is a results file of experiment e.name that read_results accepts (or
+  // does not exist yet) and that its folder is writable; throws SweepInputError naming the
+  // problem (read_results's message for a file it refuses), before anything is written.
   ResultsFile(std::string path, const Experiment& e);
   // Whether the file holds this run; throws SweepInputError when it holds a run of the
   // same name with another config (naming the first differing key).

@@ -177,6 +177,10 @@ struct SweepResults {
   std::vector<int> positions(const RunResult& r, const std::vector<std::string>& axes) const;
 };
 
+// Reads a results file, checking it (README, "Results files"): its format and version, the
+// root's axes and labels, each run's labels against its name and the root's, and each run's
+// histories and metrics against its config and one another. Throws normlab::Error naming
+// the file, the run or attribute, and what was expected and found.
 SweepResults read_results(const std::string& path);
 
 // Wortsman et al. 2023: mean over the LRs of min(final loss, initial loss) - the best final

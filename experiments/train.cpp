@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -219,6 +220,10 @@ void write_history(H5File& file, const std::string& group, const TrainHistory& h
 
 TrainHistory read_history(const H5File& file, const std::string& group) {
   const std::string g = group + "/";
+  const std::string where = file.path() + ": " + group;
+  // write_history writes every dataset, even an empty one; a missing one would read as empty.
+  for (const char* name : {"loss", "grad_norm", "lr", "eval_step", "eval_loss"})
+    NL_CHECK(file.exists(g + name), where, " has no dataset ", name, " (expected one in every history)");
   TrainHistory h;
   h.loss = read_doubles(file, g + "loss");
   h.grad_norm = read_doubles(file, g + "grad_norm");
@@ -227,6 +232,24 @@ TrainHistory read_history(const H5File& file, const std::string& group) {
   h.eval_loss = read_doubles(file, g + "eval_loss");
   h.diverged_step = read_attribute_int(file, group, "diverged_step");
   h.diverged_reason = read_attribute_string(file, group, "diverged_reason");
+
+  // One loss, grad_norm and lr per step run; evaluations at increasing steps among them.
+  const int64_t steps = int64_t(h.loss.size());
+  NL_CHECK(h.grad_norm.size() == h.loss.size() && h.lr.size() == h.loss.size(), where, " has ", steps,
+           " loss values, ", h.grad_norm.size(), " grad_norm and ", h.lr.size(),
+           " lr values, expected the same number (one per step)");
+  NL_CHECK(h.eval_loss.size() == h.eval_step.size(), where, " has ", h.eval_step.size(), " eval_step values and ",
+           h.eval_loss.size(), " eval_loss values, expected one eval_loss per eval_step");
+  int64_t previous = 0;
+  for (size_t i = 0; i < h.eval_step.size(); ++i) {
+    NL_CHECK(h.eval_step[i] > previous && h.eval_step[i] <= steps, where, ": eval_step[", i, "] is ", h.eval_step[i],
+             ", expected a step after ", previous, " and at most ", steps, " (the steps run)");
+    previous = h.eval_step[i];
+  }
+  // mark_diverged before the first step records step 1.
+  const int64_t last = std::max<int64_t>(steps, 1);
+  NL_CHECK(h.diverged_step >= 0 && h.diverged_step <= last, where, " has diverged_step=", h.diverged_step,
+           ", expected 0 (none) or a step run (1..", last, ")");
   return h;
 }
 
