@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -269,6 +270,12 @@ std::string outcome(const RunResult& r) {
   return "eval " + format_loss(r.final_loss);
 }
 
+// How a child process ended: "exit 1", "killed by signal 9".
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "exit " + std::to_string(WEXITSTATUS(status));
+}
+
 struct Job {
   size_t run;  // index into the plan
   std::string spec, result, log;
@@ -305,29 +312,70 @@ std::string tail_of(const std::string& path, size_t max_chars) {
   return text.size() > max_chars ? "..." + text.substr(text.size() - max_chars) : text;
 }
 
+// A command-line argument that is a path: one starting with '-' would read as an option.
+std::string path_argument(const std::string& path) { return path.starts_with("-") ? "./" + path : path; }
+
+// Runs `argv` (argv[0] found on the PATH) with this process's stdout and waits for it; its
+// stderr is collected in `err`. Returns the wait status, or -1 when it could not start. No
+// shell is involved, so the arguments reach the program as they are.
+int run_program(const std::vector<std::string>& argv, std::string& err) {
+  int pipe_fds[2];
+  NL_CHECK(::pipe2(pipe_fds, O_CLOEXEC) == 0, "cannot create a pipe: ", std::strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDERR_FILENO);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::fflush(stdout);
+  pid_t pid = 0;
+  const int spawned = ::posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(pipe_fds[1]);
+  if (spawned == 0) {
+    char buf[4096];
+    for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) != 0;) {
+      if (n > 0) err.append(buf, size_t(n));
+      else if (errno != EINTR) break;
+    }
+  }
+  ::close(pipe_fds[0]);
+  if (spawned != 0) return -1;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return -1;
+  return status;
+}
+
 // Runs plot.py on the results file: the one beside the sources this program was built from,
-// or $NORMLAB_PLOT. Prints why when it cannot.
-void make_plots(const std::string& results) {
+// or $NORMLAB_PLOT. Returns false when plot.py failed; prints why when it skips the plots (no
+// script, or no python3 with numpy, h5py and matplotlib) and returns true.
+bool make_plots(const std::string& results) {
   const char* env = std::getenv("NORMLAB_PLOT");
   const std::string script = env ? env : NORMLAB_SOURCE_DIR "/experiments/plot.py";
   if (!fs::exists(script)) {
     std::printf("plots: skipped (no %s; set NORMLAB_PLOT to plot.py)\n", script.c_str());
-    return;
+    return true;
   }
-  // The first python3 on the PATH may lack the packages (a virtual environment); then the
-  // system's is tried, and only its complaint is shown.
-  for (const char* python : {"python3", "/usr/bin/python3"}) {
-    const std::string quiet = std::string(python) == "python3" ? " 2>/dev/null" : "";
-    const std::string command = std::string(python) + " '" + script + "' '" + results + "'" + quiet;
-    std::fflush(stdout);
-    const int status = std::system(command.c_str());
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
-    if (!(WIFEXITED(status) && (WEXITSTATUS(status) == 3 || WEXITSTATUS(status) == 127))) {
-      std::printf("plots: %s failed\n", command.c_str());
-      return;
+  // The first python3 on the PATH may lack the packages (a virtual environment; plot.py exits
+  // with 3): then the system's is tried, and only its complaint is shown.
+  const std::vector<std::string> pythons = {"python3", "/usr/bin/python3"};
+  for (const std::string& python : pythons) {
+    std::string err;
+    const int status = run_program({python, path_argument(script), path_argument(results)}, err);
+    const int code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    const bool lacks_packages = status < 0 || code == 3 || code == 127;
+    if (!lacks_packages || python == pythons.back()) std::fputs(err.c_str(), stderr);
+    if (status == 0) return true;
+    if (!lacks_packages) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "plots: %s failed (%s)\n", fs::path(script).filename().c_str(),
+                   describe_exit(status).c_str());
+      return false;
     }
   }
   std::printf("plots: skipped (python3 with h5py and matplotlib not found)\n");
+  return true;
 }
 
 }  // namespace
@@ -392,10 +440,8 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
       fs::remove(job.log);
     } else {
       ++failed;
-      const std::string why = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-                                                  : "exit code " + std::to_string(WEXITSTATUS(status));
-      std::printf("[%zu/%zu] %-44s FAILED (%s); its log:\n%s\n", done, todo.size(), run.name.c_str(), why.c_str(),
-                  tail_of(job.log, 2000).c_str());
+      std::printf("[%zu/%zu] %-44s FAILED (%s); its log:\n%s\n", done, todo.size(), run.name.c_str(),
+                  describe_exit(status).c_str(), tail_of(job.log, 2000).c_str());
     }
     fs::remove(job.spec);
     std::fflush(stdout);
@@ -404,8 +450,8 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), todo.size(), wall);
   report(read_results(out), &e, stdout);
-  if (options.plots) make_plots(out);
-  return failed;
+  const bool plots_failed = options.plots && !make_plots(out);
+  return failed + (plots_failed ? 1 : 0);
 }
 
 }  // namespace normlab

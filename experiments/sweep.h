@@ -113,7 +113,7 @@ std::vector<PlannedRun> plan(const Experiment& e);
 struct SweepOptions {
   std::string out;          // the results file; "": results/<name>.h5
   int jobs = 0;             // runs at once, one process each; 0: the default (see README)
-  bool plots = true;        // run experiments/plot.py afterwards when python3 can
+  bool plots = true;        // run experiments/plot.py ($NORMLAB_PLOT) afterwards when python3 can
   bool quiet = false;       // no per-run lines
   std::string executable;   // the program to start workers from; "": /proc/self/exe
 };
@@ -125,7 +125,12 @@ struct SweepInputError : Error {
   using Error::Error;
 };
 // Runs every planned run the results file does not hold yet, prints a line per run, then
-// the summary (report()). Returns the number of runs that failed (crashed or threw).
+// the summary (report()) and, with options.plots, runs plot.py (as a program, not through a
+// shell).
+//
+// Returns 0 when every run was committed and the plots were made (or skipped for want of
+// python3 with its packages); else the number of runs that failed (crashed or threw, each
+// reported with its log), plus 1 when plot.py failed.
 int run_sweep(const Experiment& e, const SweepOptions& options);
 
 // One run, in this process: trains it with its metrics and writes its group `run.name`
