@@ -20,6 +20,7 @@
 
 #include "experiments/presets.h"
 #include "experiments/results_file.h"
+#include "framework/file_lock.h"
 #include "framework/parallel.h"
 
 namespace normlab {
@@ -390,6 +391,14 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   }
   const std::string out = options.out.empty() ? "results/" + e.name + ".h5" : options.out;
   ResultsFile file(out, e);  // checks the file and the path; throws SweepInputError
+  // One sweep at a time per results file: two would share the work folder and the copy each
+  // commit makes. The lock is held until run_sweep returns.
+  FileLock lock;
+  if (const pid_t owner = lock.try_lock(out + ".lock")) {
+    const std::string who = owner > 0 ? "pid " + std::to_string(owner) : "pid unknown";
+    throw SweepInputError(out + " is in use by another sweep (" + who +
+                          "); wait for it to finish or choose another --out");
+  }
   std::vector<size_t> todo;
   for (size_t i = 0; i < runs.size(); ++i)
     if (!file.has_run(runs[i])) todo.push_back(i);  // throws SweepInputError on another config

@@ -120,13 +120,18 @@ struct SweepOptions {
 
 // Checks the plan and the results file before any training: a file that is not a normlab
 // results file, or holds a run of the same name with another config, or an output that
-// cannot be written, throws a SweepInputError naming it (the CLI exits with 2).
+// cannot be written, or one another sweep is writing, throws a SweepInputError naming it
+// (the CLI exits with 2).
 struct SweepInputError : Error {
   using Error::Error;
 };
 // Runs every planned run the results file does not hold yet, prints a line per run, then
 // the summary (report()) and, with options.plots, runs plot.py (as a program, not through a
 // shell).
+//
+// While it runs it holds a lock on `<out>.lock` (FileLock), so a second sweep on the same
+// results file throws SweepInputError naming the first one's pid before it touches anything.
+// Workers use the folder `<out>.work`, removed at the end unless a failed run's log is there.
 //
 // Returns 0 when every run was committed and the plots were made (or skipped for want of
 // python3 with its packages); else the number of runs that failed (crashed or threw, each
