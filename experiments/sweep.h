@@ -114,7 +114,7 @@ struct SweepOptions {
   std::string out;          // the results file; "": results/<name>.h5
   int jobs = 0;             // runs at once, one process each; 0: the default (see README)
   bool plots = true;        // run experiments/plot.py ($NORMLAB_PLOT) afterwards when python3 can
-  bool quiet = false;       // no per-run lines
+  bool quiet = false;       // no per-run lines and no progress line
   std::string executable;   // the program to start workers from; "": /proc/self/exe
 };
 
@@ -127,7 +127,7 @@ struct SweepInputError : Error {
 };
 // Runs every planned run the results file does not hold yet, prints a line per run, then
 // the summary (report()) and, with options.plots, runs plot.py (as a program, not through a
-// shell).
+// shell). On a terminal, a progress line on stderr shows the running runs' steps and ETAs.
 //
 // While it runs it holds a lock on `<out>.lock` (FileLock), so a second sweep on the same
 // results file throws SweepInputError naming the first one's pid before it touches anything.
@@ -135,11 +135,12 @@ struct SweepInputError : Error {
 //
 // Returns 0 when every run was committed and the plots were made (or skipped for want of
 // python3 with its packages); else the number of runs that failed (crashed or threw, each
-// reported with its log), plus 1 when plot.py failed.
+// reported with its log, and a last line on stderr naming them), plus 1 when plot.py failed.
 int run_sweep(const Experiment& e, const SweepOptions& options);
 
 // One run, in this process: trains it with its metrics and writes its group `run.name`
-// into a new file at `path`. Used by the workers of run_sweep.
+// into a new file at `path`. Used by the workers of run_sweep: when a file `<path>.progress`
+// exists (the sweep creates it), the run overwrites it with "step steps" after each step.
 void run_one(const PlannedRun& run, const Experiment& e, const std::string& path, int threads);
 
 // ---- Results ----
