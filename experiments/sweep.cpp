@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,9 +18,11 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include "experiments/presets.h"
 #include "experiments/results_file.h"
+#include "framework/file_lock.h"
 #include "framework/parallel.h"
 
 namespace normlab {
@@ -210,9 +214,54 @@ std::vector<PlannedRun> plan(const Experiment& e) {
 
 // ---- One run ----
 
+namespace {
+
+// A worker reports its progress to the sweep through the file `<result>.progress`: the sweep
+// creates it before it starts the worker, and the worker overwrites it with "step steps" after
+// each step (fixed width, so that each write replaces the whole previous one).
+std::string progress_path(const std::string& result) { return result + ".progress"; }
+
+struct Progress {
+  int64_t step = 0, steps = 0;  // 0 steps: nothing reported yet
+};
+
+class ProgressReporter {
+ public:
+  // Opens the run's progress file when it exists (a worker of a sweep); else reports nothing.
+  explicit ProgressReporter(const std::string& result)
+      : fd_(::open(progress_path(result).c_str(), O_WRONLY | O_CLOEXEC)) {}
+  ~ProgressReporter() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  ProgressReporter(const ProgressReporter&) = delete;
+  ProgressReporter& operator=(const ProgressReporter&) = delete;
+
+  void report(const Progress& p) {
+    if (fd_ < 0) return;
+    char text[48];
+    const int n = std::snprintf(text, sizeof text, "%20lld %20lld\n", (long long)p.step, (long long)p.steps);
+    // Best effort: a failed write only leaves the sweep's progress line behind.
+    [[maybe_unused]] const ssize_t written = ::pwrite(fd_, text, size_t(n), 0);
+  }
+
+ private:
+  int fd_;
+};
+
+// What the worker writing `result` reported last.
+Progress read_progress(const std::string& result) {
+  std::ifstream in(progress_path(result));
+  long long step = 0, steps = 0;
+  if (!(in >> step >> steps) || step < 0 || steps <= 0) return {};
+  return {step, steps};
+}
+
+}  // namespace
+
 void run_one(const PlannedRun& run, const Experiment& e, const std::string& path, int threads) {
   if (threads > 0) set_num_threads(threads);
   const auto start = std::chrono::steady_clock::now();
+  ProgressReporter progress(path);
   Trainer trainer(run.config);
   RunResult r;
   r.name = run.name;
@@ -236,6 +285,7 @@ void run_one(const PlannedRun& run, const Experiment& e, const std::string& path
         t.mark_diverged(reason);
       }
     }
+    progress.report({t.step(), t.config().steps});
   });
   if (!trainer.diverged()) metrics.probe(trainer);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -255,9 +305,22 @@ void run_one(const PlannedRun& run, const Experiment& e, const std::string& path
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
 std::string format_loss(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.4f", v);
+  return buf;
+}
+
+// "0:41", "3:10", "1:02:03".
+std::string format_duration(double seconds) {
+  const long long t = std::llround(std::max(0.0, seconds));
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lld:%02lld", t / 60, t % 60);
   return buf;
 }
 
@@ -267,10 +330,16 @@ std::string outcome(const RunResult& r) {
   return "eval " + format_loss(r.final_loss);
 }
 
+// How a child process ended: "exit 1", "killed by signal 9".
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+  return "exit " + std::to_string(WEXITSTATUS(status));
+}
+
 struct Job {
   size_t run;  // index into the plan
   std::string spec, result, log;
-  std::chrono::steady_clock::time_point start;
+  Clock::time_point start;
 };
 
 // Starts `exe __worker spec result threads` with stdout and stderr to `log`; the worker dies
@@ -303,35 +372,185 @@ std::string tail_of(const std::string& path, size_t max_chars) {
   return text.size() > max_chars ? "..." + text.substr(text.size() - max_chars) : text;
 }
 
+// "norm=layer,placement=post,depth=24" -> "norm=layer,...,depth=24".
+std::string short_run_name(const std::string& name) {
+  const size_t first = name.find(','), last = name.rfind(',');
+  return first == last ? name : name.substr(0, first) + ",..." + name.substr(last);
+}
+
+int terminal_columns() {
+  winsize size{};
+  return ::ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 0 ? size.ws_col : 80;
+}
+
+// The line on a terminal (stderr) that shows the running runs' steps and ETAs: redrawn at most
+// five times a second, erased before any other line prints and when it goes away.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled) : enabled_(enabled) {}
+  ~ProgressLine() { erase(); }
+  ProgressLine(const ProgressLine&) = delete;
+  ProgressLine& operator=(const ProgressLine&) = delete;
+
+  bool due() const { return enabled_ && Clock::now() - drawn_ >= std::chrono::milliseconds(200); }
+  // Draws `text`, which must fit the terminal's width (a wrapped line cannot be erased).
+  void draw(const std::string& text) {
+    drawn_ = Clock::now();
+    std::fprintf(stderr, "\r\033[K%s", text.c_str());
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void erase() {
+    if (!shown_) return;
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+    shown_ = false;
+  }
+
+ private:
+  bool enabled_;
+  bool shown_ = false;
+  Clock::time_point drawn_{};
+};
+
+// What the progress line shows: each running run's step and ETA, and the sweep's ETA.
+struct SweepStatus {
+  size_t done = 0, total = 0, queued = 0;  // runs finished, to do in all, not started yet
+  int jobs = 1;                            // runs at once
+  double finished_seconds = 0;             // the wall time of the finished runs, summed
+};
+
+// "2 running: norm=layer,placement=pre,depth=24 step 120/300 (ETA 0:41) | ...; 5/18 done, sweep
+// ETA 3:10", at most `width` characters: when it is wider, the runs' names are shortened
+// ("norm=layer,...,depth=24"), then the last runs left out ("+1 more"); the end stays.
+std::string progress_text(const std::map<pid_t, Job>& running, const std::vector<PlannedRun>& runs,
+                          const SweepStatus& status, size_t width) {
+  // A run's expected length: the finished runs' mean, else the running runs' projected mean.
+  double run_seconds = status.done > 0 ? status.finished_seconds / double(status.done) : 0;
+  double projected = 0;
+  size_t measured = 0;
+  std::vector<std::pair<double, double>> elapsed_and_eta;  // per running run; eta < 0: unknown
+  std::vector<std::string> names, short_names, steps;
+  for (const auto& [pid, job] : running) {
+    const Progress p = read_progress(job.result);
+    const double elapsed = seconds_since(job.start);
+    const double eta = p.step > 0 ? elapsed * double(p.steps - p.step) / double(p.step) : -1;
+    if (eta >= 0) projected += elapsed + eta, ++measured;
+    elapsed_and_eta.emplace_back(elapsed, eta);
+    names.push_back(runs[job.run].name);
+    short_names.push_back(short_run_name(names.back()));
+    steps.push_back(p.step > 0 ? " step " + std::to_string(p.step) + "/" + std::to_string(p.steps) + " (ETA " +
+                                     format_duration(eta) + ")"
+                               : " starting");
+  }
+  if (run_seconds == 0 && measured > 0) run_seconds = projected / double(measured);
+  std::string end = "; " + std::to_string(status.done) + "/" + std::to_string(status.total) + " done";
+  if (run_seconds > 0) {
+    // The runs left, spread over the jobs; at least the longest running one.
+    double longest = 0, left = double(status.queued) * run_seconds;
+    for (const auto& [elapsed, eta] : elapsed_and_eta) {
+      const double run_left = eta >= 0 ? eta : std::max(0.0, run_seconds - elapsed);
+      longest = std::max(longest, run_left);
+      left += run_left;
+    }
+    end += ", sweep ETA " + format_duration(std::max(longest, left / status.jobs));
+  }
+  // The line with the first `shown` runs.
+  auto line = [&](const std::vector<std::string>& run_names, size_t shown) {
+    std::string text = std::to_string(running.size()) + " running: ";
+    for (size_t i = 0; i < shown; ++i) text += (i ? " | " : "") + run_names[i] + steps[i];
+    if (shown < run_names.size()) text += (shown ? " | +" : "+") + std::to_string(run_names.size() - shown) + " more";
+    return text + end;
+  };
+  std::string text = line(names, names.size());
+  for (size_t shown = names.size(); text.size() > width; --shown) {
+    text = line(short_names, shown);
+    if (shown == 0) break;
+  }
+  return text.substr(0, width);
+}
+
+// A command-line argument that is a path: one starting with '-' would read as an option.
+std::string path_argument(const std::string& path) { return path.starts_with("-") ? "./" + path : path; }
+
+// Runs `argv` (argv[0] found on the PATH) with this process's stdout and waits for it; its
+// stderr is collected in `err`. Returns the wait status, or -1 when it could not start. No
+// shell is involved, so the arguments reach the program as they are.
+int run_program(const std::vector<std::string>& argv, std::string& err) {
+  int pipe_fds[2];
+  NL_CHECK(::pipe2(pipe_fds, O_CLOEXEC) == 0, "cannot create a pipe: ", std::strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDERR_FILENO);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::fflush(stdout);
+  pid_t pid = 0;
+  const int spawned = ::posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(pipe_fds[1]);
+  if (spawned == 0) {
+    char buf[4096];
+    for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) != 0;) {
+      if (n > 0) err.append(buf, size_t(n));
+      else if (errno != EINTR) break;
+    }
+  }
+  ::close(pipe_fds[0]);
+  if (spawned != 0) return -1;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return -1;
+  return status;
+}
+
 // Runs plot.py on the results file: the one beside the sources this program was built from,
-// or $NORMLAB_PLOT. Prints why when it cannot.
-void make_plots(const std::string& results) {
+// or $NORMLAB_PLOT. Returns false when plot.py failed; prints why when it skips the plots (no
+// script, or no python3 with numpy, h5py and matplotlib) and returns true.
+bool make_plots(const std::string& results) {
   const char* env = std::getenv("NORMLAB_PLOT");
   const std::string script = env ? env : NORMLAB_SOURCE_DIR "/experiments/plot.py";
   if (!fs::exists(script)) {
     std::printf("plots: skipped (no %s; set NORMLAB_PLOT to plot.py)\n", script.c_str());
-    return;
+    return true;
   }
-  // The first python3 on the PATH may lack the packages (a virtual environment); then the
-  // system's is tried, and only its complaint is shown.
-  for (const char* python : {"python3", "/usr/bin/python3"}) {
-    const std::string quiet = std::string(python) == "python3" ? " 2>/dev/null" : "";
-    const std::string command = std::string(python) + " '" + script + "' '" + results + "'" + quiet;
-    std::fflush(stdout);
-    const int status = std::system(command.c_str());
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
-    if (!(WIFEXITED(status) && (WEXITSTATUS(status) == 3 || WEXITSTATUS(status) == 127))) {
-      std::printf("plots: %s failed\n", command.c_str());
-      return;
+  // The first python3 on the PATH may lack the packages (a virtual environment; plot.py exits
+  // with 3): then the system's is tried, and only its complaint is shown.
+  const std::vector<std::string> pythons = {"python3", "/usr/bin/python3"};
+  for (const std::string& python : pythons) {
+    std::string err;
+    const int status = run_program({python, path_argument(script), path_argument(results)}, err);
+    const int code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    const bool lacks_packages = status < 0 || code == 3 || code == 127;
+    if (!lacks_packages || python == pythons.back()) std::fputs(err.c_str(), stderr);
+    if (status == 0) return true;
+    if (!lacks_packages) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "plots: %s failed (%s)\n", fs::path(script).filename().c_str(),
+                   describe_exit(status).c_str());
+      return false;
     }
   }
   std::printf("plots: skipped (python3 with h5py and matplotlib not found)\n");
+  return true;
 }
+
+// Kills and reaps the workers still running when the sweep leaves early (an exception).
+struct WorkerReaper {
+  std::map<pid_t, Job>& running;
+  ~WorkerReaper() {
+    for (const auto& [pid, job] : running) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+};
 
 }  // namespace
 
 int run_sweep(const Experiment& e, const SweepOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   std::vector<PlannedRun> runs;
   try {
     runs = plan(e);
@@ -340,6 +559,14 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   }
   const std::string out = options.out.empty() ? "results/" + e.name + ".h5" : options.out;
   ResultsFile file(out, e);  // checks the file and the path; throws SweepInputError
+  // One sweep at a time per results file: two would share the work folder and the copy each
+  // commit makes. The lock is held until run_sweep returns.
+  FileLock lock;
+  if (const pid_t owner = lock.try_lock(out + ".lock")) {
+    const std::string who = owner > 0 ? "pid " + std::to_string(owner) : "pid unknown";
+    throw SweepInputError(out + " is in use by another sweep (" + who +
+                          "); wait for it to finish or choose another --out");
+  }
   std::vector<size_t> todo;
   for (size_t i = 0; i < runs.size(); ++i)
     if (!file.has_run(runs[i])) todo.push_back(i);  // throws SweepInputError on another config
@@ -359,51 +586,79 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   fs::create_directories(work);
   const std::string exe = options.executable.empty() ? fs::read_symlink("/proc/self/exe").string() : options.executable;
   std::map<pid_t, Job> running;
-  size_t next = 0, done = 0;
-  int failed = 0;
-  while (next < todo.size() || !running.empty()) {
-    while (next < todo.size() && int(running.size()) < jobs) {
-      const size_t i = todo[next++];
-      const std::string stem = work + "/" + std::to_string(i);
-      Job job{i, stem + ".spec.h5", stem + ".h5", stem + ".log", std::chrono::steady_clock::now()};
-      write_spec_file(job.spec, runs[i], e);
-      running.emplace(start_worker(exe, job, threads), job);
-    }
-    int status = 0;
-    const pid_t pid = waitpid(-1, &status, 0);
-    if (pid < 0 && errno == EINTR) continue;
-    NL_CHECK(pid > 0, "waiting for the workers failed: ", std::strerror(errno));
-    auto it = running.find(pid);
-    if (it == running.end()) continue;
-    const Job job = it->second;
-    running.erase(it);
-    ++done;
+  const WorkerReaper reaper{running};
+  ProgressLine progress_line(!options.quiet && ::isatty(STDERR_FILENO));
+  SweepStatus status{.total = todo.size(), .queued = todo.size(), .jobs = jobs};
+  std::vector<std::string> failed_logs;
+  size_t next = 0;
+
+  // Commits a finished worker's run, or reports it failed with its log.
+  auto finish = [&](const Job& job, int wait_status) {
+    progress_line.erase();
+    ++status.done;
+    const double seconds = seconds_since(job.start);
+    status.finished_seconds += seconds;
     const PlannedRun& run = runs[job.run];
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - job.start).count();
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && fs::exists(job.result)) {
+    if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0 && fs::exists(job.result)) {
       const RunResult r = read_run(job.result, run.name);
       file.commit(r);
       if (!options.quiet)
-        std::printf("[%zu/%zu] %-44s %s  (%.1f s)\n", done, todo.size(), run.name.c_str(), outcome(r).c_str(),
+        std::printf("[%zu/%zu] %-44s %s  (%.1f s)\n", status.done, status.total, run.name.c_str(), outcome(r).c_str(),
                     seconds);
-      fs::remove(job.result);
       fs::remove(job.log);
     } else {
-      ++failed;
-      const std::string why = WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-                                                  : "exit code " + std::to_string(WEXITSTATUS(status));
-      std::printf("[%zu/%zu] %-44s FAILED (%s); its log:\n%s\n", done, todo.size(), run.name.c_str(), why.c_str(),
-                  tail_of(job.log, 2000).c_str());
+      failed_logs.push_back(job.log);
+      std::printf("[%zu/%zu] %-44s FAILED (%s); its log %s:\n%s\n", status.done, status.total, run.name.c_str(),
+                  describe_exit(wait_status).c_str(), job.log.c_str(), tail_of(job.log, 2000).c_str());
     }
-    fs::remove(job.spec);
+    fs::remove(job.result, ec);
+    fs::remove(progress_path(job.result), ec);
+    fs::remove(job.spec, ec);
     std::fflush(stdout);
+  };
+
+  while (next < todo.size() || !running.empty()) {
+    while (next < todo.size() && int(running.size()) < jobs) {
+      const size_t i = todo[next++];
+      --status.queued;
+      const std::string stem = work + "/" + std::to_string(i);
+      Job job{i, stem + ".spec.h5", stem + ".h5", stem + ".log", Clock::now()};
+      write_spec_file(job.spec, runs[i], e);
+      std::ofstream(progress_path(job.result));  // the worker reports its steps into it
+      running.emplace(start_worker(exe, job, threads), job);
+    }
+    // Polls the workers, so that the progress line moves while they run.
+    bool finished_one = false;
+    for (auto it = running.begin(); it != running.end();) {
+      int wait_status = 0;
+      const pid_t pid = ::waitpid(it->first, &wait_status, WNOHANG);
+      if (pid == 0 || (pid < 0 && errno == EINTR)) {
+        ++it;
+        continue;
+      }
+      NL_CHECK(pid > 0, "waiting for the workers failed: ", std::strerror(errno));
+      const Job job = it->second;
+      it = running.erase(it);
+      finish(job, wait_status);
+      finished_one = true;
+    }
+    if (finished_one) continue;
+    if (progress_line.due()) progress_line.draw(progress_text(running, runs, status, size_t(terminal_columns() - 1)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  progress_line.erase();
   fs::remove(work, ec);  // kept when a failed run's log is there
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), todo.size(), wall);
+  std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), todo.size(), seconds_since(start));
   report(read_results(out), &e, stdout);
-  if (options.plots) make_plots(out);
-  return failed;
+  const bool plots_failed = options.plots && !make_plots(out);
+  if (!failed_logs.empty()) {
+    std::string logs;
+    for (const std::string& log : failed_logs) logs += (logs.empty() ? "" : ", ") + fs::path(log).filename().string();
+    std::fflush(stdout);
+    std::fprintf(stderr, "%zu of %zu runs failed; their logs are in %s/: %s\n", failed_logs.size(), todo.size(),
+                 work.c_str(), logs.c_str());
+  }
+  return int(failed_logs.size()) + (plots_failed ? 1 : 0);
 }
 
 }  // namespace normlab

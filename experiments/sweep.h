@@ -113,23 +113,34 @@ std::vector<PlannedRun> plan(const Experiment& e);
 struct SweepOptions {
   std::string out;          // the results file; "": results/<name>.h5
   int jobs = 0;             // runs at once, one process each; 0: the default (see README)
-  bool plots = true;        // run experiments/plot.py afterwards when python3 can
-  bool quiet = false;       // no per-run lines
+  bool plots = true;        // run experiments/plot.py ($NORMLAB_PLOT) afterwards when python3 can
+  bool quiet = false;       // no per-run lines and no progress line
   std::string executable;   // the program to start workers from; "": /proc/self/exe
 };
 
 // Checks the plan and the results file before any training: a file that is not a normlab
 // results file, or holds a run of the same name with another config, or an output that
-// cannot be written, throws a SweepInputError naming it (the CLI exits with 2).
+// cannot be written, or one another sweep is writing, throws a SweepInputError naming it
+// (the CLI exits with 2).
 struct SweepInputError : Error {
   using Error::Error;
 };
 // Runs every planned run the results file does not hold yet, prints a line per run, then
-// the summary (report()). Returns the number of runs that failed (crashed or threw).
+// the summary (report()) and, with options.plots, runs plot.py (as a program, not through a
+// shell). On a terminal, a progress line on stderr shows the running runs' steps and ETAs.
+//
+// While it runs it holds a lock on `<out>.lock` (FileLock), so a second sweep on the same
+// results file throws SweepInputError naming the first one's pid before it touches anything.
+// Workers use the folder `<out>.work`, removed at the end unless a failed run's log is there.
+//
+// Returns 0 when every run was committed and the plots were made (or skipped for want of
+// python3 with its packages); else the number of runs that failed (crashed or threw, each
+// reported with its log, and a last line on stderr naming them), plus 1 when plot.py failed.
 int run_sweep(const Experiment& e, const SweepOptions& options);
 
 // One run, in this process: trains it with its metrics and writes its group `run.name`
-// into a new file at `path`. Used by the workers of run_sweep.
+// into a new file at `path`. Used by the workers of run_sweep: when a file `<path>.progress`
+// exists (the sweep creates it), the run overwrites it with "step steps" after each step.
 void run_one(const PlannedRun& run, const Experiment& e, const std::string& path, int threads);
 
 // ---- Results ----
