@@ -22,6 +22,7 @@
 #include "experiments/sweep.h"
 #include "experiments/train.h"
 #include "framework/error.h"
+#include "framework/file_lock.h"
 
 namespace normlab {
 
@@ -266,7 +267,14 @@ int run_train(int argc, char** argv) {
       usage_error("--checkpoint-every needs --checkpoint F.h5 (the file to save to)");
   }
   if (!o.resume.empty() && o.checkpoint.empty()) o.checkpoint = o.resume;
-  if (!o.checkpoint.empty()) check_output("--checkpoint", o.checkpoint, kCheckpointFormat, "checkpoint");
+  // One run at a time saves to a checkpoint: a second `train` on the same path stops here.
+  FileLock lock;
+  if (!o.checkpoint.empty()) {
+    check_output("--checkpoint", o.checkpoint, kCheckpointFormat, "checkpoint");
+    if (const pid_t owner = as_input([&] { return lock.try_lock(o.checkpoint + ".lock"); }))
+      usage_error(o.checkpoint + " is in use by another run (pid " + std::to_string(owner) +
+                  "); wait for it to finish or choose another --checkpoint");
+  }
   // Checked before the model is built: a config too large for the machine stops here.
   std::unique_ptr<Trainer> trainer = as_input([&] {
     return o.resume.empty() ? std::make_unique<Trainer>(config)

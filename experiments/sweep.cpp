@@ -315,15 +315,6 @@ std::string format_loss(double v) {
   return buf;
 }
 
-// "0:41", "3:10", "1:02:03".
-std::string format_duration(double seconds) {
-  const long long t = std::llround(std::max(0.0, seconds));
-  char buf[32];
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%lld:%02lld", t / 60, t % 60);
-  return buf;
-}
-
 // A finished run's line: "eval 0.0123" or "diverged at step 120 (non-finite loss)".
 std::string outcome(const RunResult& r) {
   if (r.diverged) return "diverged at step " + std::to_string(r.diverged_step) + " (" + r.diverged_reason + ")";

@@ -41,13 +41,6 @@ void restore(Tensor& dst, const H5File& f, const std::string& path) {
   dst.copy_from(src);
 }
 
-std::string format_duration(double s) {
-  const long long t = std::llround(std::max(0.0, s));
-  char buf[32];
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%lld:%02lld", t / 60, t % 60);
-  return buf;
-}
 
 }  // namespace
 
@@ -154,6 +147,14 @@ void Trainer::run(int64_t stop_at, bool progress, const std::function<void(Train
     }
   }
   if (show && step_ > first) clear_progress_line();
+}
+
+std::string format_duration(double s) {
+  const long long t = std::llround(std::max(0.0, s));
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lld:%02lld", t / 60, t % 60);
+  return buf;
 }
 
 void clear_progress_line() {

@@ -94,6 +94,8 @@ class Trainer {
 
 // Erases the progress line Trainer::run draws on a terminal (a no-op elsewhere).
 void clear_progress_line();
+// Seconds as "m:ss", or "h:mm:ss" from an hour on (progress lines' ETAs).
+std::string format_duration(double seconds);
 
 // Builds the optimizer a config names over the model's parameters (decay on matrices only).
 std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const NamedParameters& params);
