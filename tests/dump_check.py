@@ -381,6 +381,17 @@ TOL = {"f64": {"loss": 1e-11, "grad": 1e-6, "floor": 1e-3},
 STEPS = (1e-5, 2e-6)
 
 
+def merge_flags(base, flags):
+    """base then flags as one flag list, a flag in `flags` replacing the same flag in `base`
+    (normlab refuses a flag given twice)."""
+    merged = {}
+    for i in range(0, len(base), 2):
+        merged[base[i]] = base[i + 1]
+    for i in range(0, len(flags), 2):
+        merged[flags[i]] = flags[i + 1]
+    return [x for kv in merged.items() for x in kv]
+
+
 BASE = ["--d-model", "8", "--heads", "2", "--depth", "2", "--seq-len", "8", "--batch", "2",
         "--task", "copy", "--symbols", "4", "--dtype", "f64"]
 
@@ -455,7 +466,7 @@ def run_configs(normlab, workdir, verbose):
         out = os.path.join(workdir, f"dump_{i:02d}.h5")
         if os.path.exists(out):
             os.remove(out)
-        cmd = [normlab, "dump"] + BASE + flags + ["--out", out]
+        cmd = [normlab, "dump"] + merge_flags(BASE, flags) + ["--out", out]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
             print(f"FAIL {name:22s} normlab dump failed ({r.returncode}): {r.stdout.strip()}")
