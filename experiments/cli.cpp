@@ -134,10 +134,8 @@ auto as_input(F&& f) -> decltype(f()) {
 // usage error naming the flag and the value.
 long long parse_int(const std::string& flag, const char* value, long long lo, long long hi) {
   if (!value) usage_error(flag + " needs a value");
-  errno = 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(value, &end, 10);
-  if (!*value || *end != '\0' || errno == ERANGE || v < lo || v > hi)
+  int64_t v = 0;
+  if (!parse_integer(value, v) || v < lo || v > hi)
     usage_error("bad value '" + std::string(value) + "' for " + flag + " (expected an integer from " +
                 std::to_string(lo) + " to " + std::to_string(hi) + ")");
   return v;

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -47,6 +48,23 @@ int64_t task_vocab_bound(const TaskConfig& t) {
 }
 
 }  // namespace
+
+bool parse_integer(const std::string& s, int64_t& out) {
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (*end == '\0') {
+    if (errno == ERANGE) return false;
+    out = v;
+    return true;
+  }
+  // "1e9", "2.5e3": a real with an integer value inside int64's range.
+  const double d = std::strtod(s.c_str(), &end);
+  if (*end != '\0' || !std::isfinite(d) || d != std::floor(d) || std::fabs(d) >= 9.2e18) return false;
+  out = int64_t(d);
+  return true;
+}
 
 void check(const TrainConfig& c) {
   ModelConfig m = c.model;
@@ -125,11 +143,7 @@ namespace {
 
 // Parsers and printers of field values; each names the key and the value on failure.
 void parse_into(const std::string& key, const std::string& s, int64_t& out) {
-  errno = 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (s.empty() || *end != '\0' || errno == ERANGE) bad_value(key, s, "an integer");
-  out = v;
+  if (!parse_integer(s, out)) bad_value(key, s, "an integer");
 }
 void parse_into(const std::string& key, const std::string& s, uint64_t& out) {
   int64_t v = 0;

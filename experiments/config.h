@@ -84,6 +84,10 @@ MemoryEstimate estimate_memory(const TrainConfig& c);
 // The memory this process may use: physical memory, or the cgroup's limit when lower.
 double available_memory();
 
+// Parses an integer: decimal digits, or a real with an integer value ("1e9"); false for
+// anything else, a fraction or a value outside int64.
+bool parse_integer(const std::string& s, int64_t& out);
+
 // "a,b,c" <-> {"a", "b", "c"} and "" <-> {} (lists on the command line and in attributes).
 std::vector<std::string> split_list(const std::string& s, char sep);
 std::string join_list(const std::vector<std::string>& parts, char sep);

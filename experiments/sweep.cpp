@@ -105,9 +105,8 @@ double parse_real(const std::string& key, const std::string& s) {
   return v;
 }
 int64_t parse_count(const std::string& key, const std::string& s) {
-  char* end = nullptr;
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  NL_CHECK(!s.empty() && *end == '\0' && v >= 0, "bad value '", s, "' for ", key, " (expected an integer >= 0)");
+  int64_t v = 0;
+  NL_CHECK(parse_integer(s, v) && v >= 0, "bad value '", s, "' for ", key, " (expected an integer >= 0)");
   return v;
 }
 
