@@ -1,6 +1,5 @@
 #include "experiments/results_file.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -73,18 +72,6 @@ void check_distinct(const H5File& f, const std::string& attribute, const std::ve
              "', expected distinct non-empty names separated by '", sep, "'");
 }
 
-// The temporary file is renamed over `path` only after it is closed and synced.
-void sync_and_rename(const std::string& tmp, const std::string& path) {
-  const int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  NL_CHECK(!ec, "cannot move ", tmp, " to ", path, ": ", ec.message());
-}
-
 // The runner's settings as attributes (of a run group, or of a worker's spec).
 void write_settings(H5File& f, const std::string& object, const RunSettings& s) {
   write_attribute(f, object, "metrics_every", s.metrics.every);
@@ -139,15 +126,11 @@ void write_run_group(H5File& f, const RunResult& r) {
 }  // namespace
 
 void write_run_file(const std::string& path, const RunResult& run) {
-  const std::string tmp = path + ".tmp";
-  {
-    H5File f(tmp, H5File::Mode::create);
+  write_file_atomically(path, [&](H5File& f) {
     write_attribute(f, "/", "format", kRunFormat);
     write_attribute(f, "/", "version", kVersion);
     write_run_group(f, run);
-    f.close();
-  }
-  sync_and_rename(tmp, path);
+  });
 }
 
 namespace {
@@ -267,13 +250,13 @@ SweepResults read_results(const std::string& path) {
 // ---- Worker specs ----
 
 void write_spec_file(const std::string& path, const PlannedRun& run, const Experiment& e) {
-  H5File f(path, H5File::Mode::create);
-  write_attribute(f, "/", "format", kSpecFormat);
-  write_attribute(f, "/", "name", run.name);
-  write_labels(f, "/", run.labels);
-  write_config(f, "/config", run.config);
-  write_settings(f, "/", settings_of(e));
-  f.close();
+  write_file_atomically(path, [&](H5File& f) {
+    write_attribute(f, "/", "format", kSpecFormat);
+    write_attribute(f, "/", "name", run.name);
+    write_labels(f, "/", run.labels);
+    write_config(f, "/config", run.config);
+    write_settings(f, "/", settings_of(e));
+  });
 }
 
 int run_worker(const std::string& spec, const std::string& result, int threads) {
@@ -343,18 +326,7 @@ bool ResultsFile::has_run(const PlannedRun& run) const {
 
 template <class Change>
 void ResultsFile::change(Change change) {
-  const std::string tmp = path_ + ".tmp";
-  std::error_code ec;
-  if (fs::exists(path_)) {
-    fs::copy_file(path_, tmp, fs::copy_options::overwrite_existing, ec);
-    NL_CHECK(!ec, "cannot copy ", path_, " to ", tmp, ": ", ec.message());
-  }
-  {
-    H5File f(tmp, fs::exists(path_) ? H5File::Mode::read_write : H5File::Mode::create);
-    change(f);
-    f.close();
-  }
-  sync_and_rename(tmp, path_);
+  update_file_atomically(path_, change);
 }
 
 void ResultsFile::write_header() {

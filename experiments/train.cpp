@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 
 #include "framework/tensor_ops.h"
 
@@ -15,21 +14,6 @@ namespace normlab {
 namespace {
 
 constexpr int64_t kCheckpointVersion = 1;
-
-// Writes to `path` through a temporary file renamed over it, so a reader (or a crash)
-// never sees a half-written file.
-template <class Write>
-void write_atomically(const std::string& path, Write write) {
-  const std::string tmp = path + ".tmp";
-  {
-    H5File f(tmp, H5File::Mode::create);
-    write(f);
-    f.close();
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  NL_CHECK(!ec, "cannot move ", tmp, " to ", path, ": ", ec.message());
-}
 
 // Copies a stored tensor into a parameter or buffer, checking shape and dtype.
 void restore(Tensor& dst, const H5File& f, const std::string& path) {
@@ -162,7 +146,7 @@ void clear_progress_line() {
 }
 
 void Trainer::save_checkpoint(const std::string& path) const {
-  write_atomically(path, [&](H5File& f) {
+  write_file_atomically(path, [&](H5File& f) {
     write_attribute(f, "/", "format", kCheckpointFormat);
     write_attribute(f, "/", "version", kCheckpointVersion);
     write_attribute(f, "/", "step", step_);
@@ -263,7 +247,7 @@ double write_dump(const TrainConfig& config, const std::string& path) {
   model.train();
   Variable loss = model.loss(batch.tokens, batch.targets, config.z_loss);
   loss.backward();
-  write_atomically(path, [&](H5File& f) {
+  write_file_atomically(path, [&](H5File& f) {
     write_attribute(f, "/", "format", kDumpFormat);
     write_config(f, "/config", trainer.config());
     // Values the config implies, for an independent implementation's convenience.
