@@ -929,7 +929,8 @@ Tensor read_tensor(const H5File& file, const std::string& path) {
   // or hostile file may claim any shape.
   double bytes = double(dtype_size(dtype));
   for (hsize_t d : dims) bytes *= double(d);
-  check_fits_in_memory(bytes, detail::concat(op, ": ", where, " has shape ", dims_text(dims), " of ", dtype_name(dtype)));
+  check_fits_in_memory(bytes,
+                       detail::concat(op, ": ", where, " has shape ", dims_text(dims), " of ", dtype_name(dtype)));
   check_chunks(dset.get(), dims, where);
   Tensor out;
   try {
