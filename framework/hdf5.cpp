@@ -413,7 +413,7 @@ int open_output(const std::string& path, H5File::Mode mode) {
   const char* verb = create ? "create" : "open for writing";
   std::error_code ec;
   NL_CHECK(!std::filesystem::is_directory(path, ec), "'", path, "' is a folder, not an HDF5 file");
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0644);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0666);
   if (fd < 0) {
     const int err = errno;
     NL_CHECK(create || err != ENOENT, "H5File: cannot ", verb, " '", path, "': no such file");
@@ -839,8 +839,10 @@ void H5File::check_global_heaps() const {
 void H5File::replace(const std::string& path, Mode mode, const std::function<void(H5File&)>& write) {
   const std::string tmp = path + ".tmp";
   try {
-    const int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     NL_CHECK(out >= 0, "cannot write '", path, "': cannot create '", tmp, "': ", errno_text(errno));
+    struct stat old {};  // a replaced file keeps its permissions
+    if (mode == Mode::read_write && ::stat(path.c_str(), &old) == 0) ::fchmod(out, old.st_mode & 07777);
     H5File file(path, mode, out);
     write(file);  // when it throws, `file` is dropped unwritten
     file.close();
