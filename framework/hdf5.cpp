@@ -413,7 +413,7 @@ int open_output(const std::string& path, H5File::Mode mode) {
   const char* verb = create ? "create" : "open for writing";
   std::error_code ec;
   NL_CHECK(!std::filesystem::is_directory(path, ec), "'", path, "' is a folder, not an HDF5 file");
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0644);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0666);
   if (fd < 0) {
     const int err = errno;
     NL_CHECK(create || err != ENOENT, "H5File: cannot ", verb, " '", path, "': no such file");
@@ -775,8 +775,11 @@ std::vector<std::string> H5File::list(const std::string& group_path) const {
     static_cast<std::vector<std::string>*>(out)->emplace_back(name);
     return 0;
   };
-  H5_CHECK(H5Literate(group.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr, add, &names) >= 0,
+  // In HDF5's own order, sorted here: for a name order, HDF5 1.10 first builds a table of a
+  // large group's links and, when damage stops it halfway, frees the entries it never filled.
+  H5_CHECK(H5Literate(group.get(), H5_INDEX_NAME, H5_ITER_NATIVE, nullptr, add, &names) >= 0,
            "list: cannot list the members of ", describe(*this, parts));
+  std::sort(names.begin(), names.end());
   return names;
 }
 
@@ -836,8 +839,10 @@ void H5File::check_global_heaps() const {
 void H5File::replace(const std::string& path, Mode mode, const std::function<void(H5File&)>& write) {
   const std::string tmp = path + ".tmp";
   try {
-    const int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int out = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     NL_CHECK(out >= 0, "cannot write '", path, "': cannot create '", tmp, "': ", errno_text(errno));
+    struct stat old {};  // a replaced file keeps its permissions
+    if (mode == Mode::read_write && ::stat(path.c_str(), &old) == 0) ::fchmod(out, old.st_mode & 07777);
     H5File file(path, mode, out);
     write(file);  // when it throws, `file` is dropped unwritten
     file.close();
@@ -926,7 +931,8 @@ Tensor read_tensor(const H5File& file, const std::string& path) {
   // or hostile file may claim any shape.
   double bytes = double(dtype_size(dtype));
   for (hsize_t d : dims) bytes *= double(d);
-  check_fits_in_memory(bytes, detail::concat(op, ": ", where, " has shape ", dims_text(dims), " of ", dtype_name(dtype)));
+  check_fits_in_memory(bytes,
+                       detail::concat(op, ": ", where, " has shape ", dims_text(dims), " of ", dtype_name(dtype)));
   check_chunks(dset.get(), dims, where);
   Tensor out;
   try {

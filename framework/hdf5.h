@@ -97,8 +97,8 @@ class H5File {
   hid_t id_ = H5I_INVALID_HID;
   std::string path_;
   Mode mode_ = Mode::read;
-  int out_ = -1;                    // where a writable file is written out
-  int uncaught_exceptions_ = 0;     // std::uncaught_exceptions() when opened
+  int out_ = -1;                        // where a writable file is written out
+  int uncaught_exceptions_ = 0;         // std::uncaught_exceptions() when opened
   mutable bool heaps_checked_ = false;  // the file's global heaps were found well-formed
 };
 

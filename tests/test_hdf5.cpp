@@ -619,8 +619,9 @@ BOOST_AUTO_TEST_CASE(datasets_are_chunked_with_checksums) {
   const auto layout = [&](const char* name) {
     const hid_t dset = H5Dopen2(f.id(), name, H5P_DEFAULT);
     const hid_t dcpl = H5Dget_create_plist(dset);
-    std::string text = H5Pget_layout(dcpl) == H5D_CHUNKED ? "chunked" : H5Pget_layout(dcpl) == H5D_COMPACT ? "compact" : "contiguous";
-    if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
+    const H5D_layout_t kind = H5Pget_layout(dcpl);
+    std::string text = kind == H5D_CHUNKED ? "chunked" : kind == H5D_COMPACT ? "compact" : "contiguous";
+    if (kind == H5D_CHUNKED) {
       hsize_t chunk[2] = {0, 0};
       const int rank = H5Pget_chunk(dcpl, 2, chunk);
       for (int d = 0; d < rank; ++d) text += " " + std::to_string(chunk[d]);
@@ -648,7 +649,8 @@ BOOST_AUTO_TEST_CASE(a_flipped_bit_in_dataset_data_is_an_error_not_a_wrong_numbe
   TempDir tmp("normlab_test_hdf5");
   const std::string path = tmp.file("data.h5");
   const Tensor small = counting(1000), large = counting(300000);  // one chunk; three chunks
-  for (const auto& [name, t, at] : {std::tuple{"/small", small, int64_t(500)}, std::tuple{"/large", large, int64_t(299990)}}) {
+  for (const auto& [name, t, at] :
+       {std::tuple{"/small", small, int64_t(500)}, std::tuple{"/large", large, int64_t(299990)}}) {
     BOOST_TEST_CONTEXT(name) {
       {
         H5File f(path, H5File::Mode::create);
@@ -719,7 +721,8 @@ BOOST_AUTO_TEST_CASE(opening_what_is_not_an_hdf5_file_says_what_it_is) {
   const std::string text = tmp.write("text.h5", "plain text, long enough to hold a signature\n");
   const std::string empty_file = tmp.write("empty.h5", "");
   for (const H5File::Mode mode : {H5File::Mode::read, H5File::Mode::read_write}) {
-    check_error([&] { H5File f(tmp.dir.string(), mode); }, {"'" + tmp.dir.string() + "' is a folder, not an HDF5 file"});
+    const std::string folder = tmp.dir.string();
+    check_error([&] { H5File f(folder, mode); }, {"'" + folder + "' is a folder, not an HDF5 file"});
     check_error([&] { H5File f(text, mode); }, {"'" + text + "' is not an HDF5 file"});
     check_error([&] { H5File f(empty_file, mode); }, {"'" + empty_file + "' is empty"});
     check_error([&] { H5File f(truncated, mode); }, {"'" + truncated + "' is truncated or damaged", "truncated file"});
