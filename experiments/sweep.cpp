@@ -539,6 +539,59 @@ struct WorkerReaper {
 
 }  // namespace
 
+namespace {
+
+// Whether a finished run was measured as `planned` is to be: the same config and settings.
+bool same_run(const RunResult& r, const PlannedRun& planned, const Experiment& e) {
+  const RunSettings a = r.settings, b = settings_of(e);
+  for (const ConfigField& f : config_fields())
+    if (f.get(r.config) != f.get(planned.config)) return false;
+  return a.metrics.every == b.metrics.every && a.metrics.delta_f_steps == b.metrics.delta_f_steps &&
+         std::memcmp(&a.divergence.loss_above, &b.divergence.loss_above, sizeof(double)) == 0 &&
+         a.divergence.evals == b.divergence.evals;
+}
+
+// Commits the run files of the work folder (workers' outputs that a stopped sweep had not
+// committed: killed between a worker's end and its commit, or a commit that failed on a full
+// disk) whose run is still to do with the same config, and takes them off `todo`. A damaged
+// or foreign file there is skipped: its run is run again. Returns how many were committed.
+size_t recover_finished_runs(const std::string& work, ResultsFile& file, const std::vector<PlannedRun>& runs,
+                             const Experiment& e, std::vector<size_t>& todo) {
+  std::error_code ec;
+  if (!fs::is_directory(work, ec)) return 0;
+  std::vector<fs::path> files;
+  for (const fs::directory_entry& entry : fs::directory_iterator(work, ec)) {
+    const std::string name = entry.path().filename().string();
+    // Worker outputs are "<index>.h5"; specs are "<index>.spec.h5", partial writes end in .tmp.
+    if (name.size() > 3 && name.ends_with(".h5") &&
+        std::all_of(name.begin(), name.end() - 3, [](char ch) { return ch >= '0' && ch <= '9'; }))
+      files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  size_t recovered = 0;
+  for (const fs::path& path : files) {
+    for (auto it = todo.begin(); it != todo.end(); ++it) {
+      const PlannedRun& planned = runs[*it];
+      RunResult r;
+      try {
+        const H5File f(path.string(), H5File::Mode::read);
+        if (!f.exists("/runs/" + planned.name)) continue;
+        r = read_run(path.string(), planned.name);
+      } catch (const Error&) {
+        break;  // not a readable run file: skipped
+      }
+      if (!same_run(r, planned, e)) break;
+      file.commit(r);
+      todo.erase(it);
+      ++recovered;
+      break;
+    }
+  }
+  return recovered;
+}
+
+}  // namespace
+
 int run_sweep(const Experiment& e, const SweepOptions& options) {
   const auto start = Clock::now();
   std::vector<PlannedRun> runs;
@@ -561,6 +614,13 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   for (size_t i = 0; i < runs.size(); ++i)
     if (!file.has_run(runs[i])) todo.push_back(i);  // throws SweepInputError on another config
   file.write_header();
+  // Worker files; a sweep that stopped may have left some behind. Its finished runs are
+  // committed now rather than run again.
+  const std::string work = out + ".work";
+  const size_t recovered = recover_finished_runs(work, file, runs, e, todo);
+  if (recovered > 0)
+    std::printf("%s: committed %zu finished run%s left in %s by a sweep that stopped\n", e.name.c_str(), recovered,
+                recovered == 1 ? "" : "s", work.c_str());
 
   const int cores = std::max(1, num_threads());
   const int jobs = std::max(1, std::min<int>(options.jobs > 0 ? options.jobs : cores, int(std::max<size_t>(todo.size(), 1))));
@@ -569,8 +629,6 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
               runs.size() - todo.size(), out.c_str(), jobs, threads, threads == 1 ? "" : "s");
   std::fflush(stdout);
 
-  // Worker files; a killed sweep may have left some behind.
-  const std::string work = out + ".work";
   std::error_code ec;
   fs::remove_all(work, ec);
   fs::create_directories(work);

@@ -662,6 +662,30 @@ BOOST_AUTO_TEST_CASE(rerun_skips_finished_runs_and_recomputes_removed_ones) {
   BOOST_TEST(deep->metrics.layer_grad_norm.at(0).size() == 3u);
 }
 
+// A finished run that a stopped sweep left uncommitted in the work folder (killed between a
+// worker's end and its commit, or a commit that failed on a full disk) is committed by the
+// next sweep, not computed again; a run file of another config or a damaged one is not.
+BOOST_AUTO_TEST_CASE(a_stopped_sweeps_finished_runs_are_committed_not_recomputed) {
+  TempDir tmp("normlab_test_sweep");
+  const std::string out = tmp.file("recover.h5");
+  const std::string work = out + ".work";
+  const Experiment e = tiny_experiment();
+  const std::vector<PlannedRun> runs = plan(e);
+  fs::create_directories(work);
+  run_one(runs[1], e, work + "/1.h5", 0);
+  const RunResult finished = read_run(work + "/1.h5", runs[1].name);
+  Experiment other = e;  // the same run name, another learning rate: not this sweep's run
+  apply_override(other, "lr", "0.5");
+  run_one(plan(other)[2], other, work + "/2.h5", 0);
+  { std::ofstream(work + "/3.h5") << "not an HDF5 file"; }
+  // Workers that cannot train (/bin/false): only the recovered run reaches the file.
+  BOOST_TEST(run_sweep(e, no_training(out)) == 3);
+  const SweepResults s = read_results(out);
+  BOOST_REQUIRE(s.runs.size() == 1u);
+  BOOST_TEST(s.runs[0].name == runs[1].name);
+  BOOST_TEST(run_diff(finished, s.runs[0], true) == "");
+}
+
 BOOST_AUTO_TEST_CASE(a_changed_config_throws_naming_the_key_and_leaves_the_file) {
   TempDir tmp("normlab_test_sweep");
   const std::string out = tmp.file("changed.h5");
