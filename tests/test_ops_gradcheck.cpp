@@ -126,18 +126,21 @@ std::vector<OpCase> op_cases() {
       {"causal_attention_hd1_H3", {{1, 3, 7, 1}, {1, 3, 7, 1}, {1, 3, 7, 1}}, [](V x) {
          return causal_attention(x[0], x[1], x[2], 1.3);
        }},
-      {"causal_attention_T9_hd17", {{1, 1, 9, 17}, {1, 1, 9, 17}, {1, 1, 9, 17}}, [](V x) {
+      {"causal_attention_hd17", {{1, 1, 5, 17}, {1, 1, 5, 17}, {1, 1, 5, 17}}, [](V x) {
          return causal_attention(x[0], x[1], x[2], 1.0 / std::sqrt(17.0));
        }},
       // The model's layout: one [B, T, 3 H hd] projection split into strided head views.
-      {"causal_attention_qkv_views", {{2, 5, 3 * 2 * 3}}, [](V x) {
-         auto heads = [](const Variable& t) { return transpose(reshape(t, {2, 5, 2, 3}), 1, 2); };
+      {"causal_attention_qkv_views", {{1, 5, 3 * 2 * 3}}, [](V x) {
+         auto heads = [](const Variable& t) { return transpose(reshape(t, {1, 5, 2, 3}), 1, 2); };
          const auto p = split(x[0], 2 * 3, -1);
          return causal_attention(heads(p[0]), heads(p[1]), heads(p[2]), 0.6);
        }},
       // A non-unit stride over head_dim (copied by the op).
       {"causal_attention_strided_hd", {{2, 2, 4, 6}, {2, 2, 4, 6}, {2, 2, 4, 6}}, [](V x) {
          return causal_attention(transpose(x[0], -1, -2), transpose(x[1], -1, -2), transpose(x[2], -1, -2), 0.8);
+       }},
+      {"causal_attention_T17", {{1, 1, 17, 2}, {1, 1, 17, 2}, {1, 1, 17, 2}}, [](V x) {
+         return causal_attention(x[0], x[1], x[2], 0.9);  // two groups of query rows
        }},
   };
 }
