@@ -45,6 +45,7 @@ constexpr int64_t kRows = 16;
 constexpr int64_t kBlock = 16;  // features per vector block
 constexpr int64_t kKeys = 8;    // keys per step of the score loop
 static_assert(kRows % kKeys == 0);
+static_assert(kRows == 16 && kKeys == 8, "the '#pragma GCC unroll' counts below are these");
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // A zeroed per-thread buffer of n values.
