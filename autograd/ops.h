@@ -67,6 +67,16 @@ Variable log_softmax(const Variable& x);
 // the gradient there is zero.
 Variable causal_mask(const Variable& x, double fill = -1.0 / 0.0);
 
+// Causal self-attention as one node: q, k, v [B, H, T, head_dim] (any strides, such as the
+// head views of one qkv projection) ->
+//   S = scale q k^T,  S_ij = -inf for j > i,  P = softmax over j,  O = P v      [B, H, T, head_dim]
+// O is stored [B, T, H, head_dim] (transpose(O, 1, 2) is contiguous, so viewing it as
+// [B, T, H head_dim] for an output projection copies nothing); so are the gradients of q, k, v.
+// It saves each row's logsumexp, not P: backward recomputes P from q, k (autograd/ops_attention.cpp).
+// `logits_out`, when given, receives S [B, H, T, T] with -inf above the diagonal (no gradient).
+Variable causal_attention(const Variable& q, const Variable& k, const Variable& v, double scale,
+                          Tensor* logits_out = nullptr);
+
 // Rows of weight [V, D] picked by integer `indices` (any shape, i64) -> [..., D].
 // Backward scatter-adds into the rows, deterministically.
 Variable embedding(const Variable& weight, const Tensor& indices);

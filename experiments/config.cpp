@@ -100,12 +100,12 @@ void check(const TrainConfig& c) {
 // (d x d) and the FFN (2 or 3 matrices of d x f), their biases, up to six norms of 2d; the
 // token embedding, positions and the head. Weights: parameter, gradient and optimizer state
 // (Adam: m and v; SGD: momentum). Activations per block, in elements, for N = batch x seq_len
-// tokens and h heads: about 24 N d + 4 N f + 5 h batch seq_len^2 (the saved inputs and
-// outputs of each op; attention keeps its logits, mask, softmax); plus 4 N vocab for the
-// logits and the loss. Against the allocator's peak over a training step, the estimate is
-// 1.10x to 1.41x (depth 1 to 24, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu,
-// adamw, adam and sgd); test_train's memory_estimate_brackets_the_measured_peak prints the
-// ratios and requires [1, 2].
+// tokens and h heads: about 24 N d + 4 N f (the saved inputs and outputs of each op; the
+// fused attention keeps no seq_len^2 tensor) + h batch seq_len^2 (the logits a metrics probe
+// keeps per block); plus 4 N vocab for the logits and the loss. Against the allocator's peak
+// over a training step, the estimate is 1.20x to 1.72x (depth 1 to 24, d_model 16 to 128,
+// seq_len 16 to 256, gelu and swiglu, adamw, adam and sgd); test_train's
+// memory_estimate_brackets_the_measured_peak prints the ratios and requires [1, 2].
 MemoryEstimate estimate_memory(const TrainConfig& c) {
   const ModelConfig& m = c.model;
   // Doubles: a config of 10^9 layers must not overflow.
@@ -119,7 +119,7 @@ MemoryEstimate estimate_memory(const TrainConfig& c) {
   const double element = m.dtype == DType::f64 ? 8 : 4;
   const double copies = c.optim.kind == OptimizerKind::sgd ? 3 : 4;
   e.weights = e.parameters * copies * element;
-  e.activations = (L * (24 * N * d + 4 * N * f + 5 * H * double(c.batch) * T * T) + 4 * N * V) * element;
+  e.activations = (L * (24 * N * d + 4 * N * f + H * double(c.batch) * T * T) + 4 * N * V) * element;
   return e;
 }
 

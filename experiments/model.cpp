@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 
 #include "autograd/ops.h"
 #include "framework/enum_names.h"
@@ -152,12 +153,17 @@ Variable Attention::forward(const Variable& x) {
     parts[1] = k_norm->forward(parts[1]);
     parts[2] = v_norm->forward(parts[2]);
   }
+  // Head views [B, H, T, head_dim] of the projection (no copies).
   auto split_heads = [&](const Variable& t) { return transpose(reshape(t, {B, T, heads, head_dim}), 1, 2); };
-  const Variable qh = split_heads(parts[0]), kh = split_heads(parts[1]), vh = split_heads(parts[2]);
-  const Variable logits = qk_norm ? qk_norm->attention_logits(qh, kh)
-                                  : matmul(qh, transpose(kh, -1, -2)) * (1.0 / std::sqrt(double(head_dim)));
-  if (keep_logits) last_logits = logits.data();
-  const Variable context = matmul(softmax(causal_mask(logits)), vh);  // [B, H, T, head_dim]
+  Variable qh = split_heads(parts[0]), kh = split_heads(parts[1]);
+  double scale = 1.0 / std::sqrt(double(head_dim));
+  if (qk_norm) {
+    std::tie(qh, kh) = qk_norm->attention_inputs(qh, kh);
+    scale = qk_norm->attention_scale();
+  }
+  // softmax(causal_mask(scale qh kh^T)) vh as one node; the context is stored [B, T, H, head_dim],
+  // so the reshape below is a view.
+  const Variable context = causal_attention(qh, kh, split_heads(parts[2]), scale, keep_logits ? &last_logits : nullptr);
   return out->forward(reshape(transpose(context, 1, 2), {B, T, D}));
 }
 

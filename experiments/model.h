@@ -92,13 +92,13 @@ struct NormInputProbe {
 };
 
 // Causal multi-head self-attention with separate q, k, v and out projections (run as one
-// matmul over their concatenated weights).
+// matmul over their concatenated weights), the attention itself one node (causal_attention).
 class Attention : public Module {
  public:
   Attention(const ModelConfig& c, int64_t block, Generator& gen);
   Variable forward(const Variable& x);
-  // The pre-softmax logits [B, H, T, T] (before the causal mask) of the last forward, kept
-  // only when keep_logits is set (for metrics).
+  // The pre-softmax logits [B, H, T, T] of the last forward, -inf where the causal mask
+  // hides them (j > i), kept only when keep_logits is set (for metrics).
   bool keep_logits = false;
   Tensor last_logits;
 

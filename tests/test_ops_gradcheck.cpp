@@ -5,10 +5,13 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <tuple>
 
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
+#include "framework/parallel.h"
 #include "framework/tensor_ops.h"
+#include "test_util.h"
 
 using namespace normlab;
 
@@ -113,6 +116,32 @@ std::vector<OpCase> op_cases() {
          Variable s = matmul(x[0], transpose(x[1], -1, -2)) * (1.0 / std::sqrt(3.0));
          return matmul(softmax(causal_mask(s)), x[2]);
        }},
+      // causal_attention: q, k, v [B, H, T, hd].
+      {"causal_attention", {{2, 2, 5, 3}, {2, 2, 5, 3}, {2, 2, 5, 3}}, [](V x) {
+         return causal_attention(x[0], x[1], x[2], 0.7);
+       }},
+      {"causal_attention_T1", {{2, 1, 1, 4}, {2, 1, 1, 4}, {2, 1, 1, 4}}, [](V x) {
+         return causal_attention(x[0], x[1], x[2], 0.5);
+       }},
+      {"causal_attention_hd1_H3", {{1, 3, 7, 1}, {1, 3, 7, 1}, {1, 3, 7, 1}}, [](V x) {
+         return causal_attention(x[0], x[1], x[2], 1.3);
+       }},
+      {"causal_attention_hd17", {{1, 1, 5, 17}, {1, 1, 5, 17}, {1, 1, 5, 17}}, [](V x) {
+         return causal_attention(x[0], x[1], x[2], 1.0 / std::sqrt(17.0));
+       }},
+      // The model's layout: one [B, T, 3 H hd] projection split into strided head views.
+      {"causal_attention_qkv_views", {{1, 5, 3 * 2 * 3}}, [](V x) {
+         auto heads = [](const Variable& t) { return transpose(reshape(t, {1, 5, 2, 3}), 1, 2); };
+         const auto p = split(x[0], 2 * 3, -1);
+         return causal_attention(heads(p[0]), heads(p[1]), heads(p[2]), 0.6);
+       }},
+      // A non-unit stride over head_dim (copied by the op).
+      {"causal_attention_strided_hd", {{2, 2, 4, 6}, {2, 2, 4, 6}, {2, 2, 4, 6}}, [](V x) {
+         return causal_attention(transpose(x[0], -1, -2), transpose(x[1], -1, -2), transpose(x[2], -1, -2), 0.8);
+       }},
+      {"causal_attention_T17", {{1, 1, 17, 2}, {1, 1, 17, 2}, {1, 1, 17, 2}}, [](V x) {
+         return causal_attention(x[0], x[1], x[2], 0.9);  // two groups of query rows
+       }},
   };
 }
 
@@ -187,6 +216,144 @@ BOOST_AUTO_TEST_CASE(gradcheck_needs_f64) {
   } catch (const Error& e) {
     BOOST_TEST(std::string(e.what()).find("f32") != std::string::npos);
   }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---- causal_attention against the ops it fuses ----
+
+namespace {
+
+// S = scale q k^T, masked, softmax, times v: the composed ops the fused op replaces.
+Variable composed_attention(const Variable& q, const Variable& k, const Variable& v, double scale) {
+  return matmul(softmax(causal_mask(matmul(q, transpose(k, -1, -2)) * scale)), v);
+}
+
+// O, the logits and dq, dk, dv for the seed dO, of the fused op or the composed ops.
+struct AttentionRun {
+  Tensor O, logits, dq, dk, dv;
+};
+
+AttentionRun run_attention(bool fused, const std::vector<Tensor>& qkv, const Tensor& dO, double scale) {
+  Variable q(qkv[0], true), k(qkv[1], true), v(qkv[2], true);
+  AttentionRun r;
+  Variable O;
+  if (fused) {
+    O = causal_attention(q, k, v, scale, &r.logits);
+  } else {
+    r.logits = causal_mask(matmul(q, transpose(k, -1, -2)) * scale).data();
+    O = composed_attention(q, k, v, scale);
+  }
+  O.backward(dO);
+  r.O = O.data();
+  r.dq = q.grad();
+  r.dk = k.grad();
+  r.dv = v.grad();
+  return r;
+}
+
+// max |a - b| / max(max |b|, 1) over finite entries; infinite entries must match exactly.
+double scaled_diff(const Tensor& a, const Tensor& b) {
+  BOOST_REQUIRE(a.shape() == b.shape());
+  const std::vector<double> x = a.to(DType::f64).to_vector<double>(), y = b.to(DType::f64).to_vector<double>();
+  double diff = 0, size = 1;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (std::isinf(y[i])) {
+      BOOST_TEST(x[i] == y[i]);
+      continue;
+    }
+    diff = std::max(diff, std::abs(x[i] - y[i]));
+    size = std::max(size, std::abs(y[i]));
+  }
+  return diff / size;
+}
+
+std::vector<Tensor> random_inputs(const Shape& s, Generator& gen, DType dtype) {
+  return {randn(s, gen, DType::f64).to(dtype), randn(s, gen, DType::f64).to(dtype),
+          randn(s, gen, DType::f64).to(dtype), randn(s, gen, DType::f64).to(dtype)};
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(causal_attention_op)
+
+BOOST_AUTO_TEST_CASE(equals_the_composed_ops_forward_logits_and_gradients) {
+  const Shape shapes[] = {{2, 2, 64, 16}, {1, 3, 33, 5}, {3, 1, 1, 4}, {1, 2, 7, 1}, {1, 2, 40, 33}, {1, 1, 1024, 8}};
+  for (DType dtype : {DType::f64, DType::f32}) {
+    const double tol = dtype == DType::f64 ? 1e-12 : 2e-6;
+    double worst = 0;
+    for (const Shape& s : shapes) {
+      BOOST_TEST_CONTEXT(dtype_name(dtype) << " " << to_string(s)) {
+        Generator gen(uint64_t(s[2] * 100 + s[3]));
+        const std::vector<Tensor> in = random_inputs(s, gen, dtype);
+        const double scale = 1.5 / std::sqrt(double(s[3]));
+        const AttentionRun f = run_attention(true, {in[0], in[1], in[2]}, in[3], scale);
+        const AttentionRun c = run_attention(false, {in[0], in[1], in[2]}, in[3], scale);
+        BOOST_TEST(f.O.dtype() == dtype);
+        BOOST_TEST(f.dq.dtype() == dtype);
+        for (auto [name, a, b] : {std::tuple{"O", f.O, c.O}, std::tuple{"logits", f.logits, c.logits},
+                                  std::tuple{"dq", f.dq, c.dq}, std::tuple{"dk", f.dk, c.dk},
+                                  std::tuple{"dv", f.dv, c.dv}}) {
+          const double d = scaled_diff(a, b);
+          worst = std::max(worst, d);
+          BOOST_TEST(d < tol, name << ": " << d);
+        }
+      }
+    }
+    std::printf("causal_attention vs composed ops, %s: max scaled difference %.1e\n", dtype_name(dtype), worst);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(output_and_gradients_are_stored_heads_interleaved) {
+  // O and the gradient reaching q are [B, H, T, hd] views of [B, T, H, hd] storage, so their
+  // [B, T, H hd] views are free.
+  Generator gen(3);
+  Tensor dq_seen;
+  auto spy = [&dq_seen](const Variable& x) {  // identity; keeps the gradient it is given
+    return make_output("spy", {x}, x.data(), [&dq_seen](const std::vector<Tensor>& g, const Node&) {
+      dq_seen = g[0];
+      return std::vector<Tensor>{g[0]};
+    });
+  };
+  const std::vector<Tensor> in = random_inputs({2, 3, 5, 4}, gen, DType::f32);
+  Variable q(in[0], true);
+  const Variable O = causal_attention(spy(q), Variable(in[1]), Variable(in[2]), 0.5);
+  BOOST_TEST(O.data().transpose(1, 2).is_contiguous());
+  O.backward(in[3]);
+  BOOST_REQUIRE(dq_seen.defined());
+  BOOST_TEST(dq_seen.transpose(1, 2).is_contiguous());
+}
+
+BOOST_AUTO_TEST_CASE(bit_identical_for_any_thread_count) {
+  const int threads = num_threads();
+  for (DType dtype : {DType::f32, DType::f64}) {
+    Generator gen(9);
+    const std::vector<Tensor> in = random_inputs({3, 4, 64, 16}, gen, dtype);
+    std::vector<AttentionRun> runs;
+    for (int n : {1, 2, 3}) {
+      set_num_threads(n);
+      runs.push_back(run_attention(true, {in[0], in[1], in[2]}, in[3], 0.25));
+    }
+    set_num_threads(threads);
+    for (size_t i = 1; i < runs.size(); ++i)
+      for (auto [a, b] : {std::pair{runs[0].O, runs[i].O}, std::pair{runs[0].logits, runs[i].logits},
+                          std::pair{runs[0].dq, runs[i].dq}, std::pair{runs[0].dk, runs[i].dk},
+                          std::pair{runs[0].dv, runs[i].dv}})
+        BOOST_TEST((a.to(DType::f64).to_vector<double>() == b.to(DType::f64).to_vector<double>()));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_is_named) {
+  using normlab::testing::contains;
+  using normlab::testing::error_of;
+  Generator gen(4);
+  const Variable a(randn({1, 2, 3, 4}, gen)), b(randn({1, 2, 4, 4}, gen)), c(randn({2, 3, 4}, gen));
+  BOOST_TEST(contains(error_of([&] { causal_attention(c, c, c, 1.0); }),
+                      "q must be [B, H, T, head_dim], got shape [2, 3, 4]"));
+  BOOST_TEST(contains(error_of([&] { causal_attention(a, b, a, 1.0); }), "one shape, got [1, 2, 3, 4], [1, 2, 4, 4]"));
+  BOOST_TEST(contains(error_of([&] { causal_attention(a, a, Variable(randn({1, 2, 3, 4}, gen, DType::f64)), 1.0); }),
+                      "dtypes f32, f32 and f64"));
+  BOOST_TEST(contains(error_of([&] { causal_attention(a, a, a, NAN); }), "scale must be finite"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -70,11 +70,19 @@ std::pair<Variable, Variable> QKNorm::forward(const Variable& q, const Variable&
 
 Variable QKNorm::logit_scale() const { return kind == QKNormKind::l2 ? g : inv_sqrt_d_; }
 
+std::pair<Variable, Variable> QKNorm::attention_inputs(const Variable& q, const Variable& k) {
+  auto [q_hat, k_hat] = forward(q, k);
+  if (kind == QKNormKind::l2) return {q_hat * g, k_hat};
+  return {q_hat, k_hat};
+}
+
+double QKNorm::attention_scale() const { return kind == QKNormKind::l2 ? 1.0 : 1.0 / std::sqrt(double(head_dim)); }
+
 Variable QKNorm::attention_logits(const Variable& q, const Variable& k) {
   NL_CHECK(q.defined() && k.defined() && q.dim() >= 2 && k.dim() >= 2,
            "QKNorm::attention_logits: q and k need at least 2 dims [..., T, head_dim]");
-  auto [q_hat, k_hat] = forward(q, k);
-  return matmul(q_hat, transpose(k_hat, -2, -1)) * logit_scale();
+  auto [q_in, k_in] = attention_inputs(q, k);
+  return matmul(q_in, transpose(k_in, -2, -1)) * attention_scale();
 }
 
 }  // namespace normlab

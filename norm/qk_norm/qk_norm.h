@@ -52,7 +52,13 @@ class QKNorm : public Module {
   // The factor of q_hat . k_hat in the logits, shape [1]: the learnable g for l2, else the
   // constant 1/sqrt(head_dim) (requires no grad).
   Variable logit_scale() const;
-  // logit_scale() * q_hat @ k_hat^T: [..., Tq, Tk] (pre-softmax, before any mask).
+  // The inputs of a fused attention (causal_attention in autograd/ops.h): (q', k') whose
+  // logits are attention_scale() * q' @ k'^T. layer and rms: (q_hat, k_hat) with the scale
+  // 1/sqrt(head_dim); l2: (g * q_hat, k_hat) with the scale 1, so g's gradient flows through q'.
+  std::pair<Variable, Variable> attention_inputs(const Variable& q, const Variable& k);
+  double attention_scale() const;
+  // logit_scale() * q_hat @ k_hat^T: [..., Tq, Tk] (pre-softmax, before any mask), computed as
+  // attention_scale() * q' @ k'^T from attention_inputs.
   Variable attention_logits(const Variable& q, const Variable& k);
 
   int64_t head_dim;

@@ -1,0 +1,346 @@
+// Causal self-attention as one node. The forward keeps each row's logsumexp instead of the
+// [T, T] probabilities, and the backward rebuilds them from q, k and it (flash attention's
+// recomputation): per (batch, head) slice, the memory kept for backward is O(T hd), not O(T^2).
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "autograd/ops.h"
+#include "framework/fast_math.h"
+#include "framework/parallel.h"
+
+namespace normlab {
+
+namespace {
+
+// A [B, H, T, hd] tensor as the kernels see it: element strides b, h, t and unit stride over hd.
+template <class scalar_t>
+struct Heads {
+  scalar_t* p;
+  int64_t b, h, t;
+  scalar_t* row(int64_t bi, int64_t hi, int64_t i) const { return p + bi * b + hi * h + i * t; }
+};
+
+template <class scalar_t>
+Heads<scalar_t> heads_of(const Tensor& x) {
+  return {static_cast<scalar_t*>(x.raw_data()), x.strides()[0], x.strides()[1], x.strides()[2]};
+}
+
+// x with a unit stride over its last dim (itself when it has one): the kernels' input layout.
+Tensor unit_last_stride(const Tensor& x) { return x.strides().back() == 1 ? x : x.contiguous(); }
+
+// A new [B, H, T, hd] tensor stored as [B, T, H, hd]: transpose(1, 2) of it is contiguous.
+Tensor empty_heads_interleaved(const Shape& bhtd, DType dtype) {
+  return empty({bhtd[0], bhtd[2], bhtd[1], bhtd[3]}, dtype).transpose(1, 2);
+}
+
+// The kernels take the query rows kRows at a time, i = i0 + r, r < kRows (i0 a multiple of
+// kRows). A group's scores are kept transposed, St[j][r] = S_{i0+r, j} for the keys j < i0 +
+// kRows, so that the softmax statistics of all kRows rows are vectors (no horizontal sums)
+// and every inner loop runs over kRows rows or a block of kBlock features: `omp simd` loops of
+// fixed length, with the loops around them unrolled so the accumulators stay in registers.
+// The per-slice buffers are zero-padded to whole groups and blocks: rows past T (zero q, dO)
+// and keys past the causal limit (masked to -inf, so P = 0) are computed and then ignored.
+constexpr int64_t kRows = 16;
+constexpr int64_t kBlock = 16;  // features per vector block
+constexpr int64_t kKeys = 8;    // keys per step of the score loop
+static_assert(kRows % kKeys == 0);
+static_assert(kRows == 16 && kKeys == 8, "the '#pragma GCC unroll' counts below are these");
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// A zeroed per-thread buffer of n values.
+template <class scalar_t>
+std::vector<scalar_t> buffer(int64_t n) {
+  return std::vector<scalar_t>(static_cast<size_t>(n));
+}
+
+// The padded sizes of a slice: Tp rows (a multiple of kRows), hdp features (of kBlock).
+struct SliceDims {
+  int64_t T, hd, Tp, hdp;
+  SliceDims(int64_t T_, int64_t hd_) : T(T_), hd(hd_), Tp(round_up(T_, kRows)), hdp(round_up(hd_, kBlock)) {}
+};
+
+// One (b, h) slice of x [T, hd] copied, zero-padded, into `rows` [Tp, hdp] (times `scale`)
+// and/or its transpose `cols` [hd, Tp].
+template <class scalar_t>
+void copy_slice(scalar_t* rows, scalar_t* cols, const Heads<const scalar_t>& x, int64_t b, int64_t h,
+                const SliceDims& dims, scalar_t scale = scalar_t(1)) {
+  if (rows) {
+    std::fill(rows, rows + dims.Tp * dims.hdp, scalar_t(0));
+    for (int64_t j = 0; j < dims.T; ++j) {
+      const scalar_t* x_j = x.row(b, h, j);
+      for (int64_t d = 0; d < dims.hd; ++d) rows[j * dims.hdp + d] = scale * x_j[d];
+    }
+  }
+  if (cols) {
+    std::fill(cols, cols + dims.hd * dims.Tp, scalar_t(0));
+    for (int64_t j = 0; j < dims.T; ++j) {
+      const scalar_t* x_j = x.row(b, h, j);
+      for (int64_t d = 0; d < dims.hd; ++d) cols[d * dims.Tp + j] = x_j[d];
+    }
+  }
+}
+
+// St[j][r] = scale * (a_r . x_j) for the group's rows a_r (columns i0..i0+kRows of at = a^T
+// [hd, ldt]) and the keys j < n (a multiple of kKeys), rows x_j of x [n, ldx].
+// Scalar math: St[j][r] = scale * sum_{d < hd} a_r[d] x_j[d], summed over d in order.
+template <class scalar_t>
+void scores(scalar_t* St, const scalar_t* at, int64_t ldt, const scalar_t* x, int64_t ldx, int64_t n, int64_t hd,
+            scalar_t scale) {
+  for (int64_t j0 = 0; j0 < n; j0 += kKeys) {
+    scalar_t acc[kKeys][kRows] = {};
+    for (int64_t d = 0; d < hd; ++d) {
+      const scalar_t* a_d = at + d * ldt;
+#pragma GCC unroll 8
+      for (int64_t u = 0; u < kKeys; ++u) {
+        const scalar_t x_jd = x[(j0 + u) * ldx + d];
+#pragma omp simd
+        for (int64_t r = 0; r < kRows; ++r) acc[u][r] += x_jd * a_d[r];
+      }
+    }
+    for (int64_t u = 0; u < kKeys; ++u)
+#pragma omp simd
+      for (int64_t r = 0; r < kRows; ++r) St[(j0 + u) * kRows + r] = scale * acc[u][r];
+  }
+}
+
+// out_r = sum_{j < n} W[j][r] x_j for the group's rows r: x [n, ld] and out [kRows, ld], ld a
+// multiple of kBlock.
+// Scalar math: out_r[d] = sum_j W[j][r] x_j[d], summed over j in order.
+template <class scalar_t>
+void combine(scalar_t* out, const scalar_t* W, const scalar_t* x, int64_t ld, int64_t n) {
+  for (int64_t d0 = 0; d0 < ld; d0 += kBlock) {
+    scalar_t acc[kRows][kBlock] = {};
+    for (int64_t j = 0; j < n; ++j) {
+      const scalar_t* x_j = x + j * ld + d0;
+#pragma GCC unroll 16
+      for (int64_t r = 0; r < kRows; ++r) {
+        const scalar_t w = W[j * kRows + r];
+#pragma omp simd
+        for (int64_t l = 0; l < kBlock; ++l) acc[r][l] += w * x_j[l];
+      }
+    }
+    for (int64_t r = 0; r < kRows; ++r) std::copy(acc[r], acc[r] + kBlock, out + r * ld + d0);
+  }
+}
+
+// y_j += sum_r W[j][r] a_r for the keys j < n and the group's rows a_r: y [n, ld], a [kRows, ld].
+// Scalar math: y_j[d] += W[j][0] a_0[d], then W[j][1] a_1[d], ... (rows in order).
+template <class scalar_t>
+void add_outer(scalar_t* y, const scalar_t* W, const scalar_t* a, int64_t ld, int64_t n) {
+  for (int64_t d0 = 0; d0 < ld; d0 += kBlock) {
+    scalar_t a_r[kRows][kBlock];
+    for (int64_t r = 0; r < kRows; ++r) std::copy(a + r * ld + d0, a + r * ld + d0 + kBlock, a_r[r]);
+    for (int64_t j = 0; j < n; ++j) {
+      scalar_t* y_j = y + j * ld + d0;
+      scalar_t acc[kBlock];  // y_j's block, in registers while the rows add to it
+#pragma omp simd
+      for (int64_t l = 0; l < kBlock; ++l) acc[l] = y_j[l];
+#pragma GCC unroll 16
+      for (int64_t r = 0; r < kRows; ++r) {
+        const scalar_t w = W[j * kRows + r];
+#pragma omp simd
+        for (int64_t l = 0; l < kBlock; ++l) acc[l] += w * a_r[r][l];
+      }
+#pragma omp simd
+      for (int64_t l = 0; l < kBlock; ++l) y_j[l] = acc[l];
+    }
+  }
+}
+
+// The causal mask on a group's scores: St[j][r] = -inf for j > i0 + r (keys j < i0 + kRows;
+// the keys before i0 are visible to every row).
+template <class scalar_t>
+void mask_group(scalar_t* St, int64_t i0) {
+  for (int64_t u = 0; u < kRows; ++u)
+    for (int64_t r = 0; r < u; ++r) St[(i0 + u) * kRows + r] = -std::numeric_limits<scalar_t>::infinity();
+}
+
+// The forward softmax of a masked group, in place: St[j][r] becomes P_{i0+r, j}, and
+// lse[r] = m_r + log sum_j exp(S_rj - m_r), m_r = max_j S_rj.
+// Scalar math: m_r = max_j S_rj;  e_rj = exp(S_rj - m_r);  l_r = sum_j e_rj (double, j in order);
+//              P_rj = e_rj / l_r;  lse_r = m_r + log l_r
+template <class scalar_t>
+void softmax_group(scalar_t* St, scalar_t* lse, int64_t n) {
+  scalar_t m[kRows];
+  double l[kRows] = {};
+  scalar_t inv_l[kRows];
+  std::fill(m, m + kRows, -std::numeric_limits<scalar_t>::infinity());
+  for (int64_t j = 0; j < n; ++j)
+#pragma omp simd
+    for (int64_t r = 0; r < kRows; ++r) m[r] = std::max(m[r], St[j * kRows + r]);
+  for (int64_t j = 0; j < n; ++j)
+#pragma omp simd
+    for (int64_t r = 0; r < kRows; ++r) {
+      St[j * kRows + r] = fast_exp(St[j * kRows + r] - m[r]);
+      l[r] += double(St[j * kRows + r]);
+    }
+  for (int64_t r = 0; r < kRows; ++r) {
+    lse[r] = scalar_t(double(m[r]) + std::log(l[r]));
+    inv_l[r] = scalar_t(1.0 / l[r]);
+  }
+  for (int64_t j = 0; j < n; ++j)
+#pragma omp simd
+    for (int64_t r = 0; r < kRows; ++r) St[j * kRows + r] *= inv_l[r];
+}
+
+// Work per (batch, head) slice is ~T^2 hd: slices per thread chunk so a chunk is worth a thread.
+int64_t slice_grain(int64_t T, int64_t hd) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(T * T * hd, 1)); }
+
+// Per (b, h) slice, rows i = 0..T-1 of q, k, v [T, hd]:
+//   S_ij = scale q_i . k_j  (j <= i; j > i is masked)
+//   lse_i = m_i + log sum_{j<=i} exp(S_ij - m_i),  m_i = max_{j<=i} S_ij
+//   P_ij = exp(S_ij - m_i) / sum_j exp(S_ij - m_i) = exp(S_ij - lse_i)
+//   O_i = sum_{j<=i} P_ij v_j
+// logits (optional, [B, H, T, T] contiguous) gets S_ij, and -inf for j > i.
+template <class scalar_t>
+void causal_attention_forward(const Heads<scalar_t>& O, scalar_t* lse, scalar_t* logits, const Heads<const scalar_t>& q,
+                              const Heads<const scalar_t>& k, const Heads<const scalar_t>& v, int64_t B, int64_t H,
+                              int64_t T, int64_t hd, double scale) {
+  const SliceDims dims(T, hd);
+  const int64_t Tp = dims.Tp, hdp = dims.hdp;
+  parallel_for(0, B * H, slice_grain(T, hd), [&](int64_t bh0, int64_t bh1) {
+    std::vector<scalar_t> qt = buffer<scalar_t>(hd * Tp), k_rows = buffer<scalar_t>(Tp * hdp),
+                          v_rows = buffer<scalar_t>(Tp * hdp), St = buffer<scalar_t>(Tp * kRows),
+                          O_rows = buffer<scalar_t>(kRows * hdp), lse_r = buffer<scalar_t>(kRows);
+    for (int64_t bh = bh0; bh < bh1; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      copy_slice<scalar_t>(nullptr, qt.data(), q, b, h, dims);
+      copy_slice<scalar_t>(k_rows.data(), nullptr, k, b, h, dims);
+      copy_slice<scalar_t>(v_rows.data(), nullptr, v, b, h, dims);
+      for (int64_t i0 = 0; i0 < T; i0 += kRows) {
+        const int64_t n = i0 + kRows, rows = std::min(kRows, T - i0);  // keys j < n; rows i0 + r < T
+        scores(St.data(), qt.data() + i0, Tp, k_rows.data(), hdp, n, hd, scalar_t(scale));
+        mask_group(St.data(), i0);
+        if (logits)
+          for (int64_t r = 0; r < rows; ++r) {
+            scalar_t* row = logits + (bh * T + i0 + r) * T;
+            for (int64_t j = 0; j < T; ++j)
+              row[j] = j < n ? St[size_t(j * kRows + r)] : -std::numeric_limits<scalar_t>::infinity();
+          }
+        softmax_group(St.data(), lse_r.data(), n);
+        combine(O_rows.data(), St.data(), v_rows.data(), hdp, n);
+        for (int64_t r = 0; r < rows; ++r) {
+          lse[bh * T + i0 + r] = lse_r[size_t(r)];
+          std::copy(O_rows.begin() + r * hdp, O_rows.begin() + r * hdp + hd, O.row(b, h, i0 + r));
+        }
+      }
+    }
+  });
+}
+
+// The backward of causal_attention_forward, with dO the gradient of O:
+//   P_ij = exp(S_ij - lse_i)                   recomputed from q, k and the saved lse
+//   dV = P^T dO:        dv_j = sum_{i>=j} P_ij dO_i
+//   dP = dO V^T:        dP_ij = dO_i . v_j
+//   softmax backward:   dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij') = P_ij (dP_ij - D_i),
+//                       D_i = sum_j P_ij (dO_i . v_j) = dO_i . O_i
+//   S = scale q k^T:    dq_i = scale sum_{j<=i} dS_ij k_j,  dk_j = sum_{i>=j} dS_ij (scale q_i)
+// Masked entries (j > i) have P_ij = 0, so they add nothing anywhere. dk and dv sum over i in order.
+template <class scalar_t>
+void causal_attention_backward(const Heads<scalar_t>& dq, const Heads<scalar_t>& dk, const Heads<scalar_t>& dv,
+                               const Heads<const scalar_t>& dO, const Heads<const scalar_t>& q,
+                               const Heads<const scalar_t>& k, const Heads<const scalar_t>& v,
+                               const Heads<const scalar_t>& O, const scalar_t* lse, int64_t B, int64_t H, int64_t T,
+                               int64_t hd, double scale) {
+  const SliceDims dims(T, hd);
+  const int64_t Tp = dims.Tp, hdp = dims.hdp;
+  const scalar_t s = scalar_t(scale);
+  parallel_for(0, B * H, slice_grain(T, hd), [&](int64_t bh0, int64_t bh1) {
+    std::vector<scalar_t> qt = buffer<scalar_t>(hd * Tp), dOt = buffer<scalar_t>(hd * Tp),
+                          sq_rows = buffer<scalar_t>(Tp * hdp), dO_rows = buffer<scalar_t>(Tp * hdp),
+                          k_rows = buffer<scalar_t>(Tp * hdp), v_rows = buffer<scalar_t>(Tp * hdp),
+                          dk_rows = buffer<scalar_t>(Tp * hdp), dv_rows = buffer<scalar_t>(Tp * hdp),
+                          Pt = buffer<scalar_t>(Tp * kRows), dSt = buffer<scalar_t>(Tp * kRows),
+                          dq_rows = buffer<scalar_t>(kRows * hdp), lse_r = buffer<scalar_t>(kRows),
+                          D = buffer<scalar_t>(kRows);
+    for (int64_t bh = bh0; bh < bh1; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      copy_slice<scalar_t>(sq_rows.data(), qt.data(), q, b, h, dims, s);  // scale q_i, and q^T
+      copy_slice<scalar_t>(dO_rows.data(), dOt.data(), dO, b, h, dims);
+      copy_slice<scalar_t>(k_rows.data(), nullptr, k, b, h, dims);
+      copy_slice<scalar_t>(v_rows.data(), nullptr, v, b, h, dims);
+      std::fill(dk_rows.begin(), dk_rows.end(), scalar_t(0));
+      std::fill(dv_rows.begin(), dv_rows.end(), scalar_t(0));
+      for (int64_t i0 = 0; i0 < T; i0 += kRows) {
+        const int64_t n = i0 + kRows, rows = std::min(kRows, T - i0);  // keys j < n; rows i0 + r < T
+        std::fill(lse_r.begin(), lse_r.end(), scalar_t(0));
+        std::fill(D.begin(), D.end(), scalar_t(0));
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t* dO_i = dO.row(b, h, i0 + r);
+          const scalar_t* O_i = O.row(b, h, i0 + r);
+          double D_i = 0;
+          for (int64_t d = 0; d < hd; ++d) D_i += double(dO_i[d]) * double(O_i[d]);
+          D[size_t(r)] = scalar_t(D_i);
+          lse_r[size_t(r)] = lse[bh * T + i0 + r];
+        }
+        scores(Pt.data(), qt.data() + i0, Tp, k_rows.data(), hdp, n, hd, s);             // S
+        scores(dSt.data(), dOt.data() + i0, Tp, v_rows.data(), hdp, n, hd, scalar_t(1));  // dP
+        mask_group(Pt.data(), i0);
+        // Scalar math: P_rj = exp(S_rj - lse_r);  dS_rj = P_rj (dP_rj - D_r)  (0 where masked)
+        for (int64_t j = 0; j < n; ++j)
+#pragma omp simd
+          for (int64_t r = 0; r < kRows; ++r) {
+            const scalar_t P = fast_exp(Pt[size_t(j * kRows + r)] - lse_r[size_t(r)]);
+            Pt[size_t(j * kRows + r)] = P;
+            dSt[size_t(j * kRows + r)] = P * (dSt[size_t(j * kRows + r)] - D[size_t(r)]);
+          }
+        combine(dq_rows.data(), dSt.data(), k_rows.data(), hdp, n);
+        for (int64_t r = 0; r < rows; ++r) {
+          scalar_t* dq_i = dq.row(b, h, i0 + r);
+          for (int64_t d = 0; d < hd; ++d) dq_i[d] = s * dq_rows[size_t(r * hdp + d)];
+        }
+        // Rows past T have q = dO = 0, so they add nothing to dk, dv.
+        add_outer(dk_rows.data(), dSt.data(), sq_rows.data() + i0 * hdp, hdp, n);
+        add_outer(dv_rows.data(), Pt.data(), dO_rows.data() + i0 * hdp, hdp, n);
+      }
+      for (int64_t j = 0; j < T; ++j) {
+        std::copy(dk_rows.begin() + j * hdp, dk_rows.begin() + j * hdp + hd, dk.row(b, h, j));
+        std::copy(dv_rows.begin() + j * hdp, dv_rows.begin() + j * hdp + hd, dv.row(b, h, j));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+Variable causal_attention(const Variable& q, const Variable& k, const Variable& v, double scale, Tensor* logits_out) {
+  NL_CHECK(q.defined() && k.defined() && v.defined(), "causal_attention: q, k and v are required");
+  NL_CHECK(q.dim() == 4, "causal_attention: q must be [B, H, T, head_dim], got shape ", to_string(q.shape()));
+  NL_CHECK(k.shape() == q.shape() && v.shape() == q.shape(), "causal_attention: q, k and v must have one shape, got ",
+           to_string(q.shape()), ", ", to_string(k.shape()), " and ", to_string(v.shape()));
+  NL_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), "causal_attention: q, k and v have dtypes ",
+           dtype_name(q.dtype()), ", ", dtype_name(k.dtype()), " and ", dtype_name(v.dtype()));
+  NL_CHECK(std::isfinite(scale), "causal_attention: scale must be finite, got ", scale);
+  for (const Variable* x : {&q, &k, &v}) check_cpu(x->data(), "causal_attention");
+  const Shape shape = q.shape();
+  const int64_t B = shape[0], H = shape[1], T = shape[2], hd = shape[3];
+  const Tensor tq = unit_last_stride(q.data()), tk = unit_last_stride(k.data()), tv = unit_last_stride(v.data());
+  Tensor O = empty_heads_interleaved(shape, q.dtype());
+  Tensor lse = empty({B, H, T}, q.dtype());
+  Tensor logits = logits_out ? empty({B, H, T, T}, q.dtype()) : Tensor();
+  NL_DISPATCH_FLOATING(q.dtype(), "causal_attention", [&] {
+    causal_attention_forward<scalar_t>(heads_of<scalar_t>(O), lse.data<scalar_t>(),
+                                       logits_out ? logits.data<scalar_t>() : nullptr, heads_of<const scalar_t>(tq),
+                                       heads_of<const scalar_t>(tk), heads_of<const scalar_t>(tv), B, H, T, hd, scale);
+  });
+  if (logits_out) *logits_out = logits;
+  return make_output("causal_attention", {q, k, v}, O, [tq, tk, tv, O, lse, scale](const std::vector<Tensor>& g,
+                                                                                   const Node& n) {
+    const Tensor dO = unit_last_stride(g[0]);
+    const Shape& shape = tq.shape();
+    Tensor dq = empty_heads_interleaved(shape, tq.dtype()), dk = empty_heads_interleaved(shape, tq.dtype()),
+           dv = empty_heads_interleaved(shape, tq.dtype());
+    NL_DISPATCH_FLOATING(tq.dtype(), "causal_attention_backward", [&] {
+      causal_attention_backward<scalar_t>(heads_of<scalar_t>(dq), heads_of<scalar_t>(dk), heads_of<scalar_t>(dv),
+                                          heads_of<const scalar_t>(dO), heads_of<const scalar_t>(tq),
+                                          heads_of<const scalar_t>(tk), heads_of<const scalar_t>(tv),
+                                          heads_of<const scalar_t>(O), lse.data<scalar_t>(), shape[0], shape[1],
+                                          shape[2], shape[3], scale);
+    });
+    return std::vector<Tensor>{n.needs_input_grad(0) ? dq : Tensor(), n.needs_input_grad(1) ? dk : Tensor(),
+                               n.needs_input_grad(2) ? dv : Tensor()};
+  });
+}
+
+}  // namespace normlab
