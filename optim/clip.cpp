@@ -1,5 +1,6 @@
 // The global L2 norm of the gradients, and clipping by it: each one pass over all gradients.
 #include <cmath>
+#include <unordered_set>
 #include <vector>
 
 #include "optim/flat_spans.h"
@@ -71,7 +72,12 @@ double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
   size_t c = 0;
   for (const Variable& p : params)
     if (p.grad().defined() && !p.grad().is_contiguous()) Variable(p).set_grad(copies[c++]);
-  grads.for_each([&](const TensorSpan& s, int64_t i0, int64_t i1) {
+  // A parameter listed twice is scaled once (and not by two threads at once).
+  FlatSpans unique;
+  std::unordered_set<const void*> seen(grads.size());
+  for (size_t k = 0; k < grads.size(); ++k)
+    if (seen.insert(grads[k].ptr[0]).second) unique.add(grads[k]);
+  unique.for_each([&](const TensorSpan& s, int64_t i0, int64_t i1) {
     NL_DISPATCH_FLOATING(s.dtype, "clip_grad_norm", [&] {
       scalar_t* d = static_cast<scalar_t*>(s.ptr[0]);
       for (int64_t i = i0; i < i1; ++i) d[i] = scalar_t(double(d[i]) * scale);

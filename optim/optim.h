@@ -14,10 +14,10 @@
 //          p -= lr m_hat / (sqrt(v_hat) + eps)
 // A parameter without a gradient (undefined grad) is skipped and its state left as is.
 // State buffers (in the parameter's dtype) are allocated at a parameter's first update; "b = g'
-// at t = 1" means at that first update. A step updates every parameter in one parallel pass
-// over all their elements (optim/flat_spans.h), not one tensor at a time. t is the optimizer's step count, so a parameter whose
+// at t = 1" means at that first update. t is the optimizer's step count, so a parameter whose
 // first gradient arrives at a later step starts from zero moments with that step's bias
-// correction.
+// correction. A step updates every parameter in one parallel pass over all their elements
+// (optim/flat_spans.h), not one tensor at a time.
 #pragma once
 
 #include <functional>
@@ -158,7 +158,8 @@ struct Schedule {
 
 // Scales every gradient (in place) by max_norm / norm when the global L2 norm (over all gradients,
 // summed in double in parameter order) exceeds max_norm (> 0). Returns the norm before
-// clipping; a non-finite norm is returned and the gradients are left untouched.
+// clipping; a non-finite norm is returned and the gradients are left untouched. A parameter
+// listed twice counts twice in the norm and is scaled once.
 double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
 // The global L2 norm of the gradients, without clipping.
 double grad_norm(const std::vector<Variable>& params);

@@ -586,6 +586,13 @@ BOOST_AUTO_TEST_CASE(clip_grad_norm_leaves_non_finite_gradients_alone) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(a_parameter_listed_twice_counts_twice_and_is_scaled_once) {
+  Variable a = param({0, 0});
+  set_grad(a, {3.0, 4.0});
+  BOOST_TEST(clip_grad_norm({a, a}, 1.0) == std::sqrt(50.0));
+  check_close(a.grad().to_vector<double>(), {3.0 / std::sqrt(50.0), 4.0 / std::sqrt(50.0)}, 1e-15, "a");
+}
+
 BOOST_AUTO_TEST_CASE(grad_norm_is_deterministic_across_thread_counts) {
   Generator gen(11);
   Variable a(zeros({70000}, DType::f32), true), b(zeros({300, 7}, DType::f64), true);
