@@ -89,8 +89,7 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool with_bias, Genera
 Variable Linear::forward(const Variable& x) const {
   NL_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "Linear: input shape ", to_string(x.shape()),
            " does not end in in_features=", weight.size(1));
-  Variable y = matmul(x, transpose(weight, 0, 1));
-  return bias.defined() ? y + bias : y;
+  return linear(x, weight, bias);
 }
 
 Embedding::Embedding(int64_t num, int64_t dim, Generator& gen, DType dtype) {

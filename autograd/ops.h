@@ -48,6 +48,16 @@ Variable max(const Variable& x, int64_t dim, bool keepdim = false);  // gradient
 // Matrix product: a [..., M, K] @ b [..., K, N] with broadcast batch dims.
 Variable matmul(const Variable& a, const Variable& b);
 
+// Linear layers, each one node: x [..., in], weight [out, in], bias [out] (or undefined).
+//   linear:        y = x W^T + b                      dx = dy W, dW = dy^T x, db = sum of dy's rows
+//   linear_gelu:   y = gelu(x W^T + b)                the same with dy * gelu'(p), p = x W^T + b
+//   linear_swiglu: y = silu(x Wg^T + bg) * (x Wu^T + bu)   (both biases or neither)
+// Their values are those of the composed ops (matmul, add, gelu, swiglu).
+Variable linear(const Variable& x, const Variable& weight, const Variable& bias = Variable());
+Variable linear_gelu(const Variable& x, const Variable& weight, const Variable& bias = Variable());
+Variable linear_swiglu(const Variable& x, const Variable& gate_weight, const Variable& gate_bias,
+                       const Variable& up_weight, const Variable& up_bias);
+
 // Views and layout.
 Variable reshape(const Variable& x, Shape shape);
 Variable view(const Variable& x, Shape shape);

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "autograd/activation_math.h"
 #include "autograd/ops.h"
 #include "framework/elementwise.h"
 #include "framework/fast_math.h"
@@ -111,36 +112,15 @@ Variable relu(const Variable& x) {
                   [](auto y, auto g) { return y > 0 ? g : decltype(y)(0); });
 }
 
-namespace {
-constexpr double kGeluK = 0.79788456080286535588;  // sqrt(2/pi)
-constexpr double kGeluC = 0.044715;
-}  // namespace
-
-// GELU, tanh form: y = 0.5 x (1 + tanh(u)), u = k (x + c x^3), k = sqrt(2/pi), c = 0.044715.
-// Computed through the identity 0.5 (1 + tanh(u)) = sigmoid(2u) =: s (one exp, no tanh):
-//   y = x s,  dy/dx = s + x * 2 s (1 - s) * k (1 + 3 c x^2).
+// GELU (tanh form) and SiLU: the formulas and derivatives are in autograd/activation_math.h.
 Variable gelu(const Variable& x) {
-  return unary_op("gelu", x, Saves::input,
-      [](auto v) {
-        using T = decltype(v);
-        return v / (T(1) + fast_exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
-      },
-      [](auto v, auto g) {
-        using T = decltype(v);
-        const T s = T(1) / (T(1) + fast_exp(T(-2 * kGeluK) * (v + T(kGeluC) * v * v * v)));
-        return g * (s + v * T(2) * s * (T(1) - s) * T(kGeluK) * (T(1) + T(3 * kGeluC) * v * v));
-      });
+  return unary_op("gelu", x, Saves::input, [](auto v) { return gelu_value(v); },
+                  [](auto v, auto g) { return gelu_backward(v, g); });
 }
 
-// SiLU: y = x s, s = sigmoid(x); dy/dx = s (1 + x (1 - s)).
 Variable silu(const Variable& x) {
-  return unary_op("silu", x, Saves::input,
-      [](auto v) { return v / (decltype(v)(1) + fast_exp(-v)); },
-      [](auto v, auto g) {
-        using T = decltype(v);
-        const T s = T(1) / (T(1) + fast_exp(-v));
-        return g * s * (T(1) + v * (T(1) - s));
-      });
+  return unary_op("silu", x, Saves::input, [](auto v) { return silu_value(v); },
+                  [](auto v, auto g) { return silu_backward(v, g); });
 }
 
 Variable swiglu(const Variable& gate, const Variable& up) { return mul(silu(gate), up); }

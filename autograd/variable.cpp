@@ -83,10 +83,16 @@ std::vector<Variable> make_outputs(const std::shared_ptr<Node>& node, std::vecto
   return result;
 }
 
+// make_outputs for one output, without its vectors of outputs and results (two allocations
+// per node).
 Variable make_output(const char* name, std::vector<Variable> inputs, Tensor output, FunctionNode::Backward backward) {
   if (!any_requires_grad(inputs)) return Variable(std::move(output));
   auto node = std::make_shared<FunctionNode>(name, std::move(backward));
-  return make_outputs(node, std::move(inputs), {std::move(output)})[0];
+  node->outputs_.push_back({output.shape(), output.dtype(), output.device()});
+  node->inputs_ = std::move(inputs);
+  Variable v(std::move(output), true);
+  v.impl()->grad_fn = std::move(node);
+  return v;
 }
 
 }  // namespace normlab

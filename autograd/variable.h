@@ -93,6 +93,7 @@ class Node {
 
  private:
   friend std::vector<Variable> make_outputs(const std::shared_ptr<Node>&, std::vector<Variable>, std::vector<Tensor>);
+  friend Variable make_output(const char*, std::vector<Variable>, Tensor, std::function<std::vector<Tensor>(const std::vector<Tensor>&, const Node&)>);
   friend struct EngineAccess;
   std::string name_;
   std::vector<Variable> inputs_;

@@ -224,24 +224,41 @@ TrainConfig bench_config(int64_t depth, int64_t steps) {
   return c;
 }
 
+// Seconds of one training step's phases (as Trainer::train_step runs them, on train batch 0).
+struct StepTimes {
+  double forward = 0, backward = 0, update = 0, loss = 0;
+  double total() const { return forward + backward + update; }
+};
+
+StepTimes time_step(Trainer& trainer) {
+  const Batch batch = trainer.data().batch(Split::train, 0, 8);
+  Transformer& model = trainer.model();
+  StepTimes s;
+  auto t0 = std::chrono::steady_clock::now();
+  trainer.optimizer().zero_grad();
+  Variable loss = model.loss(batch.tokens, batch.targets);
+  s.forward = seconds_since(t0);
+  t0 = std::chrono::steady_clock::now();
+  loss.backward();
+  s.backward = seconds_since(t0);
+  s.loss = loss.item();
+  loss = Variable();  // the graph is freed before the update, as in Trainer::train_step
+  t0 = std::chrono::steady_clock::now();
+  clip_grad_norm(model.parameters(), 1.0);
+  trainer.optimizer().step();
+  s.update = seconds_since(t0);
+  return s;
+}
+
 void bench_training_throughput(int64_t depth, int64_t steps) {
   Trainer trainer(bench_config(depth, steps + 2));
   trainer.train_step();  // warm-up: the allocator's cache and oneDNN's primitives fill here
-  const Batch batch = trainer.data().batch(Split::train, 0, 8);
-  Transformer& model = trainer.model();
   std::vector<double> forward, backward, update, whole;
   for (int64_t i = 0; i < steps; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    trainer.optimizer().zero_grad();
-    Variable loss = model.loss(batch.tokens, batch.targets);
-    forward.push_back(seconds_since(t0));
-    t0 = std::chrono::steady_clock::now();
-    loss.backward();
-    backward.push_back(seconds_since(t0));
-    t0 = std::chrono::steady_clock::now();
-    clip_grad_norm(model.parameters(), 1.0);
-    trainer.optimizer().step();
-    update.push_back(seconds_since(t0));
+    const StepTimes s = time_step(trainer);
+    forward.push_back(s.forward);
+    backward.push_back(s.backward);
+    update.push_back(s.update);
   }
   const auto start = std::chrono::steady_clock::now();
   trainer.train_step();
@@ -266,15 +283,15 @@ void bench_deep_step(int64_t depth) {
   auto t0 = std::chrono::steady_clock::now();
   trainer.train_step();
   const double first = seconds_since(t0);
-  t0 = std::chrono::steady_clock::now();
-  trainer.train_step();
-  const double second = seconds_since(t0);
+  const StepTimes second = time_step(trainer);
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   std::printf("depth %4lld: build %.2f s; training step %.2f s (%.0f tokens/s; first step %.2f s); loss %.4f -> %.4f; "
               "%lld parameters\n",
-              (long long)depth, build, second, 8.0 * 64.0 / second, first, trainer.history().loss[0], trainer.history().loss[1],
-              (long long)trainer.model().num_parameters());
+              (long long)depth, build, second.total(), 8.0 * 64.0 / second.total(), first, trainer.history().loss[0],
+              second.loss, (long long)trainer.model().num_parameters());
+  std::printf("            step = forward %.2f s + backward %.2f s + clip/update %.1f ms\n", second.forward,
+              second.backward, second.update * 1e3);
   std::printf("            peak tensor memory %.0f MiB; peak resident set of the process %.0f MiB\n",
               double(CpuAllocator::instance().stats().peak_bytes_in_use) / (1 << 20), double(usage.ru_maxrss) / 1024);
 }

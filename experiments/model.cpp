@@ -177,9 +177,10 @@ FeedForward::FeedForward(const ModelConfig& c, Generator& gen) : activation(c.ac
   down = register_module("down", std::make_shared<Linear>(hidden, D, c.bias, gen, c.dtype));
 }
 
+// down(gelu(up(x))) or down(swiglu(gate(x), up(x))), the activation fused into its linear layer(s).
 Variable FeedForward::forward(const Variable& x) const {
-  if (activation == Activation::gelu) return down->forward(gelu(up->forward(x)));
-  return down->forward(swiglu(gate->forward(x), up->forward(x)));
+  if (activation == Activation::gelu) return down->forward(linear_gelu(x, up->weight, up->bias));
+  return down->forward(linear_swiglu(x, gate->weight, gate->bias, up->weight, up->bias));
 }
 
 // ---- Block ----

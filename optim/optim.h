@@ -16,7 +16,8 @@
 // State buffers (in the parameter's dtype) are allocated at a parameter's first update; "b = g'
 // at t = 1" means at that first update. t is the optimizer's step count, so a parameter whose
 // first gradient arrives at a later step starts from zero moments with that step's bias
-// correction.
+// correction. A step updates every parameter in one parallel pass over all their elements
+// (optim/flat_spans.h), not one tensor at a time.
 #pragma once
 
 #include <functional>
@@ -29,6 +30,8 @@
 #include "framework/hdf5.h"
 
 namespace normlab {
+
+class FlatSpans;
 
 using NamedParameters = std::vector<std::pair<std::string, Variable>>;
 
@@ -81,10 +84,12 @@ class Optimizer {
   // finite and >= 0, a weight_decay that is not finite and >= 0, and a parameter that is
   // undefined, not f32/f64 on the cpu, unnamed, named with a '/', or listed twice.
   Optimizer(std::vector<ParamGroup> groups, double lr, const char* who);
-  // Updates one parameter (its gradient defined, shape and dtype checked) at step t (>= 1).
-  // `state` is empty at the parameter's first update, when update allocates its buffers
-  // (named by state_names(), in that order), and holds them afterwards.
-  virtual void update(Variable& p, std::vector<Tensor>& state, double weight_decay, int64_t t) = 0;
+  // Updates every parameter that has a gradient (defined, shape and dtype checked) at step t
+  // (>= 1), in one pass. Span k of `params` is one parameter: ptr[0] its data, ptr[1] its
+  // gradient, ptr[2], ptr[3] its state buffers (named by state_names(), in that order); tag is
+  // its group's index; first is true at its first update, when its state buffers were just
+  // allocated and zero-filled.
+  virtual void update(const FlatSpans& params, int64_t t) = 0;
   virtual std::vector<std::string> state_names() const = 0;
 
  private:
@@ -107,7 +112,7 @@ class SGD : public Optimizer {
   SGDOptions options;
 
  protected:
-  void update(Variable& p, std::vector<Tensor>& state, double weight_decay, int64_t t) override;
+  void update(const FlatSpans& params, int64_t t) override;
   std::vector<std::string> state_names() const override;
 };
 
@@ -125,7 +130,7 @@ class Adam : public Optimizer {
   AdamOptions options;
 
  protected:
-  void update(Variable& p, std::vector<Tensor>& state, double weight_decay, int64_t t) override;
+  void update(const FlatSpans& params, int64_t t) override;
   std::vector<std::string> state_names() const override;
 };
 std::unique_ptr<Adam> make_adamw(std::vector<ParamGroup> groups, AdamOptions options);  // checks the mode
@@ -153,7 +158,8 @@ struct Schedule {
 
 // Scales every gradient (in place) by max_norm / norm when the global L2 norm (over all gradients,
 // summed in double in parameter order) exceeds max_norm (> 0). Returns the norm before
-// clipping; a non-finite norm is returned and the gradients are left untouched.
+// clipping; a non-finite norm is returned and the gradients are left untouched. A parameter
+// listed twice counts twice in the norm and is scaled once.
 double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
 // The global L2 norm of the gradients, without clipping.
 double grad_norm(const std::vector<Variable>& params);

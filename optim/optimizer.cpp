@@ -5,9 +5,8 @@
 #include <string>
 #include <unordered_set>
 
-#include "framework/elementwise.h"
 #include "framework/enum_names.h"
-#include "framework/parallel.h"
+#include "optim/flat_spans.h"
 #include "optim/optim.h"
 
 namespace normlab {
@@ -98,6 +97,8 @@ void Optimizer::step() {
       NL_CHECK(p.data().is_contiguous(), name(), ": parameter '", pname, "' is not contiguous");
       NL_CHECK(g.shape() == p.shape(), name(), ": gradient of '", pname, "' has shape ", to_string(g.shape()),
                " but the parameter has shape ", to_string(p.shape()));
+      NL_CHECK(p.dtype() == DType::f32 || p.dtype() == DType::f64, name(), ": parameter '", pname, "' has dtype ",
+               dtype_name(p.dtype()), " (expected f32 or f64)");
       NL_CHECK(g.dtype() == p.dtype(), name(), ": gradient of '", pname, "' has dtype ", dtype_name(g.dtype()),
                " but the parameter has dtype ", dtype_name(p.dtype()));
       NL_CHECK(g.device() == p.data().device(), name(), ": gradient of '", pname, "' is on ", g.device(),
@@ -106,13 +107,25 @@ void Optimizer::step() {
     }
   }
   const int64_t t = t_ + 1;
+  const size_t n_state = state_names().size();
+  FlatSpans params;
+  std::vector<Tensor> copies;  // contiguous copies of strided gradients, alive through the update
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
-      Variable p = groups_[gi].params[i].second;
-      if (!p.grad().defined()) continue;
-      update(p, state_[gi][i], groups_[gi].weight_decay, t);
+      const Variable& p = groups_[gi].params[i].second;
+      Tensor g = p.grad();
+      if (!g.defined()) continue;
+      if (!g.is_contiguous()) g = copies.emplace_back(g.contiguous());
+      std::vector<Tensor>& state = state_[gi][i];
+      TensorSpan s{.ptr = {p.data().raw_data(), g.raw_data()}, .numel = p.numel(), .dtype = p.dtype(),
+                   .tag = int64_t(gi), .first = state.empty() && n_state > 0};
+      if (s.first)
+        for (size_t b = 0; b < n_state; ++b) state.push_back(zeros_like(p.data()));
+      for (size_t b = 0; b < state.size(); ++b) s.ptr[2 + b] = state[b].raw_data();
+      params.add(s);
     }
   }
+  update(params, t);
   t_ = t;
 }
 
@@ -214,19 +227,18 @@ std::vector<std::string> SGD::state_names() const {
   return {"momentum"};
 }
 
-void SGD::update(Variable& p, std::vector<Tensor>& state, double weight_decay, int64_t /*t*/) {
-  const double lr = this->lr(), wd = weight_decay, mu = options.momentum, damp = options.dampening;
+void SGD::update(const FlatSpans& params, int64_t /*t*/) {
+  const double lr = this->lr(), mu = options.momentum, damp = options.dampening;
   const bool nesterov = options.nesterov;
-  const bool first = mu != 0 && state.empty();
-  if (first) state.push_back(empty_like(p.data()));
-  const Tensor g = p.grad().contiguous();
-  NL_DISPATCH_FLOATING(p.dtype(), "SGD", [&] {
-    scalar_t* x = p.data().data<scalar_t>();
-    const scalar_t* gp = g.data<scalar_t>();
-    scalar_t* buf = mu != 0 ? state[0].data<scalar_t>() : nullptr;
-    // Scalar math: g' = g + wd x;  b = mu b + (1 - damp) g' (b = g' first);  d = nesterov ? g' + mu b : b;
-    //              x -= lr d
-    parallel_for(0, p.numel(), kElementwiseGrain, [&](int64_t i0, int64_t i1) {
+  params.for_each([&](const TensorSpan& s, int64_t i0, int64_t i1) {
+    const double wd = groups()[size_t(s.tag)].weight_decay;
+    const bool first = s.first;
+    NL_DISPATCH_FLOATING(s.dtype, "SGD", [&] {
+      scalar_t* x = static_cast<scalar_t*>(s.ptr[0]);
+      const scalar_t* gp = static_cast<const scalar_t*>(s.ptr[1]);
+      scalar_t* buf = mu != 0 ? static_cast<scalar_t*>(s.ptr[2]) : nullptr;
+      // Scalar math: g' = g + wd x;  b = mu b + (1 - damp) g' (b = g' first);  d = nesterov ? g' + mu b : b;
+      //              x -= lr d
       for (int64_t i = i0; i < i1; ++i) {
         const double xi = double(x[i]);
         const double gi = wd != 0 ? double(gp[i]) + wd * xi : double(gp[i]);
@@ -260,25 +272,26 @@ const char* Adam::name() const { return options.weight_decay_mode == WeightDecay
 
 std::vector<std::string> Adam::state_names() const { return {"exp_avg", "exp_avg_sq"}; }
 
-void Adam::update(Variable& p, std::vector<Tensor>& state, double weight_decay, int64_t t) {
-  if (state.empty()) state = {zeros_like(p.data()), zeros_like(p.data())};
+void Adam::update(const FlatSpans& params, int64_t t) {
   const double lr = this->lr(), b1 = options.beta1, b2 = options.beta2, eps = options.eps;
   const double bc1 = 1 - std::pow(b1, double(t)), bc2 = 1 - std::pow(b2, double(t));
-  double l2 = 0, shrink = 1;  // g' = g + l2 x;  x *= shrink before the Adam step
-  switch (options.weight_decay_mode) {
-    case WeightDecayMode::l2: l2 = weight_decay; break;
-    case WeightDecayMode::decoupled: shrink = 1 - lr * weight_decay; break;
-    case WeightDecayMode::independent: shrink = 1 - lr / peak_lr() * weight_decay; break;
-  }
-  const Tensor g = p.grad().contiguous();
-  NL_DISPATCH_FLOATING(p.dtype(), name(), [&] {
-    scalar_t* x = p.data().data<scalar_t>();
-    const scalar_t* gp = g.data<scalar_t>();
-    scalar_t* m = state[0].data<scalar_t>();
-    scalar_t* v = state[1].data<scalar_t>();
-    // Scalar math: g' = g + l2 x;  x *= shrink;  m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2;
-    //              x -= lr (m / bc1) / (sqrt(v / bc2) + eps)
-    parallel_for(0, p.numel(), kElementwiseGrain, [&](int64_t i0, int64_t i1) {
+  params.for_each([&](const TensorSpan& s, int64_t i0, int64_t i1) {
+    const double weight_decay = groups()[size_t(s.tag)].weight_decay;
+    double l2 = 0, shrink = 1;  // g' = g + l2 x;  x *= shrink before the Adam step
+    switch (options.weight_decay_mode) {
+      case WeightDecayMode::l2: l2 = weight_decay; break;
+      case WeightDecayMode::decoupled: shrink = 1 - lr * weight_decay; break;
+      case WeightDecayMode::independent: shrink = 1 - lr / peak_lr() * weight_decay; break;
+    }
+    NL_DISPATCH_FLOATING(s.dtype, name(), [&] {
+      scalar_t* x = static_cast<scalar_t*>(s.ptr[0]);
+      const scalar_t* gp = static_cast<const scalar_t*>(s.ptr[1]);
+      scalar_t* m = static_cast<scalar_t*>(s.ptr[2]);
+      scalar_t* v = static_cast<scalar_t*>(s.ptr[3]);
+      // Scalar math: g' = g + l2 x;  x *= shrink;  m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2;
+      //              x -= lr (m / bc1) / (sqrt(v / bc2) + eps)
+      // The loop-invariant branches vectorize as selects. They stay in the loop: the compiler fuses
+      // multiplies into adds (FMA), and which ones it fuses, hence the last bits, follows this form.
       for (int64_t i = i0; i < i1; ++i) {
         double xi = double(x[i]);
         const double gi = l2 != 0 ? double(gp[i]) + l2 * xi : double(gp[i]);

@@ -92,6 +92,17 @@ std::vector<OpCase> op_cases() {
       {"matmul_broadcast_batch", {{2, 1, 3, 4}, {3, 4, 5}}, [](V x) { return matmul(x[0], x[1]); }},
       {"matmul_nd_by_2d", {{2, 3, 4}, {4, 7}}, [](V x) { return matmul(x[0], x[1]); }},
       {"matmul_transposed", {{5, 3}, {4, 5}}, [](V x) { return matmul(transpose(x[0], 0, 1), transpose(x[1], 0, 1)); }},
+      {"linear", {{2, 3, 5}, {4, 5}, {4}}, [](V x) { return linear(x[0], x[1], x[2]); }},
+      {"linear_no_bias", {{3, 5}, {1, 5}}, [](V x) { return linear(x[0], x[1]); }},
+      {"linear_1d_input", {{5}, {3, 5}, {3}}, [](V x) { return linear(x[0], x[1], x[2]); }},
+      {"linear_1x1", {{1, 1}, {1, 1}, {1}}, [](V x) { return linear(x[0], x[1], x[2]); }},
+      {"linear_strided_input", {{5, 3}, {4, 5}, {4}}, [](V x) { return linear(transpose(x[0], 0, 1), x[1], x[2]); }},
+      {"linear_gelu", {{2, 3, 4}, {7, 4}, {7}}, [](V x) { return linear_gelu(x[0], x[1], x[2]); }},
+      {"linear_gelu_no_bias", {{3, 1}, {5, 1}}, [](V x) { return linear_gelu(x[0], x[1]); }},
+      {"linear_swiglu", {{2, 3, 3}, {5, 3}, {5}, {5, 3}, {5}},
+       [](V x) { return linear_swiglu(x[0], x[1], x[2], x[3], x[4]); }},
+      {"linear_swiglu_no_bias", {{3, 2}, {3, 2}, {3, 2}},
+       [](V x) { return linear_swiglu(x[0], x[1], Variable(), x[2], Variable()); }},
       {"reshape", {{2, 3, 4}}, [](V x) { return reshape(x[0], {4, -1}) * reshape(x[0], {4, 6}); }},
       {"view", {{6, 1}}, [](V x) { return view(x[0], {2, 3}); }},
       {"transpose", {{2, 3, 5}}, [](V x) { return transpose(x[0], 0, 2) * 2.0; }},
@@ -162,6 +173,56 @@ BOOST_AUTO_TEST_CASE(every_op_matches_finite_differences) {
       BOOST_TEST(r.ok, r.report());
       BOOST_TEST(r.max_rel_error < 1e-6, r.report());
       BOOST_TEST(r.checked > 0);
+    }
+  }
+}
+
+// The fused linear ops against the ops they replace, in f32 at a toy transformer's FFN shape:
+// the same values bit for bit, and gradients equal to rounding.
+BOOST_AUTO_TEST_CASE(fused_linear_ops_match_the_composed_ops) {
+  Generator gen(9);
+  const int64_t B = 4, T = 16, D = 32, F = 128;
+  const Tensor x0 = randn({B, T, D}, gen), dy = randn({B, T, F}, gen);
+  const Tensor w0 = mul_scalar(randn({F, D}, gen), 0.2), b0 = randn({F}, gen);
+  const Tensor w1 = mul_scalar(randn({F, D}, gen), 0.2), b1 = randn({F}, gen);
+  using Fn = std::function<Variable(const std::vector<Variable>&)>;
+  struct Pair {
+    const char* name;
+    Fn fused, composed;
+  };
+  auto affine = [](const Variable& x, const Variable& w, const Variable& b) {
+    return matmul(x, transpose(w, 0, 1)) + b;
+  };
+  const Pair pairs[] = {
+      {"linear", [](auto& v) { return linear(v[0], v[1], v[2]); }, [&](auto& v) { return affine(v[0], v[1], v[2]); }},
+      {"linear_gelu", [](auto& v) { return linear_gelu(v[0], v[1], v[2]); },
+       [&](auto& v) { return gelu(affine(v[0], v[1], v[2])); }},
+      {"linear_swiglu", [](auto& v) { return linear_swiglu(v[0], v[1], v[2], v[3], v[4]); },
+       [&](auto& v) { return swiglu(affine(v[0], v[1], v[2]), affine(v[0], v[3], v[4])); }},
+  };
+  for (const Pair& p : pairs) {
+    std::vector<Tensor> outs, grads[2];
+    for (int k = 0; k < 2; ++k) {
+      std::vector<Variable> v;
+      for (const Tensor& t : {x0, w0, b0, w1, b1}) v.emplace_back(t.clone(), true);
+      const Variable y = (k == 0 ? p.fused : p.composed)(v);
+      y.backward(dy);
+      outs.push_back(y.data());
+      for (size_t i = 0; i < v.size(); ++i) grads[k].push_back(v[i].grad().defined() ? v[i].grad() : Tensor());
+    }
+    BOOST_TEST_CONTEXT(p.name) {
+      BOOST_TEST(outs[0].to_vector<float>() == outs[1].to_vector<float>(), boost::test_tools::per_element());
+      for (size_t i = 0; i < grads[0].size(); ++i) {
+        BOOST_TEST_REQUIRE(grads[0][i].defined() == grads[1][i].defined());
+        if (!grads[0][i].defined()) continue;
+        const std::vector<double> a = grads[0][i].to_vector<double>(), c = grads[1][i].to_vector<double>();
+        double worst = 0, scale = 0;
+        for (size_t j = 0; j < a.size(); ++j) {
+          worst = std::max(worst, std::abs(a[j] - c[j]));
+          scale = std::max(scale, std::abs(c[j]));
+        }
+        BOOST_TEST(worst <= 1e-6 * scale, "input " << i << ": max difference " << worst << " of max " << scale);
+      }
     }
   }
 }

@@ -278,6 +278,142 @@ BOOST_AUTO_TEST_CASE(updates_do_not_depend_on_the_thread_count) {
   BOOST_TEST(bit_equal(results[0], results[2]));
 }
 
+// The one-pass update over all parameters against one optimizer per parameter.
+namespace {
+
+struct OptCase {
+  std::string label;
+  std::function<std::unique_ptr<Optimizer>(std::vector<ParamGroup>)> make;
+};
+
+std::vector<OptCase> flat_cases() {
+  return {
+      {"sgd", [](auto g) { return std::make_unique<SGD>(std::move(g), SGDOptions{.lr = 0.05}); }},
+      {"sgd momentum dampening",
+       [](auto g) { return std::make_unique<SGD>(std::move(g), SGDOptions{.lr = 0.05, .momentum = 0.8, .dampening = 0.3}); }},
+      {"sgd nesterov",
+       [](auto g) { return std::make_unique<SGD>(std::move(g), SGDOptions{.lr = 0.05, .momentum = 0.9, .nesterov = true}); }},
+      {"adam", [](auto g) {
+         return std::make_unique<Adam>(std::move(g), AdamOptions{.lr = 0.01, .weight_decay_mode = WeightDecayMode::l2});
+       }},
+      {"adamw", [](auto g) { return make_adamw(std::move(g), {.lr = 0.01, .beta1 = 0.8, .beta2 = 0.95}); }},
+      {"adamw independent",
+       [](auto g) { return make_adamw(std::move(g), {.lr = 0.01, .weight_decay_mode = WeightDecayMode::independent}); }},
+  };
+}
+
+// Parameters of many sizes (around the parallel grain of 16384 elements and the norm's
+// 32768-element blocks, empty, scalar), f32 and f64, in two groups.
+NamedParameters flat_params(uint64_t seed) {
+  Generator gen(seed);
+  const std::vector<std::pair<Shape, DType>> specs = {
+      {{300, 200}, DType::f32}, {{7}, DType::f32},      {{16385}, DType::f64}, {{}, DType::f64},
+      {{0}, DType::f32},        {{3, 5}, DType::f64},  {{32769}, DType::f32}, {{40, 1000}, DType::f32},
+      {{1}, DType::f32},        {{128, 32}, DType::f64}};
+  NamedParameters ps;
+  for (size_t k = 0; k < specs.size(); ++k) {
+    std::string name = std::to_string(k);
+    name.insert(name.begin(), 'p');
+    ps.emplace_back(name, Variable(randn(specs[k].first, gen, specs[k].second), true));
+  }
+  return ps;
+}
+
+// Step t's gradients: p1 has none at step 1; p5's is a transposed (strided) view.
+void set_flat_grads(NamedParameters& ps, int t) {
+  Generator gen(uint64_t(1000 + t));
+  for (auto& [name, p] : ps) {
+    if (name == "p1" && t == 1) {
+      p.zero_grad();
+      continue;
+    }
+    if (name == "p5") p.set_grad(randn({5, 3}, gen, p.dtype()).transpose(0, 1));
+    else p.set_grad(randn(p.shape(), gen, p.dtype()));
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(one_pass_update_matches_per_parameter_updates) {
+  // The pass cuts every parameter at thread boundaries and finds each one's group, state and
+  // first update: its bits must be those of each parameter updated alone, on one thread, by
+  // an optimizer of its own (stepped every step, so that t and the bias corrections agree).
+  const int saved = num_threads();
+  for (const OptCase& c : flat_cases()) {
+    set_num_threads(1);
+    NamedParameters ref = flat_params(3);
+    std::vector<std::unique_ptr<Optimizer>> alone;
+    for (const auto& named : ref) alone.push_back(c.make(param_groups({named}, 0.1)));
+    for (int t = 1; t <= 3; ++t) {
+      set_flat_grads(ref, t);
+      for (auto& opt : alone) {
+        opt->set_lr(0.01 * t);
+        opt->step();
+      }
+    }
+    for (int threads : {1, 2, 3}) {
+      set_num_threads(threads);
+      NamedParameters ps = flat_params(3);
+      auto opt = c.make(param_groups(ps, 0.1));
+      BOOST_TEST_REQUIRE(opt->groups().size() == 2u);
+      for (int t = 1; t <= 3; ++t) {
+        set_flat_grads(ps, t);
+        opt->set_lr(0.01 * t);
+        opt->step();
+      }
+      for (size_t k = 0; k < ps.size(); ++k)
+        BOOST_TEST(bit_equal(ps[k].second.data(), ref[k].second.data()),
+                   c.label << " " << ps[k].first << " at " << threads << " threads");
+    }
+  }
+  set_num_threads(saved);
+}
+
+BOOST_AUTO_TEST_CASE(grad_norm_sums_fixed_blocks_in_parameter_order) {
+  // The order: per parameter, blocks of 32768 elements each summed from 0, the blocks' sums
+  // added in order; then the parameters' sums in parameter order.
+  NamedParameters ps = flat_params(8);
+  set_flat_grads(ps, 2);
+  std::vector<Variable> params;
+  double expected = 0;
+  for (auto& [name, p] : ps) {
+    params.push_back(p);
+    const std::vector<double> g = p.grad().to_vector<double>();
+    double s = 0;
+    for (size_t b = 0; b < g.size(); b += 32768) {
+      double block = 0;
+      for (size_t i = b; i < std::min(g.size(), b + 32768); ++i) block += g[i] * g[i];
+      s += block;
+    }
+    expected += s;
+  }
+  const int saved = num_threads();
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    BOOST_TEST(grad_norm(params) == std::sqrt(expected), threads << " threads");
+  }
+  // Clipping scales every gradient (the strided one replaced by a contiguous copy) by the same factor.
+  const std::vector<Tensor> before = [&] {
+    std::vector<Tensor> v;
+    for (const Variable& p : params) v.push_back(p.grad().defined() ? p.grad().contiguous().clone() : Tensor());
+    return v;
+  }();
+  const double scale = 1.0 / std::sqrt(expected);
+  BOOST_TEST(clip_grad_norm(params, 1.0) == std::sqrt(expected));
+  set_num_threads(saved);
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (!before[k].defined()) continue;
+    BOOST_TEST(params[k].grad().is_contiguous());
+    NL_DISPATCH_FLOATING(before[k].dtype(), "check", [&] {
+      const scalar_t* g0 = before[k].data<scalar_t>();
+      const scalar_t* g1 = params[k].grad().data<scalar_t>();
+      bool same = true;
+      for (int64_t i = 0; i < before[k].numel(); ++i) same = same && g1[i] == scalar_t(double(g0[i]) * scale);
+      BOOST_TEST(same, ps[k].first);
+    });
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Schedules
 
@@ -448,6 +584,13 @@ BOOST_AUTO_TEST_CASE(clip_grad_norm_leaves_non_finite_gradients_alone) {
     BOOST_TEST(bit_equal(a.grad(), ga));
     BOOST_TEST(bit_equal(b.grad(), gb));
   }
+}
+
+BOOST_AUTO_TEST_CASE(a_parameter_listed_twice_counts_twice_and_is_scaled_once) {
+  Variable a = param({0, 0});
+  set_grad(a, {3.0, 4.0});
+  BOOST_TEST(clip_grad_norm({a, a}, 1.0) == std::sqrt(50.0));
+  check_close(a.grad().to_vector<double>(), {3.0 / std::sqrt(50.0), 4.0 / std::sqrt(50.0)}, 1e-15, "a");
 }
 
 BOOST_AUTO_TEST_CASE(grad_norm_is_deterministic_across_thread_counts) {
