@@ -12,8 +12,8 @@
   do {                                                                                           \
     const cudaError_t normlab_cuda_status = (call);                                              \
     if (normlab_cuda_status != cudaSuccess) [[unlikely]]                                         \
-      ::normlab::detail::fail(__FILE__, __LINE__,                                                \
-                              ::normlab::detail::concat("CUDA error ", cudaGetErrorName(normlab_cuda_status), \
+      ::normlab::detail::fail_located(__FILE__, __LINE__,                                        \
+                                      ::normlab::detail::concat("CUDA error ", cudaGetErrorName(normlab_cuda_status), \
                                                         " (", cudaGetErrorString(normlab_cuda_status), ") in ", #call)); \
   } while (0)
 

@@ -23,10 +23,14 @@ bool show_locations() {
 
 }  // namespace
 
-void fail(const char* file, int line, const std::string& message) {
-  if (!show_locations()) throw Error(message);
+void fail_located(const char* file, int line, const std::string& message) {
   const char* base = std::strrchr(file, '/');
   throw Error(concat(message, " (", base ? base + 1 : file, ":", line, ")"));
+}
+
+void fail(const char* file, int line, const std::string& message) {
+  if (show_locations()) fail_located(file, line, message);
+  throw Error(message);
 }
 
 }  // namespace normlab::detail

@@ -22,6 +22,9 @@ std::string concat(const Args&... args) {
   return os.str();
 }
 [[noreturn]] void fail(const char* file, int line, const std::string& message);
+// For failures of a runtime underneath (CUDA, cuDNN), not of the user's input: the source
+// location is always part of the message.
+[[noreturn]] void fail_located(const char* file, int line, const std::string& message);
 }  // namespace detail
 
 }  // namespace normlab

@@ -12,7 +12,7 @@ namespace {
   do {                                                                                                          \
     const cudnnStatus_t normlab_cudnn_status = (call);                                                          \
     if (normlab_cudnn_status != CUDNN_STATUS_SUCCESS)                                                           \
-      ::normlab::detail::fail(                                                                                  \
+      ::normlab::detail::fail_located(                                                                          \
           __FILE__, __LINE__,                                                                                   \
           ::normlab::detail::concat("cuDNN error ", cudnnGetErrorString(normlab_cudnn_status), " in ", #call)); \
   } while (0)

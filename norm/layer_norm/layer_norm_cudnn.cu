@@ -10,7 +10,8 @@
   do {                                                                                                \
     const cudnnStatus_t normlab_cudnn_status = (call);                                                \
     if (normlab_cudnn_status != CUDNN_STATUS_SUCCESS)                                                 \
-      NL_FAIL("cuDNN error ", cudnnGetErrorString(normlab_cudnn_status), " in ", #call);              \
+      ::normlab::detail::fail_located(__FILE__, __LINE__, ::normlab::detail::concat(                  \
+          "cuDNN error ", cudnnGetErrorString(normlab_cudnn_status), " in ", #call));                 \
   } while (0)
 
 namespace normlab {
