@@ -121,7 +121,11 @@ class FeedForward : public Module {
 class Block : public Module {
  public:
   Block(const ModelConfig& c, int64_t index, Generator& gen);
-  // `dropout_gen` draws the dropout masks (used only in training with dropout > 0).
+  // `dropout_gen` draws the dropout masks (used only in training with dropout > 0). The
+  // stream's pending residual add is done with this block's first norm where it starts with one,
+  // and the block's own last add is left pending in the result (ResidualStream).
+  ResidualStream forward(const ResidualStream& x, Generator& dropout_gen);
+  // x_{l+1} for x_l, the adds done: the block on its own (fused inside it only).
   Variable forward(const Variable& x, Generator& dropout_gen);
 
   double dropout;
