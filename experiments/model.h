@@ -3,7 +3,9 @@
 // transformer's math" section states its forward pass exactly; this file follows it.
 //
 //   x_0 = tok[tokens] + pos[0..T)                                   [B, T, D]
-//   x_l = ffn_res_l(attn_res_l(x_{l-1}, attn_l), ffn_l)             l = 1..depth (Residual)
+//   x_l = ffn_res_l(attn_res_l(x_{l-1}, attn_l), ffn_l)             l = 1..depth (Residual; each
+//                                                                   residual add runs with the norm
+//                                                                   that reads it, ResidualStream)
 //   logits = head(final_norm(x_depth))                              [B, T, V]
 //   loss = cross_entropy(logits, targets) (+ z_loss * mean logsumexp^2)
 //
