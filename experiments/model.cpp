@@ -31,14 +31,26 @@ class TokenChannels : public Norm {
   }
 };
 
-// A norm that records the size of its input while asked to (NormInputProbe).
+// A norm that records the size of its input while asked to (NormInputProbe): x, or the sum h
+// that forward_add normalizes. (A norm without a fused add reaches forward(h) too, which
+// records the same value.)
 template <class Norm>
 class Probed : public Norm, public NormInputProbe {
  public:
   using Norm::Norm;
   Variable forward(const Variable& x) override {
-    if (record) input_rms = mean_row_norm(x.data()) / std::sqrt(double(x.size(-1)));
+    record_input(x);
     return Norm::forward(x);
+  }
+  std::pair<Variable, Variable> forward_add(const Variable& x, const Variable& r, bool keep_sum = true) override {
+    std::pair<Variable, Variable> hy = Norm::forward_add(x, r, keep_sum);
+    record_input(hy.first);
+    return hy;
+  }
+
+ private:
+  void record_input(const Variable& x) {
+    if (record) input_rms = mean_row_norm(x.data()) / std::sqrt(double(x.size(-1)));
   }
 };
 
@@ -196,11 +208,15 @@ Block::Block(const ModelConfig& c, int64_t index, Generator& gen) : dropout(c.dr
   ffn = register_module("ffn", std::make_shared<FeedForward>(c, gen));
 }
 
-Variable Block::forward(const Variable& x, Generator& dropout_gen) {
-  const Variable h = attn_res->forward(
+ResidualStream Block::forward(const ResidualStream& x, Generator& dropout_gen) {
+  const ResidualStream h = attn_res->forward(
       x, [&](const Variable& a) { return normlab::dropout(attn->forward(a), dropout, training(), dropout_gen); });
   return ffn_res->forward(
       h, [&](const Variable& a) { return normlab::dropout(ffn->forward(a), dropout, training(), dropout_gen); });
+}
+
+Variable Block::forward(const Variable& x, Generator& dropout_gen) {
+  return forward(ResidualStream{x, {}}, dropout_gen).sum();
 }
 
 // ---- Transformer ----
@@ -244,14 +260,15 @@ Variable Transformer::forward(const Tensor& tokens) {
   const int64_t T = tokens.size(1);
   NL_CHECK(T >= 1 && T <= config_.seq_len, "Transformer: sequence length ", T, " is outside [1, seq_len=",
            config_.seq_len, "]");
-  Variable x = tok->forward(tokens) + (T == config_.seq_len ? pos : narrow(pos, 0, 0, T));
+  // The stream keeps each block's last residual add pending, for the next block's (or the
+  // final) norm to do with its own (see ResidualStream).
+  ResidualStream x{tok->forward(tokens) + (T == config_.seq_len ? pos : narrow(pos, 0, 0, T)), {}};
   if (keep_residuals) residuals.assign(1, x.data());
   for (const auto& block : blocks) {
     x = block->forward(x, dropout_gen_);
     if (keep_residuals) residuals.push_back(x.data());
   }
-  if (final_norm) x = final_norm->forward(x);
-  return head->forward(x);
+  return head->forward(final_norm ? x.sum_and_norm(*final_norm, false).second : x.sum());
 }
 
 Variable Transformer::loss(const Tensor& tokens, const Tensor& targets, double z_loss) {

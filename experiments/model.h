@@ -3,7 +3,9 @@
 // transformer's math" section states its forward pass exactly; this file follows it.
 //
 //   x_0 = tok[tokens] + pos[0..T)                                   [B, T, D]
-//   x_l = ffn_res_l(attn_res_l(x_{l-1}, attn_l), ffn_l)             l = 1..depth (Residual)
+//   x_l = ffn_res_l(attn_res_l(x_{l-1}, attn_l), ffn_l)             l = 1..depth (Residual; each
+//                                                                   residual add runs with the norm
+//                                                                   that reads it, ResidualStream)
 //   logits = head(final_norm(x_depth))                              [B, T, V]
 //   loss = cross_entropy(logits, targets) (+ z_loss * mean logsumexp^2)
 //
@@ -121,7 +123,11 @@ class FeedForward : public Module {
 class Block : public Module {
  public:
   Block(const ModelConfig& c, int64_t index, Generator& gen);
-  // `dropout_gen` draws the dropout masks (used only in training with dropout > 0).
+  // `dropout_gen` draws the dropout masks (used only in training with dropout > 0). The
+  // stream's pending residual add is done with this block's first norm where it starts with one,
+  // and the block's own last add is left pending in the result (ResidualStream).
+  ResidualStream forward(const ResidualStream& x, Generator& dropout_gen);
+  // x_{l+1} for x_l, the adds done: the block on its own (fused inside it only).
   Variable forward(const Variable& x, Generator& dropout_gen);
 
   double dropout;

@@ -1,6 +1,13 @@
 #include "norm/common.h"
 
+#include "autograd/ops.h"
+
 namespace normlab {
+
+std::pair<Variable, Variable> NormLayer::forward_add(const Variable& x, const Variable& r, bool) {
+  const Variable h = x + r;
+  return {h, forward(h)};
+}
 
 std::vector<Tensor> AffineNormNode::backward(const std::vector<Tensor>& grad_outputs) {
   const bool has_gamma = gamma.defined();

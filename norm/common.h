@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/module.h"
@@ -20,6 +21,13 @@ namespace normlab {
 class NormLayer : public Module {
  public:
   virtual Variable forward(const Variable& x) = 0;
+
+  // A residual add and this norm together: {h, forward(h)} for h = x + r. LayerNorm and RMSNorm
+  // compute both in one node (add_layer_norm, add_rms_norm: one pass forward and one back);
+  // other norms add, then normalize. keep_sum false: the caller uses the sum only through the
+  // norm (post-norm), so the fused node leaves h out of the graph (its h carries the values
+  // only); the unfused default returns h as it is either way.
+  virtual std::pair<Variable, Variable> forward_add(const Variable& x, const Variable& r, bool keep_sum = true);
 };
 
 // Throws unless eps > 0 (and finite).

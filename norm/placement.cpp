@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "framework/tensor_ops.h"
 
 namespace normlab {
 
@@ -98,8 +99,21 @@ Residual::Residual(Placement placement, SublayerRole role, int64_t block, const 
   }
 }
 
+Variable ResidualStream::sum() const { return r.defined() ? x + r : x; }
+
+std::pair<Variable, Variable> ResidualStream::sum_and_norm(NormLayer& norm, bool keep_sum) const {
+  if (!r.defined()) return {x, norm.forward(x)};
+  return norm.forward_add(x, r, keep_sum);
+}
+
+Tensor ResidualStream::data() const { return r.defined() ? add(x.data(), r.data()) : x.data(); }
+
 Variable Residual::forward(const Variable& x, const SublayerFn& f) const {
-  NL_CHECK(x.defined(), "Residual: the input is undefined");
+  return forward(ResidualStream{x, {}}, f).sum();
+}
+
+ResidualStream Residual::forward(const ResidualStream& in, const SublayerFn& f) const {
+  NL_CHECK(in.x.defined(), "Residual: the input is undefined");
   auto branch = [&](const Variable& h) {
     Variable y = f(h);
     NL_CHECK(y.defined() && y.shape() == h.shape(), "Residual: the ", to_string(role_), " sublayer of block ",
@@ -107,15 +121,32 @@ Variable Residual::forward(const Variable& x, const SublayerFn& f) const {
              to_string(h.shape()), "; a residual needs the same shape");
     return y;
   };
+  // Each case computes its formula (see ResidualForm) with the add of `in` done first or
+  // together with the first norm, and the last add left to the returned stream.
   switch (form_) {
-    case ResidualForm::plain: return x + branch(x);
-    case ResidualForm::pre: return x + branch(norm->forward(x));
-    case ResidualForm::post: return norm->forward(x + branch(x));
-    case ResidualForm::peri: return x + norm_out->forward(branch(norm_in->forward(x)));
-    case ResidualForm::deepnorm: return norm->forward(alpha_ * x + branch(x));
+    case ResidualForm::plain: {
+      const Variable x = in.sum();
+      return {x, branch(x)};
+    }
+    case ResidualForm::pre: {
+      const auto [x, a] = in.sum_and_norm(*norm);
+      return {x, branch(a)};
+    }
+    case ResidualForm::post: {
+      const Variable x = in.sum();
+      return {norm->forward_add(x, branch(x), false).second, {}};
+    }
+    case ResidualForm::peri: {
+      const auto [x, a] = in.sum_and_norm(*norm_in);
+      return {x, norm_out->forward(branch(a))};
+    }
+    case ResidualForm::deepnorm: {
+      const Variable x = in.sum();
+      return {norm->forward_add(alpha_ * x, branch(x), false).second, {}};
+    }
     case ResidualForm::norm_first: {
-      const Variable z = norm->forward(x);
-      return z + branch(z);
+      const Variable z = in.sum_and_norm(*norm, false).second;
+      return {z, branch(z)};
     }
   }
   NL_FAIL("Residual: invalid form ", int(form_));

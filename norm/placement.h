@@ -17,6 +17,16 @@
 //   ffn_res  = register_module("ffn_res",  std::make_shared<Residual>(p, SublayerRole::ffn, i, factory));
 //   x = attn_res->forward(x, [&](const Variable& h) { return attn->forward(h); });
 //   x = ffn_res->forward(x,  [&](const Variable& h) { return ffn->forward(h); });
+//
+// Fused residual add + norm. Where a residual add is followed directly by a norm of the sum, the
+// two run as one node (NormLayer::forward_add; one pass each way for LayerNorm and RMSNorm):
+//   post, deepnorm   N(x + f(x)), N(alpha x + f(x)): the add inside the residual;
+//   pre, peri        the add x + f(.) of one sublayer and the norm N(x) (N_in(x)) that starts the
+//                    next one: x stays a ResidualStream {x, f(.)} with the add pending, and the
+//                    next residual does it together with its first norm;
+//   hybrid           the attention's x + f(x) and the FFN's z = N(x).
+// A ResidualStream passed from residual to residual (x = attn_res->forward(x, ...) with x a
+// ResidualStream) fuses across sublayers and blocks; the Variable form fuses inside one residual.
 #pragma once
 
 #include <array>
@@ -24,6 +34,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "norm/common.h"
 
@@ -68,6 +79,21 @@ bool uses_final_norm(Placement p);
 using NormFactory = std::function<std::shared_ptr<NormLayer>()>;
 using SublayerFn = std::function<Variable(const Variable&)>;
 
+// The residual stream between sublayers, its last residual add still to do: the stream's value
+// is x + r (x alone while r is undefined). Leaving the add pending lets the next sublayer that
+// starts with a norm compute the add and the norm in one node.
+struct ResidualStream {
+  Variable x, r;
+
+  // x + r (an add node), or x.
+  Variable sum() const;
+  // {x + r, norm(x + r)}: one node where the norm fuses the add (NormLayer::forward_add, with
+  // keep_sum as there); {x, norm(x)} without a pending add.
+  std::pair<Variable, Variable> sum_and_norm(NormLayer& norm, bool keep_sum = true) const;
+  // The value x + r as a Tensor, outside the graph (for metrics).
+  Tensor data() const;
+};
+
 // A residual connection around one sublayer. Norm children (built by `make_norm`, one call
 // each): "norm" for pre, post, deepnorm and hybrid's FFN; "norm_in" and "norm_out" for peri;
 // none for plain forms. `alpha` (> 0) is DeepNorm's skip scale and must stay 1 for every
@@ -78,6 +104,10 @@ class Residual : public Module {
 
   // The block output for input x; f must return x's shape. f is called exactly once.
   Variable forward(const Variable& x, const SublayerFn& f) const;
+  // The same on a stream: a pending add of `in` is done with this residual's first norm where
+  // its form starts with one (pre, peri, hybrid's FFN), else first; the result's own last add
+  // is left pending where the form ends with one (plain, pre, peri, hybrid's FFN).
+  ResidualStream forward(const ResidualStream& in, const SublayerFn& f) const;
 
   Placement placement() const { return placement_; }
   SublayerRole role() const { return role_; }

@@ -414,6 +414,7 @@ CONFIGS = [
     # every placement
     C("layer/none", "--norm", "layer", "--placement", "none"),
     C("layer/post", "--norm", "layer", "--placement", "post"),
+    C("rms/post", "--norm", "rms", "--placement", "post"),
     C("rms/peri", "--norm", "rms", "--placement", "peri"),
     C("scale/peri", "--norm", "scale", "--placement", "peri"),
     C("layer/deepnorm", "--norm", "layer", "--placement", "deepnorm", "--init", "deepnorm",

@@ -6,14 +6,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <set>
 
 #include "autograd/gradcheck.h"
+#include "autograd/ops.h"
 #include "experiments/model.h"
 #include "framework/allocator.h"
 #include "framework/parallel.h"
 #include "framework/tensor_ops.h"
 #include "norm/init.h"
+#include "tests/norm_test_util.h"
 #include "tests/test_util.h"
 
 using namespace normlab;
@@ -53,6 +57,77 @@ std::set<std::string> names_of(const Transformer& m) {
 }
 
 bool has(const std::set<std::string>& s, const std::string& name) { return s.count(name) > 0; }
+
+constexpr NormKind kNorms[] = {NormKind::layer, NormKind::rms,   NormKind::scale,
+                               NormKind::dyt,   NormKind::batch, NormKind::group};
+
+// The model's loss with every residual add and every norm a node of its own: each residual
+// form written out (README, "The toy transformer's math") on the model's own modules, as the
+// model ran before its adds and norms were fused.
+Variable unfused_loss(Transformer& m, const Tensor& tokens, const Tensor& targets) {
+  auto apply = [](const Residual& res, const Variable& x, const SublayerFn& f) {
+    switch (res.form()) {
+      case ResidualForm::plain: return x + f(x);
+      case ResidualForm::pre: return x + f(res.norm->forward(x));
+      case ResidualForm::post: return res.norm->forward(x + f(x));
+      case ResidualForm::peri: return x + res.norm_out->forward(f(res.norm_in->forward(x)));
+      case ResidualForm::deepnorm: return res.norm->forward(res.alpha() * x + f(x));
+      case ResidualForm::norm_first: {
+        const Variable z = res.norm->forward(x);
+        return z + f(z);
+      }
+    }
+    return Variable();
+  };
+  BOOST_REQUIRE(tokens.size(1) == m.config().seq_len);
+  Variable x = m.tok->forward(tokens) + m.pos;
+  if (m.keep_residuals) m.residuals.assign(1, x.data());
+  for (const auto& b : m.blocks) {
+    x = apply(*b->attn_res, x, [&](const Variable& a) { return b->attn->forward(a); });
+    x = apply(*b->ffn_res, x, [&](const Variable& a) { return b->ffn->forward(a); });
+    if (m.keep_residuals) m.residuals.push_back(x.data());
+  }
+  if (m.final_norm) x = m.final_norm->forward(x);
+  return cross_entropy(m.head->forward(x), targets);
+}
+
+// The loss, every parameter's gradient, every norm's input probe and the residual stream
+// after each block, of one forward and backward of `loss_fn`, the metrics recording.
+std::vector<Tensor> loss_grads_and_probes(Transformer& m, const std::function<Variable()>& loss_fn) {
+  for (const auto& [name, probe] : m.norm_probes()) probe->record = true;
+  m.keep_residuals = true;
+  m.zero_grad();
+  Variable loss = loss_fn();
+  loss.backward();
+  m.keep_residuals = false;
+  BOOST_REQUIRE(m.residuals.size() == m.blocks.size() + 1);
+  std::vector<Tensor> out = m.residuals;
+  out.push_back(loss.data().clone());
+  for (const auto& [name, p] : m.named_parameters()) out.push_back(p.grad().clone());
+  Tensor probes = empty({int64_t(m.norm_probes().size())}, DType::f64);
+  int64_t i = 0;
+  for (const auto& [name, probe] : m.norm_probes()) {
+    probes.data<double>()[i++] = probe->input_rms;
+    probe->record = false;
+  }
+  out.push_back(probes);
+  return out;
+}
+
+// How many nodes of each name the graph behind `root` holds.
+std::map<std::string, int> node_counts(const Variable& root) {
+  std::map<std::string, int> counts;
+  std::set<const Node*> seen;
+  std::vector<const Node*> stack{root.grad_fn().get()};
+  while (!stack.empty()) {
+    const Node* n = stack.back();
+    stack.pop_back();
+    if (!n || !seen.insert(n).second) continue;
+    ++counts[n->name()];
+    for (const Variable& in : n->inputs()) stack.push_back(in.grad_fn().get());
+  }
+  return counts;
+}
 
 }  // namespace
 
@@ -145,10 +220,8 @@ BOOST_AUTO_TEST_CASE(parameter_names_follow_the_placement) {
 }
 
 BOOST_AUTO_TEST_CASE(every_norm_and_placement_trains_a_step) {
-  const NormKind norms[] = {NormKind::layer, NormKind::rms, NormKind::scale, NormKind::dyt, NormKind::batch,
-                            NormKind::group};
   Tensor tokens, targets;
-  for (NormKind n : norms)
+  for (NormKind n : kNorms)
     for (Placement p : all_placements) {
       ModelConfig c = tiny(n, p);
       make_batch(c, 3, 5, tokens, targets);
@@ -250,9 +323,9 @@ BOOST_AUTO_TEST_CASE(same_seed_same_model_for_any_thread_count) {
   c.depth = 3;
   Tensor tokens, targets;
   make_batch(c, 4, 3, tokens, targets);
-  auto run = [&](int threads) {
+  auto run = [&](const ModelConfig& config, int threads) {
     set_num_threads(threads);
-    Transformer m(c);
+    Transformer m(config);
     Variable loss = m.loss(tokens, targets);
     loss.backward();
     std::vector<Tensor> out{loss.data().clone()};
@@ -260,14 +333,110 @@ BOOST_AUTO_TEST_CASE(same_seed_same_model_for_any_thread_count) {
     return out;
   };
   const int saved = num_threads();
-  const auto a = run(1), b = run(2);
+  // Every placement with the fused LayerNorm and RMSNorm, and one norm without a fused add.
+  for (NormKind n : {NormKind::layer, NormKind::rms, NormKind::dyt})
+    for (Placement p : all_placements) {
+      ModelConfig k = c;
+      k.norm = n;
+      k.placement = p;
+      const auto a = run(k, 1), b = run(k, 2);
+      BOOST_REQUIRE(a.size() == b.size());
+      for (size_t i = 0; i < a.size(); ++i)
+        BOOST_TEST(std::memcmp(a[i].data<float>(), b[i].data<float>(), size_t(a[i].numel()) * 4) == 0,
+                   to_string(n) << "/" << to_string(p) << " tensor " << i);
+    }
   set_num_threads(saved);
-  BOOST_REQUIRE(a.size() == b.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    BOOST_TEST(std::memcmp(a[i].data<float>(), b[i].data<float>(), size_t(a[i].numel()) * 4) == 0, "tensor " << i);
   ModelConfig c1 = c;
   c1.seed = 1;
   BOOST_TEST(max_abs(sub(Transformer(c1).tok->weight.data(), Transformer(c).tok->weight.data())) > 0);
+}
+
+// The fused residual adds and norms change no number beyond rounding: the loss, every gradient,
+// every norm's input probe and the residual stream kept for metrics against the model with
+// separate add and norm nodes, for every
+// norm and placement; within 1e-12 in f64. In f32 the fused kernels round as the separate ones
+// (h = x + r once, the same row kernels, dh + dx_norm one add), but the engine may sum a
+// gradient's terms in another order, so only a small relative difference is required.
+BOOST_AUTO_TEST_CASE(fused_residual_norms_match_the_unfused_model) {
+  Tensor tokens, targets;
+  for (DType dtype : {DType::f64, DType::f32}) {
+    double worst = 0;
+    int identical = 0, cases = 0;
+    for (NormKind n : kNorms)
+      for (Placement p : all_placements)
+        for (bool final_norm : {true, false}) {
+          ModelConfig c = tiny(n, p);
+          c.depth = 3;
+          c.dtype = dtype;
+          c.init_std = 0.5;
+          c.final_norm = final_norm;
+          const std::string name = std::string(to_string(n)) + "/" + to_string(p) + (final_norm ? "" : "/no-final") +
+                                   " " + dtype_name(dtype);
+          Transformer m(c);
+          make_batch(c, 2, 17, tokens, targets);
+          const auto fused = loss_grads_and_probes(m, [&] { return m.loss(tokens, targets); });
+          const auto unfused = loss_grads_and_probes(m, [&] { return unfused_loss(m, tokens, targets); });
+          BOOST_REQUIRE(fused.size() == unfused.size());
+          double diff = 0;
+          bool same = true;
+          for (size_t i = 0; i < fused.size(); ++i) {
+            diff = std::max(diff, max_rel_diff(fused[i], unfused[i]));
+            same = same && max_abs(sub(fused[i], unfused[i])) == 0;
+          }
+          BOOST_TEST(diff < (dtype == DType::f64 ? 1e-12 : 1e-5), name << ": fused and unfused differ by " << diff);
+          worst = std::max(worst, diff);
+          identical += same;
+          ++cases;
+        }
+    BOOST_TEST_MESSAGE("fused vs unfused model, " << dtype_name(dtype) << ": worst rel diff " << worst << "; "
+                                                  << identical << " of " << cases << " cases bit-identical");
+  }
+}
+
+// Where the fused path is taken: one add_layer_norm node per residual add that a LayerNorm
+// reads directly, and the separate layer_norm or add nodes only where nothing is fused.
+BOOST_AUTO_TEST_CASE(residual_adds_and_norms_fuse_where_a_norm_reads_the_sum) {
+  struct Case {
+    Placement placement;
+    int fused, plain;  // add_layer_norm and layer_norm nodes of the residual norms and the final norm
+  };
+  constexpr int L = 3;
+  const Case cases[] = {
+      {Placement::pre, 2 * L, 1},           // block 0's attention norm reads the embedding
+      {Placement::post, 2 * L, 1},          // N(x + f(x)) in every residual; the final norm reads a norm
+      {Placement::deepnorm, 2 * L, 1},      // N(alpha x + f(x)); likewise
+      {Placement::peri, 2 * L, 2 * L + 1},  // every N_in but block 0's, and the final norm; N_out reads f
+      {Placement::hybrid, L + 1, 3 * L},    // the FFN's N(x + attn) and the final norm; q, k, v norms
+      {Placement::hybrid_star, L + 1, 1 + 3 * (L - 1)},  // block 0 pre; block 1's attention adds first
+      {Placement::none, 0, 0},
+  };
+  Tensor tokens, targets;
+  for (const Case& k : cases) {
+    ModelConfig c = tiny(NormKind::layer, k.placement);
+    c.depth = L;
+    c.final_norm = k.placement != Placement::none;
+    Transformer m(c);
+    make_batch(c, 2, 3, tokens, targets);
+    auto counts = node_counts(m.loss(tokens, targets));
+    BOOST_TEST(counts["add_layer_norm"] == k.fused, to_string(k.placement) << ": " << counts["add_layer_norm"]);
+    BOOST_TEST(counts["layer_norm"] == k.plain, to_string(k.placement) << ": " << counts["layer_norm"]);
+  }
+  ModelConfig r = tiny(NormKind::rms, Placement::pre);
+  r.depth = L;
+  Transformer m(r);
+  make_batch(r, 2, 3, tokens, targets);
+  auto counts = node_counts(m.loss(tokens, targets));
+  BOOST_TEST(counts["add_rms_norm"] == 2 * L);
+  BOOST_TEST(counts["rms_norm"] == 1);
+  // Block::forward on a Variable (one block on its own, e.g. to recompute it) fuses inside the
+  // block only and returns the block's output with its adds done.
+  Generator gen(5);
+  const Variable x(randn({2, r.seq_len, r.d_model}, gen), true);
+  const Variable y = m.blocks[1]->forward(x, m.generator());
+  counts = node_counts(y);
+  BOOST_TEST(counts["add_rms_norm"] == 1);
+  BOOST_TEST(counts["rms_norm"] == 1);
+  BOOST_TEST(y.grad_fn()->name() == "add");
 }
 
 // The engine is iterative: a 1000-block graph neither overflows the stack nor fails.

@@ -7,6 +7,7 @@
 
 #include "autograd/ops.h"
 #include "norm/fused_add_norm/fused_add_norm.h"
+#include "norm/scale_norm/scale_norm.h"
 #include "tests/norm_test_util.h"
 #include "tests/test_util.h"
 
@@ -254,6 +255,63 @@ BOOST_AUTO_TEST_CASE(two_output_node_saves_h_and_the_stats) {
   BOOST_CHECK(rnode->unit_offset);
   BOOST_CHECK(rnode->rrms.shape() == (Shape{2, 3}));
   BOOST_CHECK_EQUAL(max_abs(sub(y2.data(), rn.forward(Variable(h2.data())).data())), 0.0);
+}
+
+BOOST_AUTO_TEST_CASE(without_the_sum_y_is_the_only_output) {
+  // keep_sum false (post-norm, a final norm): the node's one output is y, its backward adds no
+  // dh, and h comes back as a value outside the graph. Through the modules' forward_add.
+  Generator gen(10);
+  const Tensor x0 = randn({2, 3, 6}, gen, DType::f64), r0 = randn({2, 3, 6}, gen, DType::f64);
+  const Tensor seed = randn({2, 3, 6}, gen, DType::f64);
+  LayerNorm ln(6, 1e-5, true, true, DType::f64);
+  RMSNorm rn(6, 1e-6, true, false, DType::f64);
+  ln.weight.data().copy_from(randn({6}, gen, DType::f64, 1.0, 0.5));
+  ln.bias.data().copy_from(randn({6}, gen, DType::f64));
+  rn.weight.data().copy_from(randn({6}, gen, DType::f64, 1.0, 0.5));
+  for (NormLayer* norm : std::initializer_list<NormLayer*>{&ln, &rn}) {
+    std::vector<Tensor> grads[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      auto x = leaf(x0.clone()), r = leaf(r0.clone());
+      norm->zero_grad();
+      Variable y;
+      if (fused) {
+        auto [h, y1] = norm->forward_add(x, r, false);
+        BOOST_CHECK(!h.requires_grad() && h.grad_fn() == nullptr);
+        BOOST_CHECK_EQUAL(max_abs(sub(h.data(), add(x0, r0))), 0.0);
+        BOOST_REQUIRE(y1.grad_fn() != nullptr);
+        BOOST_CHECK_EQUAL(y1.grad_fn()->outputs().size(), 1u);
+        BOOST_CHECK(y1.grad_fn()->name() == (norm == &ln ? "add_layer_norm" : "add_rms_norm"));
+        y = y1;
+      } else {
+        y = norm->forward(add(x, r));
+      }
+      y.backward(seed);
+      grads[fused] = {y.data().clone(), x.grad(), r.grad()};
+      for (auto& [n, p] : norm->named_parameters()) grads[fused].push_back(p.grad());
+    }
+    for (size_t i = 0; i < grads[0].size(); ++i)
+      BOOST_CHECK_MESSAGE(max_rel_diff(grads[1][i], grads[0][i]) < 1e-12,
+                          "keep_sum false, tensor " << i << " differs by " << max_rel_diff(grads[1][i], grads[0][i]));
+  }
+  // Without a graph both come back as plain values.
+  NoGradGuard no_grad;
+  auto [h, y] = ln.forward_add(Variable(x0), Variable(r0), false);
+  BOOST_CHECK(h.grad_fn() == nullptr && y.grad_fn() == nullptr);
+  BOOST_CHECK_EQUAL(max_abs(sub(y.data(), ln.forward(Variable(add(x0, r0))).data())), 0.0);
+}
+
+BOOST_AUTO_TEST_CASE(norms_without_a_fused_kernel_add_then_normalize) {
+  // NormLayer::forward_add's default: {x + r, forward(x + r)} as two nodes, keep_sum or not.
+  Generator gen(14);
+  const Tensor x0 = randn({3, 6}, gen, DType::f64), r0 = randn({3, 6}, gen, DType::f64);
+  ScaleNorm sn(6, 1e-5, DType::f64);
+  for (bool keep_sum : {true, false}) {
+    auto x = leaf(x0.clone()), r = leaf(r0.clone());
+    auto [h, y] = sn.forward_add(x, r, keep_sum);
+    BOOST_REQUIRE(h.grad_fn() != nullptr && y.grad_fn() != nullptr);
+    BOOST_CHECK_EQUAL(h.grad_fn()->name(), "add");
+    BOOST_CHECK_EQUAL(max_abs(sub(y.data(), sn.forward(Variable(add(x0, r0))).data())), 0.0);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(f32_forward_agrees_with_f64) {

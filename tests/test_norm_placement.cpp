@@ -177,6 +177,53 @@ BOOST_AUTO_TEST_CASE(gradcheck_x_norm_parameters_and_sublayer_parameters) {
   std::printf("residual placements worst gradcheck rel err %.1e\n", worst);
 }
 
+// Residuals chained on a ResidualStream (attention and FFN of a block, then the next block's
+// attention, then a final norm): the pending adds fused with the norms that read them give the
+// formulas' values and gradients, and gradcheck passes through the fused nodes.
+BOOST_AUTO_TEST_CASE(chained_on_a_stream_the_fused_adds_match_the_formulas) {
+  Generator gen(16);
+  double worst = 0;
+  for (Placement p : all_placements)
+    for (int64_t block : {0, 1}) {
+      if (block == 1 && p != Placement::hybrid_star) continue;
+      const double alpha = p == Placement::deepnorm ? 1.7 : 1.0;
+      const Residual r1(p, SublayerRole::attention, block, random_layer_norms(gen), alpha);
+      const Residual r2(p, SublayerRole::ffn, block, random_layer_norms(gen), alpha);
+      const Residual r3(p, SublayerRole::attention, block + 1, random_layer_norms(gen), alpha);
+      const std::shared_ptr<NormLayer> final_norm = random_layer_norms(gen)();
+      Linear lin(kN, kN, true, gen, DType::f64);
+      const SublayerFn f = [&](const Variable& h) { return tanh(lin.forward(h)); };
+      auto fused = [&](const std::vector<Variable>& v) {
+        ResidualStream x{v[0], {}};
+        for (const Residual* r : {&r1, &r2, &r3}) x = r->forward(x, f);
+        return x.sum_and_norm(*final_norm, false).second;
+      };
+      auto unfused = [&](const std::vector<Variable>& v) {
+        Variable x = v[0];
+        for (const Residual* r : {&r1, &r2, &r3}) x = by_hand(p, r->role(), r->block(), *r, x, f);
+        return ln_by_ops(final_norm, x);
+      };
+      std::vector<Variable> inputs{leaf(randn({2, 3, kN}, gen, DType::f64, 0.5, 2.0)), lin.weight, lin.bias};
+      for (const Module* m : {&r1, &r2, &r3})
+        for (auto& [n, v] : m->named_parameters()) inputs.push_back(v);
+      for (auto& [n, v] : final_norm->named_parameters()) inputs.push_back(v);
+      const std::string name = to_string(p) + " from block " + std::to_string(block);
+      BOOST_CHECK_LT(max_rel_diff(fused(inputs).data(), unfused(inputs).data()), 1e-13);
+      const Tensor seed = randn({2, 3, kN}, gen, DType::f64);
+      std::vector<Tensor> grads[2];
+      for (int k = 0; k < 2; ++k) {
+        for (Variable& v : inputs) v.zero_grad();
+        (k == 0 ? fused(inputs) : unfused(inputs)).backward(seed);
+        for (const Variable& v : inputs) grads[k].push_back(v.grad().clone());
+      }
+      for (size_t i = 0; i < inputs.size(); ++i)
+        BOOST_CHECK_MESSAGE(max_rel_diff(grads[0][i], grads[1][i]) < 1e-12,
+                            name << ": gradient " << i << " differs by " << max_rel_diff(grads[0][i], grads[1][i]));
+      worst = std::max(worst, expect_gradcheck("residual stream " + name, fused, inputs));
+    }
+  std::printf("residual streams worst gradcheck rel err %.1e\n", worst);
+}
+
 BOOST_AUTO_TEST_CASE(parameter_names) {
   Generator gen(14);
   auto names_of = [&](Placement p, int64_t block) {

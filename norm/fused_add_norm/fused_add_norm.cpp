@@ -52,6 +52,22 @@ int64_t rows_of_pair(const Tensor& x, const Tensor& r, const char* who) {
 
 Tensor contiguous_or_undefined(const Tensor& t) { return t.defined() ? t.contiguous() : Tensor(); }
 
+// {h, y} as Variables, recorded (when a graph is) by the node make_node() builds over `inputs`,
+// with outputs (h, y), or y alone when the sum is not kept (h is then a value outside the graph).
+template <class MakeNode>
+std::pair<Variable, Variable> record_sum_and_norm(std::vector<Variable> inputs, const Tensor& h, const Tensor& y,
+                                                  bool keep_sum, const MakeNode& make_node) {
+  if (!keep_sum) return {Variable(h), record(std::move(inputs), {y}, make_node)[0]};
+  std::vector<Variable> hy = record(std::move(inputs), {h, y}, make_node);
+  return {hy[0], hy[1]};
+}
+
+// The gradients reaching a node of outputs (h, y) or (y): {dh, dy}, dh undefined for the latter.
+std::pair<Tensor, Tensor> sum_and_norm_grads(const std::vector<Tensor>& grad_outputs) {
+  if (grad_outputs.size() == 1) return {Tensor(), grad_outputs[0]};
+  return {grad_outputs[0], grad_outputs[1]};
+}
+
 // The operands of a fused backward, checked and contiguous, with h's rows M and features N.
 struct BackwardArgs {
   Tensor dh, dy, h, gamma;  // dh and gamma may be undefined
@@ -218,13 +234,15 @@ AddRMSNormGrads add_rms_norm_backward(const Tensor& dh, const Tensor& dy, const 
   return g;
 }
 
-// grad_outputs: (dh, dy). x and r both receive dh_total (the engine copies a shared gradient).
+// grad_outputs: (dh, dy), or (dy) without h. x and r both receive dh_total (the engine copies a
+// shared gradient).
 std::vector<Tensor> AddLayerNormNode::backward(const std::vector<Tensor>& grad_outputs) {
   const bool has_gamma = gamma.defined();
   const size_t gamma_slot = 2, beta_slot = has_gamma ? 3 : 2;
   const bool want_dh_total = needs_input_grad(0) || needs_input_grad(1);
-  AddLayerNormGrads g = add_layer_norm_backward(grad_outputs[0], grad_outputs[1], h, gamma, mean, rstd,
-                                                want_dh_total, has_gamma && needs_input_grad(gamma_slot),
+  const auto [dh, dy] = sum_and_norm_grads(grad_outputs);
+  AddLayerNormGrads g = add_layer_norm_backward(dh, dy, h, gamma, mean, rstd, want_dh_total,
+                                                has_gamma && needs_input_grad(gamma_slot),
                                                 has_beta && needs_input_grad(beta_slot));
   std::vector<Tensor> out{needs_input_grad(0) ? g.dh_total : Tensor(), needs_input_grad(1) ? g.dh_total : Tensor()};
   if (has_gamma) out.push_back(g.dgamma);
@@ -240,8 +258,9 @@ void AddLayerNormNode::release() {
 std::vector<Tensor> AddRMSNormNode::backward(const std::vector<Tensor>& grad_outputs) {
   const bool has_gamma = gamma.defined();
   const bool want_dh_total = needs_input_grad(0) || needs_input_grad(1);
-  AddRMSNormGrads g = add_rms_norm_backward(grad_outputs[0], grad_outputs[1], h, gamma, rrms, unit_offset,
-                                            want_dh_total, has_gamma && needs_input_grad(2));
+  const auto [dh, dy] = sum_and_norm_grads(grad_outputs);
+  AddRMSNormGrads g = add_rms_norm_backward(dh, dy, h, gamma, rrms, unit_offset, want_dh_total,
+                                            has_gamma && needs_input_grad(2));
   std::vector<Tensor> out{needs_input_grad(0) ? g.dh_total : Tensor(), needs_input_grad(1) ? g.dh_total : Tensor()};
   if (has_gamma) out.push_back(g.dgamma);
   return out;
@@ -253,32 +272,39 @@ void AddRMSNormNode::release() {
 }
 
 std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const Variable& gamma,
-                                             const Variable& beta, double eps) {
+                                             const Variable& beta, double eps, bool keep_sum) {
   AddLayerNormStats s = add_layer_norm_forward(x.data(), data_or_undefined(r), data_or_undefined(gamma),
                                                data_or_undefined(beta), eps);
-  std::vector<Variable> hy = record(defined_inputs({x, r, gamma, beta}), {s.h, s.y}, [&] {
+  return record_sum_and_norm(defined_inputs({x, r, gamma, beta}), s.h, s.y, keep_sum, [&] {
     return std::make_shared<AddLayerNormNode>(s.h, data_or_undefined(gamma), s.mean, s.rstd, beta.defined());
   });
-  return {hy[0], hy[1]};
 }
 
 std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const Variable& gamma, double eps,
-                                           bool unit_offset) {
+                                           bool unit_offset, bool keep_sum) {
   AddRMSNormStats s = add_rms_norm_forward(x.data(), data_or_undefined(r), data_or_undefined(gamma), eps, unit_offset);
-  std::vector<Variable> hy = record(defined_inputs({x, r, gamma}), {s.h, s.y}, [&] {
+  return record_sum_and_norm(defined_inputs({x, r, gamma}), s.h, s.y, keep_sum, [&] {
     return std::make_shared<AddRMSNormNode>(s.h, data_or_undefined(gamma), s.rrms, unit_offset);
   });
-  return {hy[0], hy[1]};
 }
 
-std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const LayerNorm& norm) {
+std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const LayerNorm& norm,
+                                             bool keep_sum) {
   rows_of(x.data(), norm.N, "LayerNorm");
-  return add_layer_norm(x, r, norm.weight, norm.bias, norm.eps);
+  return add_layer_norm(x, r, norm.weight, norm.bias, norm.eps, keep_sum);
 }
 
-std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const RMSNorm& norm) {
+std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const RMSNorm& norm, bool keep_sum) {
   rows_of(x.data(), norm.N, "RMSNorm");
-  return add_rms_norm(x, r, norm.weight, norm.eps, norm.unit_offset);
+  return add_rms_norm(x, r, norm.weight, norm.eps, norm.unit_offset, keep_sum);
+}
+
+std::pair<Variable, Variable> LayerNorm::forward_add(const Variable& x, const Variable& r, bool keep_sum) {
+  return add_layer_norm(x, r, *this, keep_sum);
+}
+
+std::pair<Variable, Variable> RMSNorm::forward_add(const Variable& x, const Variable& r, bool keep_sum) {
+  return add_rms_norm(x, r, *this, keep_sum);
 }
 
 }  // namespace normlab

@@ -53,7 +53,7 @@ struct AddRMSNormGrads {
 AddRMSNormGrads add_rms_norm_backward(const Tensor& dh, const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                       const Tensor& rrms, bool unit_offset, bool want_dh_total, bool want_dgamma);
 
-// ---- Autograd: two-output nodes, outputs (h, y). ----
+// ---- Autograd: nodes with outputs (h, y), or y alone where the sum is not kept. ----
 // Inputs (x, r, gamma?, beta?). Saves h, not x and r: the norm's backward needs only h.
 class AddLayerNormNode : public Node {
  public:
@@ -81,13 +81,19 @@ class AddRMSNormNode : public Node {
 };
 
 // {h, y} = {x + r, layer_norm(x + r, gamma, beta, eps)}; gamma and beta may be undefined.
+// keep_sum false, for a sum used only through the norm (post-norm, DeepNorm, a final norm): y is
+// the node's only output, so backward has no dh to add (the engine would feed zeros), and h is
+// returned as a value outside the graph.
 std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const Variable& gamma,
-                                             const Variable& beta, double eps = 1e-5);
-// {h, y} = {x + r, rms_norm(x + r, gamma, eps, unit_offset)}; gamma may be undefined.
+                                             const Variable& beta, double eps = 1e-5, bool keep_sum = true);
+// {h, y} = {x + r, rms_norm(x + r, gamma, eps, unit_offset)}; gamma may be undefined; keep_sum
+// as above.
 std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const Variable& gamma,
-                                           double eps = 1e-6, bool unit_offset = false);
+                                           double eps = 1e-6, bool unit_offset = false, bool keep_sum = true);
 // The same with a module's parameters and settings: {x + r, norm.forward(x + r)}.
-std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const LayerNorm& norm);
-std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const RMSNorm& norm);
+std::pair<Variable, Variable> add_layer_norm(const Variable& x, const Variable& r, const LayerNorm& norm,
+                                             bool keep_sum = true);
+std::pair<Variable, Variable> add_rms_norm(const Variable& x, const Variable& r, const RMSNorm& norm,
+                                           bool keep_sum = true);
 
 }  // namespace normlab

@@ -55,6 +55,8 @@ class LayerNorm : public NormLayer {
   explicit LayerNorm(int64_t N, double eps = 1e-5, bool elementwise_affine = true, bool bias = true,
                      DType dtype = DType::f32);
   Variable forward(const Variable& x) override;
+  // One add_layer_norm node (defined in norm/fused_add_norm).
+  std::pair<Variable, Variable> forward_add(const Variable& x, const Variable& r, bool keep_sum = true) override;
 
   int64_t N;
   double eps;

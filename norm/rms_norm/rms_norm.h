@@ -58,6 +58,8 @@ class RMSNorm : public NormLayer {
   explicit RMSNorm(int64_t N, double eps = 1e-6, bool weight = true, bool unit_offset = false,
                    DType dtype = DType::f32);
   Variable forward(const Variable& x) override;
+  // One add_rms_norm node (defined in norm/fused_add_norm).
+  std::pair<Variable, Variable> forward_add(const Variable& x, const Variable& r, bool keep_sum = true) override;
 
   int64_t N;
   double eps;
