@@ -1,6 +1,8 @@
 #include "experiments/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -163,7 +165,9 @@ Variable Attention::forward(const Variable& x) {
   }
   // softmax(causal_mask(scale qh kh^T)) vh as one node; the context is stored [B, T, H, head_dim],
   // so the reshape below is a view.
-  const Variable context = causal_attention(qh, kh, split_heads(parts[2]), scale, keep_logits ? &last_logits : nullptr);
+  Tensor logits;
+  const Variable context = causal_attention(qh, kh, split_heads(parts[2]), scale, keep_logits ? &logits : nullptr);
+  if (keep_logits) max_logit = max_causal_logit(logits);
   return out->forward(reshape(transpose(context, 1, 2), {B, T, D}));
 }
 
@@ -269,6 +273,17 @@ double mean_row_norm(const Tensor& x) {
     total += std::sqrt(ss);
   }
   return total / double(M);
+}
+
+double max_causal_logit(const Tensor& logits) {
+  const Tensor t = logits.to(Device::cpu()).to(DType::f64).contiguous();
+  const int64_t T = t.size(-1), planes = t.numel() / (T * T);
+  const double* p = t.data<double>();
+  double best = -std::numeric_limits<double>::infinity();
+  for (int64_t s = 0; s < planes; ++s)
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t j = 0; j <= i; ++j) best = std::max(best, p[(s * T + i) * T + j]);
+  return best;
 }
 
 std::vector<std::pair<std::string, NormInputProbe*>> Transformer::norm_probes() const {

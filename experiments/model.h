@@ -79,6 +79,8 @@ double residual_alpha(const ModelConfig& c);
 // batch and the positions, so it leaks across a causal sequence; an option, not advice).
 // Mean over rows of ||x_row||_2, x viewed as [M, N] (N the last dim), in f64 (for metrics).
 double mean_row_norm(const Tensor& x);
+// The max over b, h and causal pairs j <= i of logits [B, H, T, T], in f64 (for metrics).
+double max_causal_logit(const Tensor& logits);
 
 // Every norm make_norm builds is also a NormInputProbe.
 std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d);
@@ -97,10 +99,11 @@ class Attention : public Module {
  public:
   Attention(const ModelConfig& c, int64_t block, Generator& gen);
   Variable forward(const Variable& x);
-  // The pre-softmax logits [B, H, T, T] of the last forward, -inf where the causal mask
-  // hides them (j > i), kept only when keep_logits is set (for metrics).
+  // While keep_logits is set, each forward records the largest pre-softmax logit over batch,
+  // heads and causal pairs j <= i (max_causal_logit; for metrics). The logits themselves
+  // ([B, H, T, T]) are not kept.
   bool keep_logits = false;
-  Tensor last_logits;
+  double max_logit = 0.0;
 
   int64_t heads, head_dim;
   std::shared_ptr<Linear> q, k, v, out;
