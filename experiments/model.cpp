@@ -251,7 +251,14 @@ Variable Transformer::forward(const Tensor& tokens) {
   Variable x = tok->forward(tokens) + (T == config_.seq_len ? pos : narrow(pos, 0, 0, T));
   if (keep_residuals) residuals.assign(1, x.data());
   for (const auto& block : blocks) {
-    x = block->forward(x, dropout_gen_);
+    if (config_.recompute && grad_enabled()) {
+      CheckpointState state{block->parameters(), &dropout_gen_, {}};
+      for (auto& [name, b] : block->named_buffers()) state.buffers.push_back(b);
+      x = checkpoint([block, &gen = dropout_gen_](const Variable& in) { return block->forward(in, gen); }, x,
+                     std::move(state));
+    } else {
+      x = block->forward(x, dropout_gen_);
+    }
     if (keep_residuals) residuals.push_back(x.data());
   }
   if (final_norm) x = final_norm->forward(x);

@@ -68,6 +68,8 @@ struct ModelConfig {
   double init_std = 0.02;
   uint64_t seed = 0;
   DType dtype = DType::f32;           // f32 or f64
+  bool recompute = false;             // activation recomputation: each block keeps only its input
+                                      // and runs again in backward (same values and gradients)
 };
 
 // Throws normlab::Error naming the first bad field and its value; nothing is allocated.
@@ -139,7 +141,10 @@ class Transformer : public Module {
   // Checks the config, builds the model and initialises it from c.seed.
   explicit Transformer(const ModelConfig& c);
 
-  // tokens [B, T] (i64, T <= seq_len) -> logits [B, T, vocab].
+  // tokens [B, T] (i64, T <= seq_len) -> logits [B, T, vocab]. With config().recompute, each
+  // block is one checkpoint node (autograd/ops.h): the graph keeps the blocks' inputs, and the
+  // backward runs each block again (same dropout masks; BatchNorm's running statistics are
+  // updated once).
   Variable forward(const Tensor& tokens);
   // Mean cross-entropy over targets != -100, plus z_loss * mean(logsumexp^2).
   Variable loss(const Tensor& tokens, const Tensor& targets, double z_loss = 0.0);
