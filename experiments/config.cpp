@@ -104,10 +104,11 @@ void check(const TrainConfig& c) {
 // fused attention keeps no seq_len^2 tensor); plus h batch seq_len^2 (the attention logits of
 // the one block whose largest logit a metrics probe is taking) and 4 N vocab for the logits and
 // the loss. Against the allocator's peak over a training step, the estimate is 1.48x to 1.81x
-// (depth 1 to 24, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu, adamw, adam and sgd);
+// (depth 1 to 24, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu, adamw, adam and sgd).
 // With recompute, the graph keeps one N d input per block and one block's activations exist
-// at a time: L N d + 24 N d + 4 N f (1.13x to 1.69x, depth 1 to 200); the same test covers it.
-// test_train's memory_estimate_brackets_the_measured_peak prints the ratios and requires [1, 2].
+// at a time: L N d + 24 N d + 4 N f in place of L (24 N d + 4 N f) (1.13x to 1.69x, depth 1 to
+// 200). test_train's memory_estimate_brackets_the_measured_peak prints the ratios and requires
+// [1, 2].
 MemoryEstimate estimate_memory(const TrainConfig& c) {
   const ModelConfig& m = c.model;
   // Doubles: a config of 10^9 layers must not overflow.
