@@ -1,6 +1,9 @@
 // The backward engine: finds the nodes reachable from the roots (iteratively, so a graph
 // of any depth fits on the stack), counts each node's consumers, then runs nodes in
-// dependency order, summing gradients here and nowhere else.
+// dependency order, summing gradients here and nowhere else. A node's backward may run a
+// backward of its own (checkpoint recomputes a function and backpropagates through it): that
+// run reaches only the nodes of its own graph, and the stack grows with the nesting of such
+// nodes, never with a graph's depth.
 #include <atomic>
 
 #include "autograd/variable.h"

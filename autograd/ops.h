@@ -2,6 +2,7 @@
 // requires grad) whose backward is written next to its forward.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "autograd/variable.h"
@@ -99,5 +100,22 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, int64_t ig
 // Inverted dropout: zeroes elements with probability p and scales the rest by 1/(1-p).
 // Identity when p == 0 or !training. The mask comes from `gen` (seeded, thread-count independent).
 Variable dropout(const Variable& x, double p, bool training, Generator& gen);
+
+// Activation recomputation (gradient checkpointing) of y = f(x): the forward runs f without a
+// graph and keeps only x; the backward runs f again from x with grad on and backpropagates dy
+// through that graph (a backward of its own, run by the engine: the parameters' gradients add
+// into their grad() just as the graph of f(x) would add them, and dx goes back to x). Values
+// and gradients are those of f(x) itself when f computes the same values again from the same
+// x, parameters and draws. Without grad mode, or when nothing requires grad, it is f(x).
+using CheckpointFn = std::function<Variable(const Variable&)>;
+struct CheckpointState {
+  std::vector<Variable> params;  // every leaf f reads that may require grad (the output requires
+                                 // grad when x or one of them does)
+  Generator* gen = nullptr;      // the generator f draws from (dropout): the recomputation draws
+                                 // what the forward drew, and the generator is left as it was
+  std::vector<Tensor> buffers;   // tensors f updates in place (BatchNorm's running statistics):
+                                 // the recomputation leaves them as it found them
+};
+Variable checkpoint(const CheckpointFn& f, const Variable& x, CheckpointState state = {});
 
 }  // namespace normlab

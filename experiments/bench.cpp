@@ -8,8 +8,6 @@
 
 #include <dnnl.hpp>
 
-#include <sys/resource.h>
-
 #include "autograd/module.h"
 #include "autograd/ops.h"
 #include "experiments/train.h"
@@ -250,50 +248,59 @@ StepTimes time_step(Trainer& trainer) {
   return s;
 }
 
+double median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
 void bench_training_throughput(int64_t depth, int64_t steps) {
+  CpuAllocator::instance().empty_cache();  // the first step starts cold, as in a new process
   Trainer trainer(bench_config(depth, steps + 2));
-  trainer.train_step();  // warm-up: the allocator's cache and oneDNN's primitives fill here
-  std::vector<double> forward, backward, update, whole;
+  auto start = std::chrono::steady_clock::now();
+  trainer.train_step();  // the first step: the allocator's cache and oneDNN's primitives fill here
+  const double first = seconds_since(start);
+  std::vector<double> forward, backward, update;
   for (int64_t i = 0; i < steps; ++i) {
     const StepTimes s = time_step(trainer);
     forward.push_back(s.forward);
     backward.push_back(s.backward);
     update.push_back(s.update);
   }
-  const auto start = std::chrono::steady_clock::now();
+  start = std::chrono::steady_clock::now();
   trainer.train_step();
-  whole.push_back(seconds_since(start));
-  auto median = [](std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    return v[v.size() / 2];
-  };
+  const double whole = seconds_since(start);
   const double f = median(forward), b = median(backward), u = median(update);
   const double tokens = 8.0 * 64.0;
   std::printf("depth %4lld: %8.0f tokens/s  step %8.1f ms = forward %7.1f + backward %7.1f + clip/update %6.1f "
-              "(medians of %lld steps; Trainer::train_step %.1f ms)\n",
+              "(medians of %lld steps; Trainer::train_step %.1f ms; first step %.1f ms, %.2fx)\n",
               (long long)depth, tokens / (f + b + u), (f + b + u) * 1e3, f * 1e3, b * 1e3, u * 1e3, (long long)steps,
-              whole[0] * 1e3);
+              whole * 1e3, first * 1e3, first / (f + b + u));
 }
 
-void bench_deep_step(int64_t depth) {
+// A model of the floor's shape at `depth` and `d_model`, from a cold allocator (as in a new
+// process): its build, its first training step and a later one, and the allocator's peak.
+void bench_deep_step(int64_t depth, int64_t d_model, bool recompute) {
+  CpuAllocator::instance().empty_cache();
   CpuAllocator::instance().reset_peak();
+  TrainConfig c = bench_config(depth, 3);
+  c.model.d_model = d_model;
+  c.model.recompute = recompute;
   const auto start = std::chrono::steady_clock::now();
-  Trainer trainer(bench_config(depth, 3));
+  Trainer trainer(c);
   const double build = seconds_since(start);
-  auto t0 = std::chrono::steady_clock::now();
-  trainer.train_step();
-  const double first = seconds_since(t0);
-  const StepTimes second = time_step(trainer);
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  std::printf("depth %4lld: build %.2f s; training step %.2f s (%.0f tokens/s; first step %.2f s); loss %.4f -> %.4f; "
-              "%lld parameters\n",
-              (long long)depth, build, second.total(), 8.0 * 64.0 / second.total(), first, trainer.history().loss[0],
-              second.loss, (long long)trainer.model().num_parameters());
-  std::printf("            step = forward %.2f s + backward %.2f s + clip/update %.1f ms\n", second.forward,
-              second.backward, second.update * 1e3);
-  std::printf("            peak tensor memory %.0f MiB; peak resident set of the process %.0f MiB\n",
-              double(CpuAllocator::instance().stats().peak_bytes_in_use) / (1 << 20), double(usage.ru_maxrss) / 1024);
+  const StepTimes first = time_step(trainer);
+  const StepTimes later = time_step(trainer);
+  std::printf("depth %4lld, d_model %3lld, recompute %-3s: build %.2f s; training step %.2f s (%.0f tokens/s); first "
+              "step %.2f s (%.2fx); loss %.4f -> %.4f; %lld parameters\n",
+              (long long)depth, (long long)d_model, recompute ? "on" : "off", build, later.total(),
+              8.0 * 64.0 / later.total(), first.total(), first.total() / later.total(), first.loss, later.loss,
+              (long long)trainer.model().num_parameters());
+  std::printf("            step = forward %.2f s + backward %.2f s + clip/update %.1f ms (first step: %.2f + %.2f s + "
+              "%.1f ms)\n",
+              later.forward, later.backward, later.update * 1e3, first.forward, first.backward, first.update * 1e3);
+  const AllocatorStats mem = CpuAllocator::instance().stats();
+  std::printf("            peak tensor memory %.0f MiB; allocator arenas %.0f MiB\n",
+              double(mem.peak_bytes_in_use) / (1 << 20), double(mem.bytes_mapped) / (1 << 20));
 }
 
 }  // namespace
@@ -303,7 +310,9 @@ void run_train_bench() {
               "batch 8, AdamW), %d threads\n",
               num_threads());
   bench_training_throughput(48, 10);
-  bench_deep_step(1000);
+  bench_deep_step(1000, 32, false);
+  bench_deep_step(1000, 32, true);
+  bench_deep_step(1000, 128, true);
 }
 
 void run_foundation_bench(int depth) {

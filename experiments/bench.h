@@ -8,8 +8,9 @@ namespace normlab {
 void run_foundation_bench(int depth = 48);
 
 // Training throughput of the toy transformer: depth 48 (d_model 32, 2 heads, seq 64, batch 8,
-// AdamW) in tokens/s with its forward / backward / update split, and one training step of the
-// same model at depth 1000 with its peak memory.
+// AdamW) in tokens/s with its forward / backward / update split and its first step; then the
+// first and a later training step of the same model at depth 1000 with recompute off and on,
+// and at depth 1000 with d_model 128 with recompute on, each with its peak tensor memory.
 void run_train_bench();
 
 }  // namespace normlab

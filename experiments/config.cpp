@@ -101,11 +101,14 @@ void check(const TrainConfig& c) {
 // token embedding, positions and the head. Weights: parameter, gradient and optimizer state
 // (Adam: m and v; SGD: momentum). Activations per block, in elements, for N = batch x seq_len
 // tokens and h heads: about 24 N d + 4 N f (the saved inputs and outputs of each op; the
-// fused attention keeps no seq_len^2 tensor) + h batch seq_len^2 (the logits a metrics probe
-// keeps per block); plus 4 N vocab for the logits and the loss. Against the allocator's peak
-// over a training step, the estimate is 1.20x to 1.72x (depth 1 to 24, d_model 16 to 128,
-// seq_len 16 to 256, gelu and swiglu, adamw, adam and sgd); test_train's
-// memory_estimate_brackets_the_measured_peak prints the ratios and requires [1, 2].
+// fused attention keeps no seq_len^2 tensor); plus h batch seq_len^2 (the attention logits of
+// the one block whose largest logit a metrics probe is taking) and 4 N vocab for the logits and
+// the loss. Against the allocator's peak over a training step, the estimate is 1.48x to 1.81x
+// (depth 1 to 24, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu, adamw, adam and sgd).
+// With recompute, the graph keeps one N d input per block and one block's activations exist
+// at a time: L N d + 24 N d + 4 N f in place of L (24 N d + 4 N f) (1.13x to 1.69x, depth 1 to
+// 200). test_train's memory_estimate_brackets_the_measured_peak prints the ratios and requires
+// [1, 2].
 MemoryEstimate estimate_memory(const TrainConfig& c) {
   const ModelConfig& m = c.model;
   // Doubles: a config of 10^9 layers must not overflow.
@@ -119,7 +122,11 @@ MemoryEstimate estimate_memory(const TrainConfig& c) {
   const double element = m.dtype == DType::f64 ? 8 : 4;
   const double copies = c.optim.kind == OptimizerKind::sgd ? 3 : 4;
   e.weights = e.parameters * copies * element;
-  e.activations = (L * (24 * N * d + 4 * N * f + H * double(c.batch) * T * T) + 4 * N * V) * element;
+  // One block's saved activations, and the attention logits a metrics probe holds for one block.
+  const double block = 24 * N * d + 4 * N * f, probe_logits = H * double(c.batch) * T * T;
+  // With recompute the graph keeps each block's input, and one block's activations live at a time.
+  const double kept = m.recompute ? L * N * d + block : L * block;
+  e.activations = (kept + probe_logits + 4 * N * V) * element;
   return e;
 }
 
@@ -234,6 +241,11 @@ ConfigField field(const char* key, const char* help, Ref ref) {
 
 #define NL_FIELD(key, help, member) field(key, help, [](TrainConfig& c) -> auto& { return c.member; })
 
+ConfigField performance_only(ConfigField f) {
+  f.performance_only = true;
+  return f;
+}
+
 std::vector<ConfigField> make_fields() {
   return {
       // Model.
@@ -256,6 +268,8 @@ std::vector<ConfigField> make_fields() {
       NL_FIELD("init_std", "std of embeddings (and of matrices with init normal)", model.init_std),
       NL_FIELD("seed", "seed of the initialisation", model.seed),
       NL_FIELD("dtype", "parameter and activation dtype: f32 | f64", model.dtype),
+      performance_only(NL_FIELD("recompute", "recompute each block in backward (less memory, same numbers): on | off",
+                                model.recompute)),
       // Task.
       NL_FIELD("task", "copy | reverse | recall | modadd | text", data.task),
       NL_FIELD("seq_len", "tokens per sequence", data.seq_len),
@@ -394,7 +408,7 @@ TrainConfig read_config(const H5File& file, const std::string& object_path) {
 std::vector<std::string> missing_config_keys(const H5File& file, const std::string& object_path) {
   std::vector<std::string> missing;
   for (const ConfigField& f : config_fields())
-    if (!has_attribute(file, object_path, f.key)) missing.push_back(f.key);
+    if (!f.performance_only && !has_attribute(file, object_path, f.key)) missing.push_back(f.key);
   return missing;
 }
 

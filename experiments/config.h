@@ -58,6 +58,10 @@ struct ConfigField {
   // Parses `value` into the config; throws naming `name` (the key, or the flag "--key") and
   // the bad value.
   std::function<void(TrainConfig&, const std::string& value, const std::string& name)> set;
+  // A setting of how a run computes, not of what (recompute): it changes no number, so a
+  // checkpoint or results file written before the key existed reads with the default, and two
+  // runs that differ only in it are the same run.
+  bool performance_only = false;
 };
 const std::vector<ConfigField>& config_fields();
 const ConfigField* find_config_field(const std::string& key);  // null when unknown
@@ -97,7 +101,8 @@ std::string join_list(const std::vector<std::string>& parts, char sep);
 void write_config(H5File& file, const std::string& object_path, const TrainConfig& c);
 // The inverse of write_config; missing attributes keep the default.
 TrainConfig read_config(const H5File& file, const std::string& object_path);
-// The config keys write_config would write that the object at object_path lacks.
+// The config keys write_config would write that the object at object_path lacks, except
+// performance-only ones (their default reproduces a file written before they existed).
 std::vector<std::string> missing_config_keys(const H5File& file, const std::string& object_path);
 
 }  // namespace normlab

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "autograd/ops.h"
 
@@ -12,18 +11,6 @@ namespace {
 
 // A tensor as a contiguous f64 copy on the cpu (for metrics, computed in double).
 Tensor host_f64(const Tensor& t) { return t.to(Device::cpu()).to(DType::f64).contiguous(); }
-
-// max over b, h and causal pairs j <= i of logits [B, H, T, T].
-double max_causal_logit(const Tensor& logits) {
-  const Tensor t = host_f64(logits);
-  const int64_t T = t.size(-1), planes = t.numel() / (T * T);
-  const double* p = t.data<double>();
-  double best = -std::numeric_limits<double>::infinity();
-  for (int64_t s = 0; s < planes; ++s)
-    for (int64_t i = 0; i < T; ++i)
-      for (int64_t j = 0; j <= i; ++j) best = std::max(best, p[(s * T + i) * T + j]);
-  return best;
-}
 
 // Mean over rows of logsumexp(z_row), logits [B, T, V] (f64, contiguous):
 // lse = m + log(sum exp(z - m)), m = max z.
@@ -90,7 +77,6 @@ class ProbeScope {
     restored_ = true;
     record(false);
     model_.residuals.clear();
-    for (const auto& block : model_.blocks) block->attn->last_logits = Tensor();
     model_.zero_grad();
     // Fetched again: the live buffers, whether updated in place or replaced.
     auto live = model_.named_buffers();
@@ -220,7 +206,7 @@ void MetricsRecorder::probe(Trainer& trainer) {
   for (const Tensor& x : model.residuals) residual_norm.push_back(mean_row_norm(x));
   NL_CHECK(int64_t(residual_norm.size()) == depth + 1, "metrics: the model kept ", residual_norm.size(),
            " residual tensors, expected depth + 1 = ", depth + 1);
-  for (const auto& block : model.blocks) max_attn_logit.push_back(max_causal_logit(block->attn->last_logits));
+  for (const auto& block : model.blocks) max_attn_logit.push_back(block->attn->max_logit);
   for (const auto& [name, p] : model.norm_probes()) norm_input_rms.push_back(p ? p->input_rms : NAN);
   scope.record(false);
   const Tensor f = host_f64(logits.data());

@@ -1,6 +1,8 @@
 #include "experiments/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -175,7 +177,9 @@ Variable Attention::forward(const Variable& x) {
   }
   // softmax(causal_mask(scale qh kh^T)) vh as one node; the context is stored [B, T, H, head_dim],
   // so the reshape below is a view.
-  const Variable context = causal_attention(qh, kh, split_heads(parts[2]), scale, keep_logits ? &last_logits : nullptr);
+  Tensor logits;
+  const Variable context = causal_attention(qh, kh, split_heads(parts[2]), scale, keep_logits ? &logits : nullptr);
+  if (keep_logits) max_logit = max_causal_logit(logits);
   return out->forward(reshape(transpose(context, 1, 2), {B, T, D}));
 }
 
@@ -265,7 +269,17 @@ Variable Transformer::forward(const Tensor& tokens) {
   ResidualStream x{tok->forward(tokens) + (T == config_.seq_len ? pos : narrow(pos, 0, 0, T)), {}};
   if (keep_residuals) residuals.assign(1, x.data());
   for (const auto& block : blocks) {
-    x = block->forward(x, dropout_gen_);
+    if (config_.recompute && grad_enabled()) {
+      CheckpointState state{block->parameters(), &dropout_gen_, {}};
+      for (auto& [name, b] : block->named_buffers()) state.buffers.push_back(b);
+      // A checkpointed block takes and returns the whole sum: the fusion of its last add with
+      // the next norm stops at its boundary.
+      x = ResidualStream{checkpoint([block, &gen = dropout_gen_](const Variable& in) { return block->forward(in, gen); },
+                                    x.sum(), std::move(state)),
+                         {}};
+    } else {
+      x = block->forward(x, dropout_gen_);
+    }
     if (keep_residuals) residuals.push_back(x.data());
   }
   return head->forward(final_norm ? x.sum_and_norm(*final_norm, false).second : x.sum());
@@ -286,6 +300,17 @@ double mean_row_norm(const Tensor& x) {
     total += std::sqrt(ss);
   }
   return total / double(M);
+}
+
+double max_causal_logit(const Tensor& logits) {
+  const Tensor t = logits.to(Device::cpu()).to(DType::f64).contiguous();
+  const int64_t T = t.size(-1), planes = t.numel() / (T * T);
+  const double* p = t.data<double>();
+  double best = -std::numeric_limits<double>::infinity();
+  for (int64_t s = 0; s < planes; ++s)
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t j = 0; j <= i; ++j) best = std::max(best, p[(s * T + i) * T + j]);
+  return best;
 }
 
 std::vector<std::pair<std::string, NormInputProbe*>> Transformer::norm_probes() const {

@@ -70,6 +70,8 @@ struct ModelConfig {
   double init_std = 0.02;
   uint64_t seed = 0;
   DType dtype = DType::f32;           // f32 or f64
+  bool recompute = false;             // activation recomputation: each block keeps only its input
+                                      // and runs again in backward (same values and gradients)
 };
 
 // Throws normlab::Error naming the first bad field and its value; nothing is allocated.
@@ -81,6 +83,8 @@ double residual_alpha(const ModelConfig& c);
 // batch and the positions, so it leaks across a causal sequence; an option, not advice).
 // Mean over rows of ||x_row||_2, x viewed as [M, N] (N the last dim), in f64 (for metrics).
 double mean_row_norm(const Tensor& x);
+// The max over b, h and causal pairs j <= i of logits [B, H, T, T], in f64 (for metrics).
+double max_causal_logit(const Tensor& logits);
 
 // Every norm make_norm builds is also a NormInputProbe.
 std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d);
@@ -99,10 +103,11 @@ class Attention : public Module {
  public:
   Attention(const ModelConfig& c, int64_t block, Generator& gen);
   Variable forward(const Variable& x);
-  // The pre-softmax logits [B, H, T, T] of the last forward, -inf where the causal mask
-  // hides them (j > i), kept only when keep_logits is set (for metrics).
+  // While keep_logits is set, each forward records the largest pre-softmax logit over batch,
+  // heads and causal pairs j <= i (max_causal_logit; for metrics). The logits themselves
+  // ([B, H, T, T]) are not kept.
   bool keep_logits = false;
-  Tensor last_logits;
+  double max_logit = 0.0;
 
   int64_t heads, head_dim;
   std::shared_ptr<Linear> q, k, v, out;
@@ -142,7 +147,10 @@ class Transformer : public Module {
   // Checks the config, builds the model and initialises it from c.seed.
   explicit Transformer(const ModelConfig& c);
 
-  // tokens [B, T] (i64, T <= seq_len) -> logits [B, T, vocab].
+  // tokens [B, T] (i64, T <= seq_len) -> logits [B, T, vocab]. With config().recompute, each
+  // block is one checkpoint node (autograd/ops.h): the graph keeps the blocks' inputs, and the
+  // backward runs each block again (same dropout masks; BatchNorm's running statistics are
+  // updated once).
   Variable forward(const Tensor& tokens);
   // Mean cross-entropy over targets != -100, plus z_loss * mean(logsumexp^2).
   Variable loss(const Tensor& tokens, const Tensor& targets, double z_loss = 0.0);

@@ -314,7 +314,8 @@ bool ResultsFile::has_run(const PlannedRun& run) const {
       throw SweepInputError(path_ + " holds run " + run.name + " with " + key + "=" + a + ", but this sweep has " +
                             key + "=" + b + "; choose another --out (or remove the file to start over)");
   };
-  for (const ConfigField& field : config_fields()) differs(field.key, field.get(stored), field.get(run.config));
+  for (const ConfigField& field : config_fields())
+    if (!field.performance_only) differs(field.key, field.get(stored), field.get(run.config));
   const RunSettings a = read_settings(f, g);
   const RunSettings b = settings_of(e_);
   differs("metrics_every", std::to_string(a.metrics.every), std::to_string(b.metrics.every));

@@ -545,7 +545,7 @@ namespace {
 bool same_run(const RunResult& r, const PlannedRun& planned, const Experiment& e) {
   const RunSettings a = r.settings, b = settings_of(e);
   for (const ConfigField& f : config_fields())
-    if (f.get(r.config) != f.get(planned.config)) return false;
+    if (!f.performance_only && f.get(r.config) != f.get(planned.config)) return false;
   return a.metrics.every == b.metrics.every && a.metrics.delta_f_steps == b.metrics.delta_f_steps &&
          std::memcmp(&a.divergence.loss_above, &b.divergence.loss_above, sizeof(double)) == 0 &&
          a.divergence.evals == b.divergence.evals;

@@ -9,7 +9,9 @@ contents of a `normlab dump` file (config attributes, batch, parameters) only. F
   2. every parameter gradient /grads/<name> is checked along a few random unit directions d
      against a 4-point central difference of the numpy loss,
         (8 (L(p + h d) - L(p - h d)) - (L(p + 2h d) - L(p - 2h d))) / 12h,
-     which depends only on the numpy forward pass (f64 dumps; f32 dumps with a loose tolerance).
+     which depends only on the numpy forward pass (f64 dumps; f32 dumps with a loose tolerance);
+  3. the same dump taken with --recompute on must hold the same bytes in every dataset and
+     attribute (recompute itself aside).
 
 All perturbed parameter sets of a dump are evaluated in one vectorised forward pass: every
 parameter carries a leading axis K of variants.
@@ -458,6 +460,29 @@ CONFIGS = [
 ]
 
 
+def dump_differences(a, b):
+    """Datasets and attributes whose bytes differ between dumps a and b (recompute aside)."""
+    out = []
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        names_a, names_b = [], []
+        fa.visit(names_a.append)
+        fb.visit(names_b.append)
+        if sorted(names_a) != sorted(names_b):
+            return ["objects " + ",".join(sorted(set(names_a) ^ set(names_b)))]
+        for name in ["/"] + names_a:
+            oa, ob = fa[name], fb[name]
+            if isinstance(oa, h5py.Dataset):
+                xa, xb = np.asarray(oa[()]), np.asarray(ob[()])
+                if xa.dtype != xb.dtype or xa.shape != xb.shape or xa.tobytes() != xb.tobytes():
+                    out.append(name)
+            keys = (set(oa.attrs) | set(ob.attrs)) - {"recompute"}
+            for k in sorted(keys):
+                if k not in oa.attrs or k not in ob.attrs or \
+                        np.asarray(oa.attrs[k]).tobytes() != np.asarray(ob.attrs[k]).tobytes():
+                    out.append(f"{name} attribute {k}")
+    return out
+
+
 def run_configs(normlab, workdir, verbose):
     os.makedirs(workdir, exist_ok=True)
     failures = 0
@@ -475,6 +500,16 @@ def run_configs(normlab, workdir, verbose):
             failures += 1
             continue
         ok, line = report(name, out, verbose)
+        recomputed = out[:-3] + "_recompute.h5"
+        if os.path.exists(recomputed):
+            os.remove(recomputed)
+        r = subprocess.run(cmd[:-1] + [recomputed, "--recompute", "on"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+        differ = [f"--recompute on failed ({r.returncode}): {r.stdout.strip()}"] if r.returncode \
+            else dump_differences(out, recomputed)
+        if differ:
+            ok = None
+            line += "\n     FAIL the dump with --recompute on differs: " + "; ".join(differ)
         print(line, flush=True)
         if not ok:
             failures += 1

@@ -159,6 +159,61 @@ BOOST_AUTO_TEST_CASE(dropout_masks_scales_and_is_seeded) {
   BOOST_TEST(contains(error_of([&] { dropout(x, 1.0, true, g1); }), "1"));
 }
 
+// checkpoint(f, x) against f(x): the same output and the same gradients, bit for bit, for a
+// function that reads a parameter twice, draws dropout masks and updates a buffer in place
+// (once: the recomputation leaves it as it found it), also into gradients that already hold
+// a value, and nested one checkpoint inside another.
+BOOST_AUTO_TEST_CASE(checkpoint_gives_the_stored_graphs_numbers) {
+  Generator init(3);
+  const Tensor x0 = randn({4, 6}, init, DType::f64), w0 = randn({6, 6}, init, DType::f64);
+  const Tensor b0 = randn({6}, init, DType::f64), prior = randn({6, 6}, init, DType::f64);
+  struct Run {
+    Tensor y, dx, dw, db, buffer;
+    uint64_t offset;
+  };
+  auto run = [&](int mode) {  // 0: stored graph, 1: checkpoint, 2: a checkpoint inside a checkpoint
+    Variable x(x0.clone(), true), w(w0.clone(), true), b(b0.clone(), true);
+    w.set_grad(prior.clone());
+    Tensor buffer = zeros({1}, DType::f64);
+    Generator gen(9);
+    CheckpointFn inner = [&](const Variable& h) { return dropout(tanh(matmul(h, w) + b), 0.3, true, gen); };
+    CheckpointFn f = [&](const Variable& h) {
+      add_(buffer, ones({1}, DType::f64));
+      const Variable u = mode == 2 ? checkpoint(inner, h, {{w, b}, &gen, {}}) : inner(h);
+      return matmul(u, w) * h;
+    };
+    Variable y = mode == 0 ? f(x) : checkpoint(f, x, {{w, b}, &gen, {buffer}});
+    BOOST_TEST(y.requires_grad());
+    sum(y * y).backward();
+    return Run{y.data(), x.grad(), w.grad(), b.grad(), buffer, gen.offset()};
+  };
+  const Run stored = run(0);
+  for (int mode : {1, 2}) {
+    const Run r = run(mode);
+    for (const auto& [a, c] : {std::pair{stored.y, r.y}, {stored.dx, r.dx}, {stored.dw, r.dw}, {stored.db, r.db}})
+      BOOST_TEST(a.to_vector<double>() == c.to_vector<double>(), "mode " << mode);
+    BOOST_TEST(r.buffer.item() == 1.0);
+    BOOST_TEST(r.offset == stored.offset);
+  }
+}
+
+// Without grad mode, or with nothing requiring grad, checkpoint is f(x): no node. A graph
+// kept by retain_graph recomputes on each backward and accumulates as the stored graph does.
+BOOST_AUTO_TEST_CASE(checkpoint_records_only_with_grad) {
+  Variable x = leaf({1.0, -2.0}, {2});
+  const CheckpointFn square = [](const Variable& h) { return h * h; };
+  {
+    NoGradGuard no_grad;
+    BOOST_TEST(!checkpoint(square, x).requires_grad());
+  }
+  BOOST_TEST(!checkpoint(square, x.detach()).requires_grad());
+  Variable y = sum(checkpoint(square, x));
+  y.backward(Tensor(), true);
+  y.backward();
+  BOOST_TEST(x.grad().to_vector<double>() == (std::vector<double>{4.0, -8.0}));
+  BOOST_TEST(contains(error_of([&] { y.backward(); }), "already freed"));
+}
+
 BOOST_AUTO_TEST_CASE(forward_values_match_their_formulas) {
   // gelu is the tanh form, silu is x * sigmoid(x), in f64 and (to f32 rounding) in f32.
   std::vector<double> xs;

@@ -19,6 +19,7 @@
 #include "norm/init.h"
 #include "tests/norm_test_util.h"
 #include "tests/test_util.h"
+#include "tests/train_test_util.h"
 
 using namespace normlab;
 using namespace normlab::testing;
@@ -437,6 +438,60 @@ BOOST_AUTO_TEST_CASE(residual_adds_and_norms_fuse_where_a_norm_reads_the_sum) {
   BOOST_TEST(counts["add_rms_norm"] == 1);
   BOOST_TEST(counts["rms_norm"] == 1);
   BOOST_TEST(y.grad_fn()->name() == "add");
+}
+
+// Recomputation changes no number: for every norm and placement (BatchNorm and dropout
+// included), the loss, every gradient, the running statistics and the dropout generator's
+// state are those of the stored graph, bit for bit, at 1 and 2 threads.
+BOOST_AUTO_TEST_CASE(recompute_gives_the_stored_graphs_numbers) {
+  struct Case {
+    NormKind norm;
+    Placement placement;
+    Activation act = Activation::gelu;
+    std::optional<QKNormKind> qk = std::nullopt;
+  };
+  std::vector<Case> cases;
+  for (NormKind n : {NormKind::layer, NormKind::rms, NormKind::scale, NormKind::dyt, NormKind::batch, NormKind::group})
+    for (Placement p : all_placements) cases.push_back({n, p});
+  cases.push_back({NormKind::none, Placement::none});
+  cases.push_back({NormKind::layer, Placement::pre, Activation::swiglu, QKNormKind::l2});
+  cases.push_back({NormKind::rms, Placement::post, Activation::gelu, QKNormKind::layer});
+  // The loss, then per parameter its gradient, then the buffers and the generator's offset.
+  auto run = [](ModelConfig c, bool recompute, int threads) {
+    c.recompute = recompute;
+    set_num_threads(threads);
+    Transformer m(c);
+    Tensor tokens, targets;
+    make_batch(c, 3, 5, tokens, targets);
+    Variable loss = m.loss(tokens, targets, 1e-3);
+    loss.backward();
+    std::vector<Tensor> out{loss.data().clone()};
+    for (const auto& [n, p] : m.named_parameters()) out.push_back(p.grad().defined() ? p.grad().clone() : Tensor());
+    for (const auto& [n, b] : m.named_buffers()) out.push_back(b.clone());
+    out.push_back(from_vector({double(m.generator().offset())}, {1}, DType::f64));
+    return out;
+  };
+  const int saved = num_threads();
+  for (const Case& k : cases) {
+    ModelConfig c = tiny(k.norm, k.placement);
+    c.final_norm = k.norm != NormKind::none;
+    c.activation = k.act;
+    c.qk_norm = k.qk;
+    c.dropout = 0.1;
+    c.depth = 3;
+    const std::string name = std::string(to_string(k.norm)) + "/" + to_string(k.placement);
+    const auto stored = run(c, false, 1);
+    for (int threads : {1, 2}) {
+      const auto recomputed = run(c, true, threads);
+      BOOST_REQUIRE(stored.size() == recomputed.size());
+      for (size_t i = 0; i < stored.size(); ++i) {
+        BOOST_TEST(stored[i].defined() == recomputed[i].defined(), name << " tensor " << i);
+        if (stored[i].defined() && recomputed[i].defined())
+          BOOST_TEST(same_bits(stored[i], recomputed[i]), name << " tensor " << i << " at " << threads << " threads");
+      }
+    }
+  }
+  set_num_threads(saved);
 }
 
 // The engine is iterative: a 1000-block graph neither overflows the stack nor fails.

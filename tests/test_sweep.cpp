@@ -708,6 +708,16 @@ BOOST_AUTO_TEST_CASE(a_changed_config_throws_naming_the_key_and_leaves_the_file)
   m = sweep_error_of([&] { run_sweep(wider, no_training(out)); });
   BOOST_TEST(contains(m, "d_model=32"), m);
   BOOST_TEST((file_bytes(out) == bytes));
+
+  // recompute changes no number: the stored run is this sweep's run (only the 3 others are
+  // started, and fail without training).
+  Experiment recomputing = e;
+  apply_override(recomputing, "recompute", "on");
+  int failed = -1;
+  m = sweep_error_of([&] { failed = run_sweep(recomputing, no_training(out)); });
+  BOOST_TEST(m == "");
+  BOOST_TEST(failed == 3);
+  BOOST_TEST(read_results(out).runs.size() == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(a_file_that_is_not_this_experiments_throws_and_is_left_alone) {

@@ -171,6 +171,30 @@ BOOST_AUTO_TEST_CASE(caching_allocator_reuses_blocks) {
   BOOST_TEST(CpuAllocator::size_class(5000) <= 5000u * 5 / 4);
 }
 
+// reserve() maps faulted-in arenas the next blocks come from without the OS; empty_cache()
+// gives back an arena once none of its blocks is in use, and keeps it while one is.
+BOOST_AUTO_TEST_CASE(allocator_reserves_arenas_and_gives_free_ones_back) {
+  auto& alloc = CpuAllocator::instance();
+  alloc.empty_cache();
+  const size_t before = alloc.stats().bytes_mapped;
+  alloc.reserve(before + (size_t(9) << 20));  // more than the arenas could have room for
+  const AllocatorStats reserved = alloc.stats();
+  BOOST_TEST(reserved.bytes_mapped >= before + (size_t(9) << 20));
+  Tensor kept = empty({1000});
+  kept.fill_(3.0);
+  {
+    std::vector<Tensor> blocks;
+    for (int i = 0; i < 16; ++i) blocks.push_back(empty({128 * 1024}));  // 512 KiB each
+    BOOST_TEST(alloc.stats().os_allocations == reserved.os_allocations);
+  }
+  alloc.empty_cache();  // the reserved arena holds `kept`: it stays
+  BOOST_TEST(alloc.stats().bytes_mapped == reserved.bytes_mapped);
+  BOOST_TEST(kept.to_vector<float>() == std::vector<float>(1000, 3.0f), boost::test_tools::per_element());
+  kept = Tensor();
+  alloc.empty_cache();
+  BOOST_TEST(alloc.stats().bytes_mapped <= before);
+}
+
 BOOST_AUTO_TEST_CASE(parallel_for_covers_the_range_once) {
   std::vector<int> hits(10007, 0);
   parallel_for(0, int64_t(hits.size()), 100, [&](int64_t b, int64_t e) {

@@ -211,6 +211,7 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     int64_t depth, d_model, heads, seq_len, batch;
     Activation activation;
     OptimizerKind optimizer;
+    bool recompute = false;
   };
   const Case cases[] = {
       {1, 16, 2, 16, 8, Activation::gelu, OptimizerKind::adamw},
@@ -218,6 +219,13 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
       {4, 64, 4, 128, 4, Activation::swiglu, OptimizerKind::sgd},
       {24, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw},
       {2, 128, 8, 256, 2, Activation::gelu, OptimizerKind::adam},
+      {1, 16, 2, 16, 8, Activation::gelu, OptimizerKind::adamw, true},
+      {8, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true},
+      {4, 64, 4, 128, 4, Activation::swiglu, OptimizerKind::sgd, true},
+      {48, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true},
+      {2, 128, 8, 256, 2, Activation::gelu, OptimizerKind::adam, true},
+      {200, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true},
+      {24, 128, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true},
   };
   for (const Case& k : cases) {
     TrainConfig c = small();
@@ -228,6 +236,7 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     c.data.seq_len = k.seq_len;
     c.batch = k.batch;
     c.optim.kind = k.optimizer;
+    c.model.recompute = k.recompute;
     c.steps = 3;
     CpuAllocator::instance().empty_cache();
     CpuAllocator::instance().reset_peak();
@@ -238,12 +247,81 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     }
     const double peak = double(CpuAllocator::instance().stats().peak_bytes_in_use - before);
     const double estimate = estimate_memory(c).total();
-    BOOST_TEST_MESSAGE("depth " << k.depth << " d_model " << k.d_model << " seq_len " << k.seq_len << ": estimate "
+    BOOST_TEST_MESSAGE("depth " << k.depth << " d_model " << k.d_model << " seq_len " << k.seq_len
+                                << (k.recompute ? " recompute" : "") << ": estimate "
                                 << estimate / (1 << 20) << " MiB, measured peak " << peak / (1 << 20) << " MiB, ratio "
                                 << estimate / peak);
     BOOST_TEST(estimate >= peak);
     BOOST_TEST(estimate <= 2 * peak);
   }
+}
+
+// Recomputing each block in backward changes no number: a few AdamW steps with dropout
+// (BatchNorm, and LayerNorm post-norm with SwiGLU) give the same losses, gradient norms,
+// parameters, optimizer state, running statistics and generator state, bit for bit.
+BOOST_AUTO_TEST_CASE(recompute_trains_bit_identically) {
+  TempDir tmp("normlab_test_train");
+  for (NormKind norm : {NormKind::batch, NormKind::layer}) {
+    TrainConfig c = small();
+    c.model.norm = norm;
+    c.model.dropout = 0.1;
+    c.model.depth = 3;
+    c.steps = 5;
+    c.eval_every = 2;
+    if (norm == NormKind::layer) {
+      c.model.placement = Placement::post;
+      c.model.final_norm = false;
+      c.model.activation = Activation::swiglu;
+    }
+    TrainConfig r = c;
+    r.model.recompute = true;
+    Trainer stored(c), recomputed(r);
+    stored.run(0, false);
+    recomputed.run(0, false);
+    const std::string name = to_string(norm);
+    BOOST_TEST(same_bits(stored.history().loss, recomputed.history().loss), name);
+    BOOST_TEST(same_bits(stored.history().grad_norm, recomputed.history().grad_norm), name);
+    BOOST_TEST(same_bits(stored.history().eval_loss, recomputed.history().eval_loss), name);
+    BOOST_TEST(stored.model().generator().offset() == recomputed.model().generator().offset(), name);
+    // Parameters, buffers and optimizer state, through the checkpoints both write.
+    const std::string a = tmp.file("stored.h5"), b = tmp.file("recomputed.h5");
+    stored.save_checkpoint(a);
+    recomputed.save_checkpoint(b);
+    const H5File fa(a, H5File::Mode::read), fb(b, H5File::Mode::read);
+    std::vector<std::string> paths;
+    for (const auto& [n, p] : stored.model().named_parameters()) {
+      paths.push_back("/params/" + n);
+      paths.push_back("/optimizer/" + n + "/exp_avg");
+      paths.push_back("/optimizer/" + n + "/exp_avg_sq");
+    }
+    for (const auto& [n, buf] : stored.model().named_buffers()) paths.push_back("/buffers/" + n);
+    for (const std::string& path : paths) {
+      BOOST_REQUIRE(fa.exists(path) && fb.exists(path));
+      BOOST_TEST(same_bits(read_tensor(fa, path), read_tensor(fb, path)), name << " " << path);
+    }
+    BOOST_TEST(read_attribute_int(fb, "/config", "recompute") == 1);
+  }
+}
+
+// `normlab dump --recompute on` writes the dump it writes without.
+BOOST_AUTO_TEST_CASE(a_dump_with_recompute_is_the_dump_without) {
+  TrainConfig c = small();
+  c.model.norm = NormKind::batch;
+  c.model.dtype = DType::f64;
+  TempDir tmp("normlab_test_train");
+  const std::string a = tmp.file("stored.h5"), b = tmp.file("recomputed.h5");
+  const double loss = write_dump(c, a);
+  c.model.recompute = true;
+  BOOST_TEST(same_bits(write_dump(c, b), loss));
+  const H5File fa(a, H5File::Mode::read), fb(b, H5File::Mode::read);
+  Trainer t(c);
+  std::vector<std::string> paths{"/loss", "/batch/tokens", "/batch/targets"};
+  for (const auto& [n, p] : t.model().named_parameters()) {
+    paths.push_back("/params/" + n);
+    paths.push_back("/grads/" + n);
+  }
+  for (const auto& [n, buf] : t.model().named_buffers()) paths.push_back("/buffers/" + n);
+  for (const std::string& path : paths) BOOST_TEST(same_bits(read_tensor(fa, path), read_tensor(fb, path)), path);
 }
 
 BOOST_AUTO_TEST_CASE(a_config_larger_than_the_machine_is_refused_before_allocating) {
@@ -260,7 +338,8 @@ BOOST_AUTO_TEST_CASE(a_config_larger_than_the_machine_is_refused_before_allocati
 }
 
 // A resumed run keeps the checkpoint's interval; a checkpoint lacking a config key is
-// refused, naming it, instead of resuming with a default (not bit-exact).
+// refused, naming it, instead of resuming with a default (not bit-exact), except a
+// performance-only key (recompute), which a checkpoint written before it existed lacks.
 BOOST_AUTO_TEST_CASE(a_checkpoint_keeps_its_interval_and_its_whole_config) {
   TempDir tmp("normlab_test_train");
   const std::string ckpt = tmp.file("settings.h5");
@@ -271,6 +350,11 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_keeps_its_interval_and_its_whole_config) {
     t.save_checkpoint(ckpt);
   }
   BOOST_TEST(Trainer::resume(ckpt)->checkpoint_every() == 5);
+  {
+    H5File f(ckpt, H5File::Mode::read_write);
+    BOOST_REQUIRE(H5Adelete_by_name(f.id(), "/config", "recompute", H5P_DEFAULT) >= 0);
+  }
+  BOOST_TEST(!Trainer::resume(ckpt)->config().model.recompute);
   {
     H5File f(ckpt, H5File::Mode::read_write);
     BOOST_REQUIRE(H5Adelete_by_name(f.id(), "/config", "lr", H5P_DEFAULT) >= 0);
