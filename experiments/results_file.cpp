@@ -302,6 +302,24 @@ ResultsFile::ResultsFile(std::string path, const Experiment& e) : path_(std::mov
   }
 }
 
+std::optional<RunDifference> run_difference(const TrainConfig& stored, const RunSettings& stored_settings,
+                                            const TrainConfig& planned, const RunSettings& planned_settings) {
+  for (const ConfigField& field : config_fields())
+    if (!field.performance_only && field.get(stored) != field.get(planned))
+      return RunDifference{field.key, field.get(stored), field.get(planned)};
+  const RunSettings& a = stored_settings;
+  const RunSettings& b = planned_settings;
+  const std::pair<const char*, std::pair<std::string, std::string>> settings[] = {
+      {"metrics_every", {std::to_string(a.metrics.every), std::to_string(b.metrics.every)}},
+      {"delta_f_steps", {std::to_string(a.metrics.delta_f_steps), std::to_string(b.metrics.delta_f_steps)}},
+      {"diverge_loss", {format_real(a.divergence.loss_above), format_real(b.divergence.loss_above)}},
+      {"diverge_evals", {std::to_string(a.divergence.evals), std::to_string(b.divergence.evals)}},
+  };
+  for (const auto& [key, values] : settings)
+    if (values.first != values.second) return RunDifference{key, values.first, values.second};
+  return std::nullopt;
+}
+
 bool ResultsFile::has_run(const PlannedRun& run) const {
   if (!fs::exists(path_)) return false;
   const H5File f(path_, H5File::Mode::read);
@@ -309,19 +327,10 @@ bool ResultsFile::has_run(const PlannedRun& run) const {
   if (!f.exists(g)) return false;
   // Only the config and the settings: the run's histories and metrics are not needed here.
   const TrainConfig stored = read_config(f, g + "/config");
-  auto differs = [&](const std::string& key, const std::string& a, const std::string& b) {
-    if (a != b)
-      throw SweepInputError(path_ + " holds run " + run.name + " with " + key + "=" + a + ", but this sweep has " +
-                            key + "=" + b + "; choose another --out (or remove the file to start over)");
-  };
-  for (const ConfigField& field : config_fields())
-    if (!field.performance_only) differs(field.key, field.get(stored), field.get(run.config));
-  const RunSettings a = read_settings(f, g);
-  const RunSettings b = settings_of(e_);
-  differs("metrics_every", std::to_string(a.metrics.every), std::to_string(b.metrics.every));
-  differs("delta_f_steps", std::to_string(a.metrics.delta_f_steps), std::to_string(b.metrics.delta_f_steps));
-  differs("diverge_loss", format_real(a.divergence.loss_above), format_real(b.divergence.loss_above));
-  differs("diverge_evals", std::to_string(a.divergence.evals), std::to_string(b.divergence.evals));
+  if (const auto d = run_difference(stored, read_settings(f, g), run.config, settings_of(e_)))
+    throw SweepInputError(path_ + " holds run " + run.name + " with " + d->key + "=" + d->stored +
+                          ", but this sweep has " + d->key + "=" + d->planned +
+                          "; choose another --out (or remove the file to start over)");
   return true;
 }
 

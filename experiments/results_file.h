@@ -4,6 +4,7 @@
 // one, never a half-written one.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +26,15 @@ void write_spec_file(const std::string& path, const PlannedRun& run, const Exper
 // `normlab __worker spec result threads`: runs the spec's run into `result`. Returns the
 // process exit code.
 int run_worker(const std::string& spec, const std::string& result, int threads);
+
+// The first key (config or runner setting) on which a run measured with `stored` differs from
+// one planned with `planned`, with both values; none when they are the same run. Keys that
+// change no number (ConfigField::performance_only) do not count.
+struct RunDifference {
+  std::string key, stored, planned;
+};
+std::optional<RunDifference> run_difference(const TrainConfig& stored, const RunSettings& stored_settings,
+                                            const TrainConfig& planned, const RunSettings& planned_settings);
 
 class ResultsFile {
  public:

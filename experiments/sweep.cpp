@@ -541,16 +541,6 @@ struct WorkerReaper {
 
 namespace {
 
-// Whether a finished run was measured as `planned` is to be: the same config and settings.
-bool same_run(const RunResult& r, const PlannedRun& planned, const Experiment& e) {
-  const RunSettings a = r.settings, b = settings_of(e);
-  for (const ConfigField& f : config_fields())
-    if (!f.performance_only && f.get(r.config) != f.get(planned.config)) return false;
-  return a.metrics.every == b.metrics.every && a.metrics.delta_f_steps == b.metrics.delta_f_steps &&
-         std::memcmp(&a.divergence.loss_above, &b.divergence.loss_above, sizeof(double)) == 0 &&
-         a.divergence.evals == b.divergence.evals;
-}
-
 // Commits the run files of the work folder (workers' outputs that a stopped sweep had not
 // committed: killed between a worker's end and its commit, or a commit that failed on a full
 // disk) whose run is still to do with the same config, and takes them off `todo`. A damaged
@@ -580,7 +570,7 @@ size_t recover_finished_runs(const std::string& work, ResultsFile& file, const s
       } catch (const Error&) {
         break;  // not a readable run file: skipped
       }
-      if (!same_run(r, planned, e)) break;
+      if (run_difference(r.config, r.settings, planned.config, settings_of(e))) break;
       file.commit(r);
       todo.erase(it);
       ++recovered;
