@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <utility>
+#include <vector>
 
 #include <dnnl.hpp>
 
@@ -253,9 +255,67 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// The floating-point work of one training step and how fast its matmuls run alone.
+struct StepWork {
+  double matmul_flops = 0;     // every product matmul() ran (recomputed forwards included)
+  double attention_flops = 0;  // the fused causal attention's products (see below)
+  double matmul_seconds = 0;   // the same products, timed one shape at a time, in sequence
+  double flops() const { return matmul_flops + attention_flops; }
+};
+
+// Causal attention counts the T (T + 1) / 2 (query, key) pairs it uses, 2 flops per
+// multiply-add: S = QK^T and O = PV forward, dV, dP, dQ and dK backward (6 products of pairs x
+// head dim); a recomputed forward adds its 2.
+double attention_flops(const TrainConfig& c) {
+  const double T = double(c.data.seq_len), pairs = T * (T + 1) / 2;
+  const double products = c.model.recompute ? 8 : 6;
+  return products * 2 * pairs * double(c.model.d_model) * double(c.batch) * double(c.model.depth);
+}
+
+// Runs one training step with its matmuls recorded, then times each distinct product alone.
+StepWork measure_step_work(Trainer& trainer, const TrainConfig& c) {
+  std::vector<MatmulCall> calls;
+  {
+    const MatmulRecorder recorder;
+    time_step(trainer);
+    calls = recorder.calls();
+  }
+  StepWork w;
+  w.attention_flops = attention_flops(c);
+  std::vector<std::pair<MatmulCall, int64_t>> distinct;
+  for (const MatmulCall& call : calls) {
+    w.matmul_flops += call.flops();
+    auto it = std::find_if(distinct.begin(), distinct.end(), [&](const auto& d) { return d.first == call; });
+    if (it == distinct.end()) distinct.push_back({call, 1});
+    else ++it->second;
+  }
+  Generator gen(0);
+  for (const auto& [call, count] : distinct) {
+    // Operands laid out as the step's were: a transposed view is a transpose of a contiguous tensor.
+    auto operand = [&](Shape shape, bool transposed) {
+      if (!transposed) return randn(shape, gen, call.dtype);
+      std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
+      return randn(shape, gen, call.dtype).transpose(-1, -2);
+    };
+    const Tensor a = operand(call.a, call.a_transposed), b = operand(call.b, call.b_transposed);
+    w.matmul_seconds += double(count) * time_median(20, [&] { matmul(a, b); });
+  }
+  return w;
+}
+
+// "step 12.3 GFLOP/s (0.71 GFLOP: matmuls 0.60, attention 0.11); its matmuls alone 150.2 GFLOP/s
+// (4.0 ms of the step's 57.8)"
+void print_step_work(const StepWork& w, double step_seconds) {
+  std::printf("            step %.1f GFLOP/s (%.3f GFLOP: matmuls %.3f, attention %.3f); its matmuls alone %.1f GFLOP/s "
+              "(%.1f ms of the step's %.1f ms)\n",
+              w.flops() / step_seconds * 1e-9, w.flops() * 1e-9, w.matmul_flops * 1e-9, w.attention_flops * 1e-9,
+              w.matmul_flops / w.matmul_seconds * 1e-9, w.matmul_seconds * 1e3, step_seconds * 1e3);
+}
+
 void bench_training_throughput(int64_t depth, int64_t steps) {
   CpuAllocator::instance().empty_cache();  // the first step starts cold, as in a new process
-  Trainer trainer(bench_config(depth, steps + 2));
+  const TrainConfig c = bench_config(depth, steps + 3);
+  Trainer trainer(c);
   auto start = std::chrono::steady_clock::now();
   trainer.train_step();  // the first step: the allocator's cache and oneDNN's primitives fill here
   const double first = seconds_since(start);
@@ -275,6 +335,7 @@ void bench_training_throughput(int64_t depth, int64_t steps) {
               "(medians of %lld steps; Trainer::train_step %.1f ms; first step %.1f ms, %.2fx)\n",
               (long long)depth, tokens / (f + b + u), (f + b + u) * 1e3, f * 1e3, b * 1e3, u * 1e3, (long long)steps,
               whole * 1e3, first * 1e3, first / (f + b + u));
+  print_step_work(measure_step_work(trainer, c), f + b + u);
 }
 
 // A model of the floor's shape at `depth` and `d_model`, from a cold allocator (as in a new
@@ -282,7 +343,7 @@ void bench_training_throughput(int64_t depth, int64_t steps) {
 void bench_deep_step(int64_t depth, int64_t d_model, bool recompute) {
   CpuAllocator::instance().empty_cache();
   CpuAllocator::instance().reset_peak();
-  TrainConfig c = bench_config(depth, 3);
+  TrainConfig c = bench_config(depth, 4);
   c.model.d_model = d_model;
   c.model.recompute = recompute;
   const auto start = std::chrono::steady_clock::now();
@@ -301,6 +362,7 @@ void bench_deep_step(int64_t depth, int64_t d_model, bool recompute) {
   const AllocatorStats mem = CpuAllocator::instance().stats();
   std::printf("            peak tensor memory %.0f MiB; allocator arenas %.0f MiB\n",
               double(mem.peak_bytes_in_use) / (1 << 20), double(mem.bytes_mapped) / (1 << 20));
+  print_step_work(measure_step_work(trainer, c), later.total());
 }
 
 }  // namespace

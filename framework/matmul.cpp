@@ -627,8 +627,56 @@ Tensor matmul_onednn(const Tensor& a_in, const Tensor& b_in) {
   return c;
 }
 
+namespace {
+
+// The live recorder's calls; null when none is alive. matmul() may run on several threads.
+std::mutex recorder_mutex;
+std::vector<MatmulCall>* recorded = nullptr;
+std::atomic<bool> recording{false};
+
+bool transposed_view(const Tensor& x) {
+  const Shape& s = x.strides();
+  const size_t r = s.size();
+  return x.shape()[r - 1] > 1 && x.shape()[r - 2] > 1 && s[r - 2] == 1 && s[r - 1] != 1;
+}
+
+void record(const Tensor& a, const Tensor& b) {
+  const std::lock_guard<std::mutex> lock(recorder_mutex);
+  if (recorded) recorded->push_back({a.shape(), b.shape(), transposed_view(a), transposed_view(b), a.dtype()});
+}
+
+}  // namespace
+
+double MatmulCall::flops() const {
+  double batch = 1;
+  const size_t ra = a.size(), rb = b.size(), r = std::max(ra, rb);
+  for (size_t i = 2; i < r; ++i)  // the broadcast batch dims, aligned from the right
+    batch *= double(std::max(i < ra ? a[ra - 1 - i] : 1, i < rb ? b[rb - 1 - i] : 1));
+  return 2.0 * batch * double(a[ra - 2]) * double(b[rb - 1]) * double(a[ra - 1]);
+}
+
+MatmulRecorder::MatmulRecorder() {
+  const std::lock_guard<std::mutex> lock(recorder_mutex);
+  NL_CHECK(recorded == nullptr, "MatmulRecorder: one is alive already");
+  recorded = new std::vector<MatmulCall>;
+  recording = true;
+}
+
+MatmulRecorder::~MatmulRecorder() {
+  const std::lock_guard<std::mutex> lock(recorder_mutex);
+  recording = false;
+  delete recorded;
+  recorded = nullptr;
+}
+
+std::vector<MatmulCall> MatmulRecorder::calls() const {
+  const std::lock_guard<std::mutex> lock(recorder_mutex);
+  return *recorded;
+}
+
 Tensor matmul(const Tensor& a, const Tensor& b) {
   check_args(a, b, "matmul");
+  if (recording.load(std::memory_order_relaxed)) record(a, b);
   return a.dtype() == DType::f32 ? matmul_onednn(a, b) : matmul_ref(a, b);
 }
 

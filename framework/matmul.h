@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "framework/tensor.h"
 
@@ -41,5 +42,24 @@ int64_t matmul_cache_size();
 void matmul_cache_clear();  // drops every primitive and zeroes the counters
 int64_t matmul_cache_capacity();
 void set_matmul_cache_capacity(int64_t capacity);  // >= 1; evicts down to it at once
+
+// The products matmul() runs while a MatmulRecorder is alive (benchmarks: a training step's
+// matmul work, replayed shape by shape to time the matmuls alone). One recorder at a time.
+struct MatmulCall {
+  Shape a, b;                      // as passed
+  bool a_transposed = false;       // a view with unit stride over its second-last dim (x.transpose(-1, -2))
+  bool b_transposed = false;
+  DType dtype = DType::f32;
+  double flops() const;            // 2 x batch x M x N x K
+  bool operator==(const MatmulCall&) const = default;
+};
+class MatmulRecorder {
+ public:
+  MatmulRecorder();
+  ~MatmulRecorder();
+  MatmulRecorder(const MatmulRecorder&) = delete;
+  MatmulRecorder& operator=(const MatmulRecorder&) = delete;
+  std::vector<MatmulCall> calls() const;  // in the order they ran
+};
 
 }  // namespace normlab
