@@ -372,6 +372,13 @@ void run_train_bench() {
               "batch 8, AdamW), %d threads\n",
               num_threads());
   bench_training_throughput(48, 10);
+  const int threads = num_threads();
+  if (threads > 1) {  // the same model on one thread, in the same run
+    set_num_threads(1);
+    std::printf("1 thread:\n");
+    bench_training_throughput(48, 10);
+    set_num_threads(threads);
+  }
   bench_deep_step(1000, 32, false);
   bench_deep_step(1000, 32, true);
   bench_deep_step(1000, 128, true);
