@@ -19,6 +19,7 @@
 #include "framework/parallel.h"
 #include "framework/tensor_ops.h"
 #include "norm/batch_norm/batch_norm_onednn.h"
+#include "norm/layer_norm/layer_norm.h"
 #include "norm/layer_norm/layer_norm_onednn.h"
 #include "norm/rms_norm/rms_norm.h"
 
@@ -365,14 +366,51 @@ void bench_deep_step(int64_t depth, int64_t d_model, bool recompute) {
   print_step_work(measure_step_work(trainer, c), later.total());
 }
 
+// Each op of a depth-48 block, forward + backward at the model's shapes (512 rows, d_model 32,
+// FFN 128, 2 heads of 16, seq 64), timed with one thread and with `threads`: where the second
+// thread pays for the parallel region it starts.
+void bench_threads_per_op(int threads) {
+  std::printf("\nops of a block at the model's shapes, forward + backward (us; median of 200 calls)\n");
+  std::printf("%-34s %10s %10s %8s\n", "op", "1 thread", "threads", "speedup");
+  Generator gen(0);
+  auto var = [&](const Shape& shape) { return Variable(randn(shape, gen), true); };
+  const Variable x = var({8, 64, 32}), h = var({8, 64, 128}), w_qkv = var({96, 32}), b_qkv = var({96}),
+                 w_up = var({128, 32}), b_up = var({128}), w_down = var({32, 128}), b_down = var({32}),
+                 gamma = var({32}), beta = var({32}), q = var({8, 2, 64, 16}), k = var({8, 2, 64, 16}),
+                 v = var({8, 2, 64, 16}), r = var({8, 64, 32});
+  struct Case {
+    const char* name;
+    std::function<Variable()> forward;
+  };
+  const Case cases[] = {
+      {"linear [512,32] -> 96 (qkv)", [&] { return linear(x, w_qkv, b_qkv); }},
+      {"linear_gelu [512,32] -> 128", [&] { return linear_gelu(x, w_up, b_up); }},
+      {"linear [512,128] -> 32 (down)", [&] { return linear(h, w_down, b_down); }},
+      {"causal_attention [8,2,64,16]", [&] { return causal_attention(q, k, v, 0.25); }},
+      {"layer_norm [512,32]", [&] { return layer_norm(x, gamma, beta); }},
+      {"add [512,32]", [&] { return add(x, r); }},
+  };
+  for (const Case& c : cases) {
+    const Tensor seed = ones(c.forward().shape());
+    auto time_with = [&](int n) {
+      set_num_threads(n);
+      return time_median(200, [&] { c.forward().backward(seed); });
+    };
+    const double one = time_with(1), many = time_with(threads);
+    std::printf("%-34s %10.1f %10.1f %7.2fx\n", c.name, one * 1e6, many * 1e6, one / many);
+  }
+  set_num_threads(threads);
+}
+
 }  // namespace
 
 void run_train_bench() {
   std::printf("\ntoy transformer training (normlab train's model: pre-norm LayerNorm, d_model 32, 2 heads, seq 64, "
               "batch 8, AdamW), %d threads\n",
               num_threads());
-  bench_training_throughput(48, 10);
   const int threads = num_threads();
+  if (threads > 1) bench_threads_per_op(threads);
+  bench_training_throughput(48, 10);
   if (threads > 1) {  // the same model on one thread, in the same run
     set_num_threads(1);
     std::printf("1 thread:\n");
