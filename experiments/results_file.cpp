@@ -212,6 +212,7 @@ SweepResults read_results(const std::string& path) {
   SweepResults s;
   s.path = path;
   s.experiment = read_attribute_string(f, "/", "experiment");
+  s.description = read_string_or(f, "/", "description");
   s.map_columns = read_string_or(f, "/", "map_columns");
   NL_CHECK(has_attribute(f, "/", "axes"), path, " has no root attribute axes, expected the sweep's axis names",
            " separated by ','");
@@ -277,6 +278,16 @@ int run_worker(const std::string& spec, const std::string& result, int threads) 
 }
 
 // ---- The results file ----
+
+FileLock lock_results_file(const std::string& path) {
+  FileLock lock;
+  if (const pid_t owner = lock.try_lock(path + ".lock")) {
+    const std::string who = owner > 0 ? "pid " + std::to_string(owner) : "pid unknown";
+    throw SweepInputError(path + " is in use by another sweep (" + who +
+                          "); wait for it to finish or choose another --out");
+  }
+  return lock;
+}
 
 ResultsFile::ResultsFile(std::string path, const Experiment& e) : path_(std::move(path)), e_(e) {
   const fs::path p(path_);
@@ -360,10 +371,14 @@ void ResultsFile::write_header() {
   });
 }
 
-void ResultsFile::commit(const RunResult& run) {
+void ResultsFile::commit(const RunResult& run) { commit(std::vector<const RunResult*>{&run}); }
+
+void ResultsFile::commit(const std::vector<const RunResult*>& runs) {
   change([&](H5File& f) {
-    f.remove("/runs/" + run.name);
-    write_run_group(f, run);
+    for (const RunResult* run : runs) {
+      f.remove("/runs/" + run->name);
+      write_run_group(f, *run);
+    }
   });
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "experiments/sweep.h"
+#include "framework/file_lock.h"
 
 namespace normlab {
 
@@ -36,6 +37,10 @@ struct RunDifference {
 std::optional<RunDifference> run_difference(const TrainConfig& stored, const RunSettings& stored_settings,
                                             const TrainConfig& planned, const RunSettings& planned_settings);
 
+// The lock on `<path>.lock` that one writer of a results file holds (a sweep, a merge);
+// throws SweepInputError naming the holder's pid when another process holds it.
+FileLock lock_results_file(const std::string& path);
+
 class ResultsFile {
  public:
   // Checks that `path` is a results file of experiment e.name that read_results accepts (or
@@ -50,6 +55,8 @@ class ResultsFile {
   void write_header();
   // Adds the run as /runs/<run.name>.
   void commit(const RunResult& run);
+  // Adds the runs in one change: one copy of the file for all of them.
+  void commit(const std::vector<const RunResult*>& runs);
   const std::string& path() const { return path_; }
 
  private:
@@ -59,5 +66,20 @@ class ResultsFile {
   std::string path_;
   const Experiment& e_;
 };
+
+// `normlab merge`: adds to the results file `out` (created when missing; else a results file
+// of the same experiment) every run of the results files `inputs` (the shards of a sweep), in
+// one atomic change, and lists every run's labels in its root attributes. A run found in
+// several files with the same config is taken once. Throws SweepInputError, before writing
+// anything, when an input cannot be read (read_results's message), the files hold different
+// experiments, `out` is also an input, a file is being written by a sweep, or two files hold a
+// run of the same name with different configs (naming both files, the run and the first
+// differing key).
+struct MergeSummary {
+  size_t added = 0;       // runs written to `out`
+  size_t present = 0;     // runs `out` held already
+  size_t duplicates = 0;  // runs found again in a later input (same config), taken once
+};
+MergeSummary merge_results(const std::string& out, const std::vector<std::string>& inputs);
 
 }  // namespace normlab
