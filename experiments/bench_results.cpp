@@ -1,11 +1,13 @@
 // `normlab bench results F.h5`: what writing a results file costs as it grows (each commit
 // copies the whole file, syncs it and renames it over the original) and what a merge costs.
+#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <tuple>
 
 #include "experiments/bench.h"
 #include "experiments/results_file.h"
@@ -16,10 +18,27 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double seconds_of(const std::function<void()>& f) {
+// Seconds of wall time and of this process's CPU time: on a loaded machine the wall time
+// grows with the other processes' load, the CPU time does not (a sync's wait is in neither).
+struct Cost {
+  double wall = 0, cpu = 0;
+  Cost& operator+=(const Cost& c) {
+    wall += c.wall, cpu += c.cpu;
+    return *this;
+  }
+};
+
+double cpu_seconds() {
+  timespec t{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+Cost cost_of(const std::function<void()>& f) {
   const auto start = std::chrono::steady_clock::now();
+  const double cpu = cpu_seconds();
   f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return {std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), cpu_seconds() - cpu};
 }
 
 // `n` runs made from the source's runs, each copy told apart by a label of the axis "copy".
@@ -71,17 +90,20 @@ void run_results_bench(const std::string& source_path, int n) {
   // One run committed at a time, as a sweep does.
   ResultsFile grown((dir / "grown.h5").string(), e);
   grown.write_header();
-  std::printf("\ncommit (copy + add the run + sync + rename), by the runs in the file after it\n");
-  std::printf("%-12s %14s %14s %16s\n", "runs", "ms / commit", "file MiB", "of a run's time");
-  double window = 0;
+  std::printf("\ncommit (copy + add the run + sync + rename), mean over the commits that filled the file from\n"
+              "runs a to b; wall time and CPU time per commit, the wall time against a run's training time\n");
+  std::printf("%-12s %10s %10s %10s %16s\n", "runs", "wall ms", "CPU ms", "file MiB", "of a run's time");
+  Cost window;
   int first = 1;
   for (int k = 1; k <= n; ++k) {
-    window += seconds_of([&] { grown.commit(runs[size_t(k - 1)]); });
+    window += cost_of([&] { grown.commit(runs[size_t(k - 1)]); });
     if ((k & (k - 1)) == 0 || k == n) {  // windows ending at powers of two, and at the last run
-      const double ms = 1e3 * window / double(k - first + 1);
-      std::printf("%-12s %14.2f %14.2f %15.2f%%\n", (std::to_string(first) + "-" + std::to_string(k)).c_str(), ms,
-                  double(fs::file_size(grown.path())) / (1 << 20), run_seconds > 0 ? 0.1 * ms / run_seconds : 0.0);
-      window = 0;
+      const double commits = double(k - first + 1);
+      const double ms = 1e3 * window.wall / commits;
+      std::printf("%-12s %10.2f %10.2f %10.2f %15.2f%%\n", (std::to_string(first) + "-" + std::to_string(k)).c_str(),
+                  ms, 1e3 * window.cpu / commits, double(fs::file_size(grown.path())) / (1 << 20),
+                  run_seconds > 0 ? 0.1 * ms / run_seconds : 0.0);
+      window = {};
       first = k + 1;
     }
   }
@@ -97,16 +119,18 @@ void run_results_bench(const std::string& source_path, int n) {
     shard.commit(part);
   }
   const std::string merged = (dir / "merged.h5").string();
-  const double t_new = seconds_of([&] { merge_results(merged, shards); });
+  const Cost into_new = cost_of([&] { merge_results(merged, shards); });
   fs::copy_file(shards[0], dir / "existing.h5");
-  const double t_existing = seconds_of([&] {
+  const Cost into_existing = cost_of([&] {
     merge_results((dir / "existing.h5").string(), {shards.begin() + 1, shards.end()});
   });
   const size_t added = runs.size() - (runs.size() + 3) / 4;
-  std::printf("\nmerge of 4 shards (normlab merge; one commit for all the runs)\n");
-  std::printf("into a new file          %8.1f ms, %6.2f ms a run (%d runs)\n", 1e3 * t_new, 1e3 * t_new / n, n);
-  std::printf("into a file with shard 0 %8.1f ms, %6.2f ms a run added (%zu runs)\n", 1e3 * t_existing,
-              1e3 * t_existing / double(added), added);
+  std::printf("\nmerge of 4 shards (normlab merge: read and check every file, one commit for all the runs)\n");
+  std::printf("%-26s %6s %10s %10s %14s %14s\n", "", "runs", "wall ms", "CPU ms", "wall ms a run", "CPU ms a run");
+  for (const auto& [what, cost, count] : {std::tuple{"into a new file", into_new, size_t(n)},
+                                          std::tuple{"into a file with shard 0", into_existing, added}})
+    std::printf("%-26s %6zu %10.1f %10.1f %14.2f %14.2f\n", what, count, 1e3 * cost.wall, 1e3 * cost.cpu,
+                1e3 * cost.wall / double(count), 1e3 * cost.cpu / double(count));
   fs::remove_all(dir);
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "experiments/results_file.h"
 
@@ -11,6 +12,8 @@ namespace normlab {
 namespace fs = std::filesystem;
 
 namespace {
+
+constexpr const char* kWait = "wait for it to finish, then merge";
 
 // Whether two paths name the same file (the second may not exist yet).
 bool same_file(const std::string& a, const std::string& b) {
@@ -51,10 +54,13 @@ MergeSummary merge_results(const std::string& out, const std::vector<std::string
   // No sweep may write a file while it is merged: its runs could be missed or lost. An input
   // whose folder is read-only cannot be written by a sweep either.
   std::vector<FileLock> locks;
-  for (const std::string& path : inputs) {
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::string& path = inputs[i];
     if (same_file(path, out)) throw SweepInputError(path + " is both the output and an input; merge into a new file");
+    if (std::any_of(inputs.begin(), inputs.begin() + i, [&](const std::string& p) { return same_file(p, path); }))
+      continue;  // locked already
     try {
-      locks.push_back(lock_results_file(path));
+      locks.push_back(lock_results_file(path, kWait));
     } catch (const SweepInputError&) {
       throw;
     } catch (const Error&) {
@@ -72,8 +78,25 @@ MergeSummary merge_results(const std::string& out, const std::vector<std::string
                             inputs.front() + " holds '" + in.front().experiment + "'; merge one experiment at a time");
   }
   const Experiment e = experiment_of(in);
-  ResultsFile file(out, e);  // refuses an `out` of another experiment, or one it cannot write
-  locks.push_back(lock_results_file(out));
+  // `out`'s runs, read under its lock.
+  std::optional<SweepResults> existing;
+  const bool out_exists = fs::exists(out);
+  if (out_exists) {
+    locks.push_back(lock_results_file(out, kWait));
+    try {
+      existing = read_results(out);
+    } catch (const Error& err) {
+      throw SweepInputError(err.what());
+    }
+    if (existing->experiment != e.name)
+      throw SweepInputError(out + " holds results of experiment '" + existing->experiment + "', but " +
+                            inputs.front() + " holds '" + e.name + "'; merge one experiment at a time");
+  }
+  ResultsFile file(out, e);  // checks that `out` can be written, and makes its folder
+  if (!out_exists) {
+    locks.push_back(lock_results_file(out, kWait));
+    if (fs::exists(out)) throw SweepInputError(out + " was created by another process meanwhile; merge again");
+  }
 
   // Each run name once, with the file it came from; `out`'s own runs first.
   struct Source {
@@ -81,11 +104,8 @@ MergeSummary merge_results(const std::string& out, const std::vector<std::string
     const std::string* path;
   };
   std::map<std::string, Source> runs;
-  std::optional<SweepResults> existing;
-  if (fs::exists(out)) {
-    existing = read_results(out);
+  if (existing)
     for (const RunResult& r : existing->runs) runs.emplace(r.name, Source{&r, &out});
-  }
   MergeSummary summary{.present = runs.size()};
   std::vector<const RunResult*> added;
   for (size_t i = 0; i < in.size(); ++i) {

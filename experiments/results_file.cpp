@@ -279,12 +279,11 @@ int run_worker(const std::string& spec, const std::string& result, int threads) 
 
 // ---- The results file ----
 
-FileLock lock_results_file(const std::string& path) {
+FileLock lock_results_file(const std::string& path, const std::string& advice) {
   FileLock lock;
   if (const pid_t owner = lock.try_lock(path + ".lock")) {
     const std::string who = owner > 0 ? "pid " + std::to_string(owner) : "pid unknown";
-    throw SweepInputError(path + " is in use by another sweep (" + who +
-                          "); wait for it to finish or choose another --out");
+    throw SweepInputError(path + " is in use by another sweep (" + who + "); " + advice);
   }
   return lock;
 }

@@ -38,8 +38,8 @@ std::optional<RunDifference> run_difference(const TrainConfig& stored, const Run
                                             const TrainConfig& planned, const RunSettings& planned_settings);
 
 // The lock on `<path>.lock` that one writer of a results file holds (a sweep, a merge);
-// throws SweepInputError naming the holder's pid when another process holds it.
-FileLock lock_results_file(const std::string& path);
+// throws SweepInputError naming the holder's pid, then `advice`, when another process holds it.
+FileLock lock_results_file(const std::string& path, const std::string& advice);
 
 class ResultsFile {
  public:

@@ -612,7 +612,7 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   ResultsFile file(out, e);  // checks the file and the path; throws SweepInputError
   // One sweep at a time per results file: two would share the work folder and the copy each
   // commit makes. The lock is held until run_sweep returns.
-  const FileLock lock = lock_results_file(out);
+  const FileLock lock = lock_results_file(out, "wait for it to finish or choose another --out");
   std::vector<size_t> todo;
   for (size_t i = 0; i < runs.size(); ++i)
     if (!file.has_run(runs[i])) todo.push_back(i);  // throws SweepInputError on another config

@@ -3,8 +3,8 @@
 # with `normlab merge` holds exactly the runs and numbers of the same sweep run in one process
 # (every dataset and attribute but the timings, compared with PYTHON's h5py when it has it, and
 # the `normlab report` outputs); merging into a file that holds some runs adds the others;
-# merging shards whose same-named run has different configs, or a file into itself, exits 2
-# with one line and writes nothing.
+# merging shards whose same-named run has different configs, a file into itself, or a file a
+# sweep is writing, exits 2 with one line and writes nothing.
 normlab=$1
 dir=$2
 python=${3:-python3}
@@ -108,5 +108,20 @@ sh "$cli_check" 2 "$dir/grown.h5 and $dir/other1.h5 hold run" "$normlab" merge "
   fail "a conflicting merge into an existing file was not refused"
 sh "$cli_check" 2 "is both the output and an input" "$normlab" merge "$dir/grown.h5" "$dir/shard0.h5" "$dir/grown.h5" ||
   fail "merging a file into itself was not refused"
+# A file a sweep (here: a process holding its lock) is writing.
+# shellcheck disable=SC2016
+sh -c 'exec 9>"$1" && flock 9 && exec sleep 30' sh "$dir/shard1.h5.lock" > /dev/null 2>&1 &
+holder=$!  # the sleep itself, holding the lock
+tries=0
+until ! flock -n "$dir/shard1.h5.lock" true; do
+  tries=$((tries + 1))
+  [ "$tries" -le 100 ] || fail "no process took $dir/shard1.h5.lock"
+  sleep 0.05
+done
+sh "$cli_check" 2 "$dir/shard1.h5 is in use by another sweep" "$normlab" merge "$dir/late.h5" "$dir/shard0.h5" "$dir/shard1.h5" ||
+  fail "a merge of a file in use was not refused"
+kill "$holder"
+wait "$holder" 2>/dev/null
+[ ! -e "$dir/late.h5" ] || fail "a refused merge wrote $dir/late.h5"
 [ "$(cksum < "$dir/grown.h5")" = "$before" ] || fail "a refused merge changed $dir/grown.h5"
 echo "shard_merge_check: ok"
