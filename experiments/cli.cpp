@@ -539,8 +539,9 @@ int run_merge(int argc, char** argv) {
   } catch (const SweepInputError& err) {
     usage_error(err.what());
   }
-  std::printf("%s: %zu run%s added from %zu file%s (%zu already there, %zu found twice)\n", files[0].c_str(), m.added,
-              m.added == 1 ? "" : "s", inputs.size(), inputs.size() == 1 ? "" : "s", m.present, m.duplicates);
+  std::printf("%s: %zu run%s added from %zu file%s (%zu already there, %zu found again in a later file)\n",
+              files[0].c_str(), m.added, m.added == 1 ? "" : "s", inputs.size(), inputs.size() == 1 ? "" : "s",
+              m.present, m.duplicates);
   return 0;
 }
 

@@ -117,8 +117,9 @@ MergeSummary merge_results(const std::string& out, const std::vector<std::string
       }
       const RunResult& first = *it->second.run;
       if (const auto d = run_difference(first.config, first.settings, r.config, r.settings))
-        throw SweepInputError(*it->second.path + " and " + inputs[i] + " hold run " + r.name + " with different configs: " +
-                              d->key + "=" + d->stored + " and " + d->key + "=" + d->planned);
+        throw SweepInputError(*it->second.path + " and " + inputs[i] + " hold run " + r.name +
+                              " with different configs: " + d->key + "=" + d->stored + " and " + d->key + "=" +
+                              d->planned);
       if (it->second.path != &out) ++summary.duplicates;
     }
   }

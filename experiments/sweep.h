@@ -181,11 +181,12 @@ struct RunResult {
 };
 
 struct SweepResults {
-  std::string path, experiment, description;
+  std::string path, experiment;
   std::string map_columns;                           // the stability map's column axis
   std::vector<std::string> axes;                     // in the experiment's order
   std::map<std::string, std::vector<std::string>> axis_values;  // labels in the experiment's order
   std::vector<RunResult> runs;
+  std::string description = "";  // the experiment's one line
 
   // Runs whose labels match every (axis, label) pair.
   std::vector<const RunResult*> select(const std::vector<std::pair<std::string, std::string>>& match) const;
