@@ -114,9 +114,7 @@ void run_results_bench(const std::string& source_path, int n) {
     std::vector<const RunResult*> part;
     for (size_t k = size_t(s); k < runs.size(); k += 4) part.push_back(&runs[k]);
     shards.push_back((dir / ("shard" + std::to_string(s) + ".h5")).string());
-    ResultsFile shard(shards.back(), e);
-    shard.write_header();
-    shard.commit(part);
+    ResultsFile(shards.back(), e).commit(part, /*with_header=*/true);
   }
   const std::string merged = (dir / "merged.h5").string();
   const Cost into_new = cost_of([&] { merge_results(merged, shards); });

@@ -123,8 +123,7 @@ MergeSummary merge_results(const std::string& out, const std::vector<std::string
       if (it->second.path != &out) ++summary.duplicates;
     }
   }
-  file.write_header();
-  if (!added.empty()) file.commit(added);
+  file.commit(added, /*with_header=*/true);
   summary.added = added.size();
   return summary;
 }

@@ -349,31 +349,34 @@ void ResultsFile::change(Change change) {
   update_file_atomically(path_, change);
 }
 
+void ResultsFile::write_header_in(H5File& f) const {
+  write_attribute(f, "/", "format", kFormat);
+  write_attribute(f, "/", "version", kVersion);
+  write_attribute(f, "/", "experiment", e_.name);
+  write_attribute(f, "/", "description", e_.description);
+  write_attribute(f, "/", "map_columns", map_columns_of(e_));
+  std::vector<std::string> axes = split_list(read_string_or(f, "/", "axes"), ',');
+  for (const Axis& a : e_.axes)
+    if (std::find(axes.begin(), axes.end(), a.name) == axes.end()) axes.push_back(a.name);
+  write_attribute(f, "/", "axes", join_list(axes, ','));
+  for (const Axis& a : e_.axes) {
+    const std::string key = "axis_values." + a.name;
+    std::vector<std::string> labels = split_list(read_string_or(f, "/", key), '|');
+    for (const AxisValue& v : a.values)
+      if (std::find(labels.begin(), labels.end(), v.label) == labels.end()) labels.push_back(v.label);
+    write_attribute(f, "/", key, join_list(labels, '|'));
+  }
+}
+
 void ResultsFile::write_header() {
-  change([&](H5File& f) {
-    write_attribute(f, "/", "format", kFormat);
-    write_attribute(f, "/", "version", kVersion);
-    write_attribute(f, "/", "experiment", e_.name);
-    write_attribute(f, "/", "description", e_.description);
-    write_attribute(f, "/", "map_columns", map_columns_of(e_));
-    std::vector<std::string> axes = split_list(read_string_or(f, "/", "axes"), ',');
-    for (const Axis& a : e_.axes)
-      if (std::find(axes.begin(), axes.end(), a.name) == axes.end()) axes.push_back(a.name);
-    write_attribute(f, "/", "axes", join_list(axes, ','));
-    for (const Axis& a : e_.axes) {
-      const std::string key = "axis_values." + a.name;
-      std::vector<std::string> labels = split_list(read_string_or(f, "/", key), '|');
-      for (const AxisValue& v : a.values)
-        if (std::find(labels.begin(), labels.end(), v.label) == labels.end()) labels.push_back(v.label);
-      write_attribute(f, "/", key, join_list(labels, '|'));
-    }
-  });
+  change([&](H5File& f) { write_header_in(f); });
 }
 
 void ResultsFile::commit(const RunResult& run) { commit(std::vector<const RunResult*>{&run}); }
 
-void ResultsFile::commit(const std::vector<const RunResult*>& runs) {
+void ResultsFile::commit(const std::vector<const RunResult*>& runs, bool with_header) {
   change([&](H5File& f) {
+    if (with_header) write_header_in(f);
     for (const RunResult* run : runs) {
       f.remove("/runs/" + run->name);
       write_run_group(f, *run);

@@ -11,6 +11,7 @@
 
 #include "experiments/sweep.h"
 #include "framework/file_lock.h"
+#include "framework/hdf5.h"
 
 namespace normlab {
 
@@ -55,13 +56,15 @@ class ResultsFile {
   void write_header();
   // Adds the run as /runs/<run.name>.
   void commit(const RunResult& run);
-  // Adds the runs in one change: one copy of the file for all of them.
-  void commit(const std::vector<const RunResult*>& runs);
+  // Adds the runs in one change, one copy of the file for all of them; with_header: writes
+  // the header (write_header) in the same change.
+  void commit(const std::vector<const RunResult*>& runs, bool with_header = false);
   const std::string& path() const { return path_; }
 
  private:
   template <class Change>
   void change(Change change);
+  void write_header_in(H5File& f) const;
 
   std::string path_;
   const Experiment& e_;
