@@ -18,7 +18,7 @@ constexpr const char* kWait = "wait for it to finish, then merge";
 // Whether two paths name the same file (the second may not exist yet).
 bool same_file(const std::string& a, const std::string& b) {
   std::error_code ec;
-  if (fs::exists(a) && fs::exists(b)) return fs::equivalent(a, b, ec);
+  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
   return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
 }
 
