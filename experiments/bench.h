@@ -3,6 +3,8 @@
 // given depth built from the ops; the toy transformer's training throughput.
 #pragma once
 
+#include <string>
+
 namespace normlab {
 
 void run_foundation_bench(int depth = 48);
@@ -12,5 +14,10 @@ void run_foundation_bench(int depth = 48);
 // first and a later training step of the same model at depth 1000 with recompute off and on,
 // and at depth 1000 with d_model 128 with recompute on, each with its peak tensor memory.
 void run_train_bench();
+
+// The cost of writing a results file: `runs` copies of the runs of the results file `source`
+// committed one at a time (ms per commit as the file grows, next to a run's training time),
+// then the same runs as 4 shard files merged (ms per run).
+void run_results_bench(const std::string& source, int runs);
 
 }  // namespace normlab

@@ -31,7 +31,7 @@ namespace {
 constexpr int kUsageError = 2;  // bad input: flags, values, paths, files; nothing was done
 constexpr int kWorkError = 1;   // a failure during the work (a full disk, a failed run)
 
-constexpr const char* kCommands[] = {"run", "list", "report", "train", "dump", "demo", "bench"};
+constexpr const char* kCommands[] = {"run", "merge", "list", "report", "train", "dump", "demo", "bench"};
 bool is_command(const std::string& s) { return std::find(std::begin(kCommands), std::end(kCommands), s) != std::end(kCommands); }
 
 void print_help() {
@@ -41,8 +41,10 @@ void print_help() {
       "usage: normlab <command> [options]     (normlab <command> --help for its options)\n"
       "\n"
       "commands:\n"
-      "  run <experiment> [--set key=value ...] [--out F.h5]\n"
-      "                                run a stability sweep: results file, summary, plots\n"
+      "  run <experiment> [--set key=value ...] [--out F.h5] [--shard I/N]\n"
+      "                                run a stability sweep (or its part I of N): results\n"
+      "                                file, summary, plots\n"
+      "  merge OUT.h5 F.h5 ...         join results files of one experiment (a sweep's shards)\n"
       "  list                          the experiments, one line each\n"
       "  report F.h5                   the summary of a results file\n"
       "  train [--<key> <value> ...]   train the toy transformer on a task and print a summary\n"
@@ -334,28 +336,37 @@ int run_dump(int argc, char** argv) {
 void print_bench_help() {
   std::printf(
       "usage: normlab bench [kernels|train|cuda|all] [--depth N]\n"
+      "       normlab bench results F.h5 [--runs N]\n"
       "\n"
       "Benchmarks, printing figures measured side by side in one run:\n"
       "  kernels   norm kernels against oneDNN and copy bandwidth, matmul, and one transformer\n"
       "            training step at --depth N (default 48) composed of ops and hand-derived\n"
       "  train     the toy model's training throughput at depth 48 and one 1000-layer step\n"
       "  cuda      GPU norm kernels against copy bandwidth and cuDNN (needs a GPU)\n"
-      "  all       all of them (the default is kernels)\n");
+      "  all       all of them (the default is kernels)\n"
+      "  results   writing a results file: N (default 64) copies of F.h5's runs committed one\n"
+      "            at a time (ms per commit as the file grows, against a run's training time),\n"
+      "            then merged from 4 shard files (ms per run); works beside F.h5\n");
 }
 
 int run_bench(int argc, char** argv) {
-  std::string what;
-  std::optional<long long> depth;
+  std::string what, source;
+  std::optional<long long> depth, runs;
   Flags flags(argc, argv, 2);
   while (!flags.done()) {
     const std::string arg = flags.next();
     if (is_help(arg)) return print_bench_help(), 0;
-    if (arg == "kernels" || arg == "train" || arg == "cuda" || arg == "all") {
+    if (arg == "kernels" || arg == "train" || arg == "cuda" || arg == "all" || arg == "results") {
       if (!what.empty()) usage_error("name one benchmark, got '" + what + "' and '" + arg + "'");
       what = arg;
     } else if (arg == "--depth") {
       flags.once(arg);
       depth = parse_int(arg, flags.value(), 1, 100000);
+    } else if (arg == "--runs") {
+      flags.once(arg);
+      runs = parse_int(arg, flags.value(), 1, 100000);
+    } else if (what == "results" && source.empty() && arg.rfind("--", 0) != 0) {
+      source = arg;
     } else {
       usage_error("unknown argument '" + arg + "' (see normlab bench --help)");
     }
@@ -363,6 +374,13 @@ int run_bench(int argc, char** argv) {
   if (what.empty()) what = "kernels";
   if (depth && what != "kernels" && what != "all")
     usage_error("--depth sets the transformer step of bench kernels; bench " + what + " does not take it");
+  if (runs && what != "results") usage_error("--runs sets bench results; bench " + what + " does not take it");
+  if (what == "results") {
+    if (source.empty()) usage_error("bench results needs a results file to copy runs from (normlab run writes one)");
+    as_input([&] { read_results(source); });
+    run_results_bench(source, int(runs.value_or(64)));
+    return 0;
+  }
   if (what == "kernels" || what == "all") run_foundation_bench(int(depth.value_or(48)));
   if (what == "train" || what == "all") run_train_bench();
   if (what == "cuda" || what == "all") run_cuda_bench();
@@ -415,8 +433,22 @@ void print_run_help() {
       "  --out F.h5          the results file (default results/<experiment>.h5); the plots go\n"
       "                      to F/ (results/<experiment>/)\n"
       "  --jobs N            runs at once, one process each (default: one per core)\n"
+      "  --shard I/N         only the runs whose index in the sweep is I mod N (0 <= I < N):\n"
+      "                      one machine's part; the default --out is\n"
+      "                      results/<experiment>.shard-I-of-N.h5; normlab merge joins the parts\n"
       "  --no-plots          skip experiments/plot.py\n"
       "  --quiet             no line per run\n");
+}
+
+// `--shard I/N`: two integers, 0 <= I < N.
+void parse_shard(const std::string& value, SweepOptions& o) {
+  const size_t slash = value.find('/');
+  int64_t shard = -1, shards = 0;
+  if (slash == std::string::npos || !parse_integer(value.substr(0, slash), shard) ||
+      !parse_integer(value.substr(slash + 1), shards) || shards < 1 || shards > 100000 || shard < 0 || shard >= shards)
+    usage_error("bad value '" + value + "' for --shard (expected I/N with 0 <= I < N, e.g. 0/4)");
+  o.shard = int(shard);
+  o.shards = int(shards);
 }
 
 int run_sweep_command(int argc, char** argv) {
@@ -446,6 +478,9 @@ int run_sweep_command(int argc, char** argv) {
     } else if (flag == "--jobs") {
       flags.once(flag);
       o.jobs = int(parse_int(flag, flags.value(), 1, 4096));
+    } else if (flag == "--shard") {
+      flags.once(flag);
+      parse_shard(flags.value(), o);
     } else if (flag == "--no-plots") {
       flags.once(flag);
       o.plots = false;
@@ -458,6 +493,7 @@ int run_sweep_command(int argc, char** argv) {
   }
   // A --set key that does nothing in every run of the sweep is refused, naming why.
   const std::vector<PlannedRun> runs = as_input([&] { return plan(e); });
+  as_input([&] { shard_runs(runs, o.shard, o.shards); });  // a shard without runs
   for (const std::string& key : set_keys) {
     std::string why;
     for (const PlannedRun& r : runs) {
@@ -471,6 +507,42 @@ int run_sweep_command(int argc, char** argv) {
   } catch (const SweepInputError& err) {
     usage_error(err.what());
   }
+}
+
+void print_merge_help() {
+  std::printf(
+      "usage: normlab merge OUT.h5 F.h5 [F.h5 ...]\n"
+      "\n"
+      "Adds every run of the results files F.h5 (the shards of a sweep, normlab run --shard) to\n"
+      "OUT.h5, created when missing, else a results file of the same experiment, in one atomic\n"
+      "change. A run found in several files with the same config is taken once; files of\n"
+      "different experiments, or a run of the same name with different configs, are refused\n"
+      "before anything is written. Then normlab report OUT.h5 prints the whole sweep's summary.\n");
+}
+
+int run_merge(int argc, char** argv) {
+  std::vector<std::string> files;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (is_help(arg)) return print_merge_help(), 0;
+    if (arg.rfind("--", 0) == 0) usage_error("unknown flag '" + arg + "' (see normlab merge --help)");
+    if (arg.empty()) usage_error("expected file names, got ''");
+    files.push_back(arg);
+  }
+  if (files.size() < 2)
+    usage_error("expected OUT.h5 and at least one results file to merge into it, got " + std::to_string(files.size()) +
+                " file" + (files.size() == 1 ? "" : "s"));
+  const std::vector<std::string> inputs(files.begin() + 1, files.end());
+  MergeSummary m;
+  try {
+    m = merge_results(files[0], inputs);
+  } catch (const SweepInputError& err) {
+    usage_error(err.what());
+  }
+  std::printf("%s: %zu run%s added from %zu file%s (%zu already there, %zu found again in a later file)\n",
+              files[0].c_str(), m.added, m.added == 1 ? "" : "s", inputs.size(), inputs.size() == 1 ? "" : "s",
+              m.present, m.duplicates);
+  return 0;
 }
 
 int run_list(int argc, char** argv) {
@@ -515,6 +587,7 @@ int run_report(int argc, char** argv) {
 
 int dispatch(const std::string& command, int argc, char** argv) {
   if (command == "run") return run_sweep_command(argc, argv);
+  if (command == "merge") return run_merge(argc, argv);
   if (command == "list") return run_list(argc, argv);
   if (command == "report") return run_report(argc, argv);
   if (command == "train") return run_train(argc, argv);

@@ -212,6 +212,7 @@ SweepResults read_results(const std::string& path) {
   SweepResults s;
   s.path = path;
   s.experiment = read_attribute_string(f, "/", "experiment");
+  s.description = read_string_or(f, "/", "description");
   s.map_columns = read_string_or(f, "/", "map_columns");
   NL_CHECK(has_attribute(f, "/", "axes"), path, " has no root attribute axes, expected the sweep's axis names",
            " separated by ','");
@@ -278,6 +279,15 @@ int run_worker(const std::string& spec, const std::string& result, int threads) 
 
 // ---- The results file ----
 
+FileLock lock_results_file(const std::string& path, const std::string& advice) {
+  FileLock lock;
+  if (const pid_t owner = lock.try_lock(path + ".lock")) {
+    const std::string who = owner > 0 ? "pid " + std::to_string(owner) : "pid unknown";
+    throw SweepInputError(path + " is in use by another sweep (" + who + "); " + advice);
+  }
+  return lock;
+}
+
 ResultsFile::ResultsFile(std::string path, const Experiment& e) : path_(std::move(path)), e_(e) {
   const fs::path p(path_);
   const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
@@ -339,31 +349,38 @@ void ResultsFile::change(Change change) {
   update_file_atomically(path_, change);
 }
 
-void ResultsFile::write_header() {
-  change([&](H5File& f) {
-    write_attribute(f, "/", "format", kFormat);
-    write_attribute(f, "/", "version", kVersion);
-    write_attribute(f, "/", "experiment", e_.name);
-    write_attribute(f, "/", "description", e_.description);
-    write_attribute(f, "/", "map_columns", map_columns_of(e_));
-    std::vector<std::string> axes = split_list(read_string_or(f, "/", "axes"), ',');
-    for (const Axis& a : e_.axes)
-      if (std::find(axes.begin(), axes.end(), a.name) == axes.end()) axes.push_back(a.name);
-    write_attribute(f, "/", "axes", join_list(axes, ','));
-    for (const Axis& a : e_.axes) {
-      const std::string key = "axis_values." + a.name;
-      std::vector<std::string> labels = split_list(read_string_or(f, "/", key), '|');
-      for (const AxisValue& v : a.values)
-        if (std::find(labels.begin(), labels.end(), v.label) == labels.end()) labels.push_back(v.label);
-      write_attribute(f, "/", key, join_list(labels, '|'));
-    }
-  });
+void ResultsFile::write_header_in(H5File& f) const {
+  write_attribute(f, "/", "format", kFormat);
+  write_attribute(f, "/", "version", kVersion);
+  write_attribute(f, "/", "experiment", e_.name);
+  write_attribute(f, "/", "description", e_.description);
+  write_attribute(f, "/", "map_columns", map_columns_of(e_));
+  std::vector<std::string> axes = split_list(read_string_or(f, "/", "axes"), ',');
+  for (const Axis& a : e_.axes)
+    if (std::find(axes.begin(), axes.end(), a.name) == axes.end()) axes.push_back(a.name);
+  write_attribute(f, "/", "axes", join_list(axes, ','));
+  for (const Axis& a : e_.axes) {
+    const std::string key = "axis_values." + a.name;
+    std::vector<std::string> labels = split_list(read_string_or(f, "/", key), '|');
+    for (const AxisValue& v : a.values)
+      if (std::find(labels.begin(), labels.end(), v.label) == labels.end()) labels.push_back(v.label);
+    write_attribute(f, "/", key, join_list(labels, '|'));
+  }
 }
 
-void ResultsFile::commit(const RunResult& run) {
+void ResultsFile::write_header() {
+  change([&](H5File& f) { write_header_in(f); });
+}
+
+void ResultsFile::commit(const RunResult& run) { commit(std::vector<const RunResult*>{&run}); }
+
+void ResultsFile::commit(const std::vector<const RunResult*>& runs, bool with_header) {
   change([&](H5File& f) {
-    f.remove("/runs/" + run.name);
-    write_run_group(f, run);
+    if (with_header) write_header_in(f);
+    for (const RunResult* run : runs) {
+      f.remove("/runs/" + run->name);
+      write_run_group(f, *run);
+    }
   });
 }
 

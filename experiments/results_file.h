@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "experiments/sweep.h"
+#include "framework/file_lock.h"
+#include "framework/hdf5.h"
 
 namespace normlab {
 
@@ -36,6 +38,10 @@ struct RunDifference {
 std::optional<RunDifference> run_difference(const TrainConfig& stored, const RunSettings& stored_settings,
                                             const TrainConfig& planned, const RunSettings& planned_settings);
 
+// The lock on `<path>.lock` that one writer of a results file holds (a sweep, a merge);
+// throws SweepInputError naming the holder's pid, then `advice`, when another process holds it.
+FileLock lock_results_file(const std::string& path, const std::string& advice);
+
 class ResultsFile {
  public:
   // Checks that `path` is a results file of experiment e.name that read_results accepts (or
@@ -50,14 +56,33 @@ class ResultsFile {
   void write_header();
   // Adds the run as /runs/<run.name>.
   void commit(const RunResult& run);
+  // Adds the runs in one change, one copy of the file for all of them; with_header: writes
+  // the header (write_header) in the same change.
+  void commit(const std::vector<const RunResult*>& runs, bool with_header = false);
   const std::string& path() const { return path_; }
 
  private:
   template <class Change>
   void change(Change change);
+  void write_header_in(H5File& f) const;
 
   std::string path_;
   const Experiment& e_;
 };
+
+// `normlab merge`: adds to the results file `out` (created when missing; else a results file
+// of the same experiment) every run of the results files `inputs` (the shards of a sweep), in
+// one atomic change, and lists every run's labels in its root attributes. A run found in
+// several files with the same config is taken once. Throws SweepInputError, before writing
+// anything, when an input cannot be read (read_results's message), the files hold different
+// experiments, `out` is also an input, a file is being written by a sweep, or two files hold a
+// run of the same name with different configs (naming both files, the run and the first
+// differing key).
+struct MergeSummary {
+  size_t added = 0;       // runs written to `out`
+  size_t present = 0;     // runs `out` held already
+  size_t duplicates = 0;  // runs found again in a later input (same config), taken once
+};
+MergeSummary merge_results(const std::string& out, const std::vector<std::string>& inputs);
 
 }  // namespace normlab

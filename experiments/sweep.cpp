@@ -211,6 +211,24 @@ std::vector<PlannedRun> plan(const Experiment& e) {
   return runs;
 }
 
+std::vector<PlannedRun> shard_runs(std::vector<PlannedRun> runs, int shard, int shards) {
+  if (shards == 0) return runs;
+  NL_CHECK(shards > 0 && shard >= 0 && shard < shards, "shard ", shard, "/", shards, " is not one of 0/", shards,
+           " to ", shards - 1, "/", shards);
+  std::vector<PlannedRun> part;
+  for (size_t i = size_t(shard); i < runs.size(); i += size_t(shards)) part.push_back(std::move(runs[i]));
+  NL_CHECK(!part.empty(), "shard ", shard, "/", shards, " has no runs: the sweep has ", runs.size(), " run",
+           runs.size() == 1 ? "" : "s", " (use at most ", runs.size(), " shards)");
+  return part;
+}
+
+std::string results_path(const Experiment& e, const SweepOptions& options) {
+  if (!options.out.empty()) return options.out;
+  if (options.shards == 0) return "results/" + e.name + ".h5";
+  return "results/" + e.name + ".shard-" + std::to_string(options.shard) + "-of-" + std::to_string(options.shards) +
+         ".h5";
+}
+
 // ---- One run ----
 
 namespace {
@@ -586,20 +604,15 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   const auto start = Clock::now();
   std::vector<PlannedRun> runs;
   try {
-    runs = plan(e);
+    runs = shard_runs(plan(e), options.shard, options.shards);
   } catch (const Error& err) {
     throw SweepInputError(err.what());
   }
-  const std::string out = options.out.empty() ? "results/" + e.name + ".h5" : options.out;
+  const std::string out = results_path(e, options);
   ResultsFile file(out, e);  // checks the file and the path; throws SweepInputError
   // One sweep at a time per results file: two would share the work folder and the copy each
   // commit makes. The lock is held until run_sweep returns.
-  FileLock lock;
-  if (const pid_t owner = lock.try_lock(out + ".lock")) {
-    const std::string who = owner > 0 ? "pid " + std::to_string(owner) : "pid unknown";
-    throw SweepInputError(out + " is in use by another sweep (" + who +
-                          "); wait for it to finish or choose another --out");
-  }
+  const FileLock lock = lock_results_file(out, "wait for it to finish or choose another --out");
   std::vector<size_t> todo;
   for (size_t i = 0; i < runs.size(); ++i)
     if (!file.has_run(runs[i])) todo.push_back(i);  // throws SweepInputError on another config

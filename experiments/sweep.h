@@ -111,7 +111,10 @@ void apply_override(Experiment& e, const std::string& key, const std::string& va
 std::vector<PlannedRun> plan(const Experiment& e);
 
 struct SweepOptions {
-  std::string out;          // the results file; "": results/<name>.h5
+  std::string out;          // the results file; "": results/<name>.h5 (results/<name>.shard-I-of-N.h5)
+  // Runs only the planned runs whose index in plan() order is shard mod shards (a machine's
+  // part of a sweep; `normlab merge` joins the parts); shards 0: every run.
+  int shard = 0, shards = 0;
   int jobs = 0;             // runs at once, one process each; 0: the default (see README)
   bool plots = true;        // run experiments/plot.py ($NORMLAB_PLOT) afterwards when python3 can
   bool quiet = false;       // no per-run lines and no progress line
@@ -137,6 +140,12 @@ struct SweepInputError : Error {
 // python3 with its packages); else the number of runs that failed (crashed or threw, each
 // reported with its log, and a last line on stderr naming them), plus 1 when plot.py failed.
 int run_sweep(const Experiment& e, const SweepOptions& options);
+
+// The planned runs of one shard: those whose index is shard mod shards (all when shards is 0).
+std::vector<PlannedRun> shard_runs(std::vector<PlannedRun> runs, int shard, int shards);
+// The results file a sweep writes: options.out, else results/<name>.h5, or
+// results/<name>.shard-I-of-N.h5 for a shard.
+std::string results_path(const Experiment& e, const SweepOptions& options);
 
 // One run, in this process: trains it with its metrics and writes its group `run.name`
 // into a new file at `path`. Used by the workers of run_sweep: when a file `<path>.progress`
@@ -177,6 +186,7 @@ struct SweepResults {
   std::vector<std::string> axes;                     // in the experiment's order
   std::map<std::string, std::vector<std::string>> axis_values;  // labels in the experiment's order
   std::vector<RunResult> runs;
+  std::string description = "";  // the experiment's one line
 
   // Runs whose labels match every (axis, label) pair.
   std::vector<const RunResult*> select(const std::vector<std::pair<std::string, std::string>>& match) const;

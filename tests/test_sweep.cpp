@@ -10,6 +10,7 @@
 // without it they are skipped with a message.
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -294,6 +295,37 @@ BOOST_AUTO_TEST_CASE(an_axis_value_may_set_several_keys) {
   BOOST_TEST(r[0].config.optim.warmup == 2);
   BOOST_TEST(r[1].config.optim.lr == 0.01);
   BOOST_TEST(r[1].config.optim.warmup == recipes.base.optim.warmup);
+}
+
+BOOST_AUTO_TEST_CASE(a_shard_keeps_the_runs_whose_index_is_its_number_mod_the_count) {
+  Experiment e = tiny_experiment();
+  e.axes = {axis("norm", {"layer", "rms"}), axis("depth", {"1", "2", "3"})};
+  const std::vector<PlannedRun> runs = plan(e);
+  BOOST_TEST(names_of(shard_runs(runs, 0, 4)) == (std::vector<std::string>{"norm=layer,depth=1", "norm=rms,depth=2"}),
+             tt::per_element());
+  BOOST_TEST(names_of(shard_runs(runs, 3, 4)) == (std::vector<std::string>{"norm=rms,depth=1"}), tt::per_element());
+  BOOST_TEST(names_of(shard_runs(runs, 0, 0)) == names_of(runs), tt::per_element());
+  // The shards of any count hold every run once.
+  for (int shards = 1; shards <= 6; ++shards) {
+    std::vector<std::string> all;
+    for (int i = 0; i < shards; ++i)
+      for (const std::string& name : names_of(shard_runs(runs, i, shards))) all.push_back(name);
+    std::sort(all.begin(), all.end());
+    std::vector<std::string> expected = names_of(runs);
+    std::sort(expected.begin(), expected.end());
+    BOOST_TEST(all == expected, tt::per_element());
+  }
+  std::string m = error_of([&] { shard_runs(runs, 6, 7); });
+  BOOST_TEST(contains(m, "shard 6/7 has no runs: the sweep has 6 runs"), m);
+  m = error_of([&] { shard_runs(runs, 2, 2); });
+  BOOST_TEST(contains(m, "shard 2/2 is not one of 0/2 to 1/2"), m);
+  // The default results file of a shard.
+  SweepOptions o;
+  BOOST_TEST(results_path(e, o) == "results/sweep-test.h5");
+  o.shard = 1, o.shards = 4;
+  BOOST_TEST(results_path(e, o) == "results/sweep-test.shard-1-of-4.h5");
+  o.out = "x.h5";
+  BOOST_TEST(results_path(e, o) == "x.h5");
 }
 
 BOOST_AUTO_TEST_CASE(keep_filter_leaves_out_combinations) {
