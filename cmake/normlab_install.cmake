@@ -11,6 +11,10 @@ add_library(normlab::normlab ALIAS normlab_lib)
 add_library(normlab::experiments ALIAS normlab_experiments)
 # The headers need C++20 wherever they are included.
 target_compile_features(normlab_lib PUBLIC cxx_std_20)
+# Sanitized objects need the sanitizers' runtime in every program that links them.
+if(NORMLAB_SANITIZE)
+  target_link_options(normlab_lib INTERFACE -fsanitize=address,undefined)
+endif()
 
 # Headers go to <prefix>/include/normlab/<folder>/, and <prefix>/include/normlab is the include
 # directory: the include lines stay the ones used inside normlab ("framework/tensor.h"), while

@@ -1,5 +1,5 @@
 #!/bin/sh
-# install_check.sh BUILD SOURCE WORKDIR VERSION [CMAKE_ARGS...]: installs the normlab build
+# install_check.sh CMAKE BUILD SOURCE WORKDIR VERSION [CMAKE_ARGS...]: installs the normlab build
 # BUILD into WORKDIR/prefix (cmake --install), then builds the outside project
 # SOURCE/tests/install_project against it with find_package(normlab VERSION's major.minor)
 # and checks that
@@ -13,8 +13,8 @@
 #     both using the installed plot.py (a stand-in put there after comparing the real one).
 # CMAKE_ARGS (compiler, launcher) go to the project's configure.
 set -u
-build=$1 source=$2 work=$3 version=$4
-shift 4
+cmake=$1 build=$2 source=$3 work=$4 version=$5
+shift 5
 fail() { echo "install_check: $*" >&2; exit 1; }
 run() {  # runs a command, showing its output only when it fails
   out=$("$@" 2>&1) || { printf '%s\n' "$out"; fail "failed: $*"; }
@@ -23,7 +23,7 @@ run() {  # runs a command, showing its output only when it fails
 rm -rf "$work"
 mkdir -p "$work"
 prefix=$work/prefix
-run cmake --install "$build" --prefix "$prefix"
+run "$cmake" --install "$build" --prefix "$prefix"
 for f in bin/normlab lib/libnormlab.a lib/libnormlab_experiments.a include/normlab/framework/tensor.h \
          include/normlab/experiments/sweep.h share/normlab/main.cpp share/normlab/plot.py \
          lib/cmake/normlab/normlabConfig.cmake lib/cmake/normlab/normlabConfigVersion.cmake; do
@@ -34,9 +34,9 @@ cmp -s "$source/experiments/plot.py" "$prefix/share/normlab/plot.py" || fail "th
 # The outside project, asking for this major.minor.
 request=$(echo "$version" | cut -d. -f1,2)
 project=$work/project
-run cmake -S "$source/tests/install_project" -B "$project" -DCMAKE_BUILD_TYPE=Release \
+run "$cmake" -S "$source/tests/install_project" -B "$project" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH="$prefix" -DNORMLAB_REQUEST="$request" "$@"
-run cmake --build "$project" -j 2
+run "$cmake" --build "$project" -j 2
 if grep -rqE --include=flags.make -e "(-I|-isystem )$source/?( |\$)" "$project/CMakeFiles"; then
   fail "the project's include directories reach into the source tree $source"
 fi
@@ -55,7 +55,7 @@ major=$(echo "$version" | cut -d. -f1) minor=$(echo "$version" | cut -d. -f2)
 if [ "$major" = 0 ]; then
   other=0.$((minor + 1))
   [ "$minor" -gt 0 ] && other=0.$((minor - 1))
-  if cmake -S "$source/tests/install_project" -B "$work/other_version" -DCMAKE_PREFIX_PATH="$prefix" \
+  if "$cmake" -S "$source/tests/install_project" -B "$work/other_version" -DCMAKE_PREFIX_PATH="$prefix" \
        -DNORMLAB_REQUEST="$other" "$@" >"$work/other_version.log" 2>&1; then
     fail "find_package(normlab $other) accepted normlab $version"
   fi
