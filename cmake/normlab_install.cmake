@@ -21,10 +21,8 @@ endif()
 # folder names as generic as framework/ and experiments/ stay out of <prefix>/include itself.
 set(NORMLAB_INSTALL_INCLUDEDIR ${CMAKE_INSTALL_INCLUDEDIR}/normlab)
 target_include_directories(normlab_lib INTERFACE $<INSTALL_INTERFACE:${NORMLAB_INSTALL_INCLUDEDIR}>)
-foreach(folder framework autograd norm optim experiments)
-  install(DIRECTORY ${PROJECT_SOURCE_DIR}/${folder} DESTINATION ${NORMLAB_INSTALL_INCLUDEDIR}
-          FILES_MATCHING PATTERN "*.h" PATTERN "*.cuh")
-endforeach()
+install(DIRECTORY framework autograd norm optim experiments DESTINATION ${NORMLAB_INSTALL_INCLUDEDIR}
+        FILES_MATCHING PATTERN "*.h" PATTERN "*.cuh")
 
 install(TARGETS normlab_lib normlab_experiments EXPORT normlabTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
