@@ -2,6 +2,7 @@
 // normlab_add_experiment (which adds its own experiments to the registry).
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 
 #include "experiments/cli.h"
 
@@ -11,5 +12,10 @@ int main(int argc, char** argv) {
   // A write past the file-size limit (ulimit -f) fails with EFBIG and becomes an error
   // message, like a full disk, instead of killing the program.
   std::signal(SIGXFSZ, SIG_IGN);
+#ifdef NORMLAB_PLOT_SCRIPT
+  // Built by normlab_add_experiment from an installed normlab: its sweeps draw their plots with
+  // the installed plot.py, unless $NORMLAB_PLOT names another.
+  ::setenv("NORMLAB_PLOT", NORMLAB_PLOT_SCRIPT, /*overwrite=*/0);
+#endif
   return normlab::cli_main(argc, argv);
 }

@@ -513,12 +513,25 @@ int run_program(const std::vector<std::string>& argv, std::string& err) {
   return status;
 }
 
-// Runs plot.py on the results file: the one beside the sources this program was built from,
-// or $NORMLAB_PLOT. Returns false when plot.py failed; prints why when it skips the plots (no
-// script, or no python3 with numpy, h5py and matplotlib) and returns true.
+// The plot.py to run: $NORMLAB_PLOT; else the installed one, when this program is an installed
+// normlab (<prefix>/bin/normlab finds <prefix>/share/normlab/plot.py); else the one beside the
+// sources this program was built from.
+std::string plot_script() {
+  if (const char* env = std::getenv("NORMLAB_PLOT")) return env;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path installed = (exe.parent_path() / NORMLAB_PLOT_FROM_PROGRAM).lexically_normal();
+    if (fs::is_regular_file(installed, ec)) return installed.string();
+  }
+  return NORMLAB_SOURCE_DIR "/experiments/plot.py";
+}
+
+// Runs plot.py (plot_script()) on the results file. Returns false when plot.py failed; prints
+// why when it skips the plots (no script, or no python3 with numpy, h5py and matplotlib) and
+// returns true.
 bool make_plots(const std::string& results) {
-  const char* env = std::getenv("NORMLAB_PLOT");
-  const std::string script = env ? env : NORMLAB_SOURCE_DIR "/experiments/plot.py";
+  const std::string script = plot_script();
   if (!fs::exists(script)) {
     std::printf("plots: skipped (no %s; set NORMLAB_PLOT to plot.py)\n", script.c_str());
     return true;
