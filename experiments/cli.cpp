@@ -49,7 +49,7 @@ void print_help() {
       "  dump  [--<key> <value> ...] --out F.h5\n"
       "                                write a model, one batch, its loss and every gradient\n"
       "  demo [--steps N] [--seed S]   train a small attention model on the previous-token task\n"
-      "  bench [kernels|train|cuda|all] [--depth N]\n"
+      "  bench [kernels|norms|train|cuda|all] [--depth N]\n"
       "                                kernel and transformer-step benchmarks (kernels; --depth N\n"
       "                                sets the step's depth), training throughput at depth 48 and\n"
       "                                a 1000-layer step (train), GPU norm kernels against copy\n"
@@ -333,11 +333,13 @@ int run_dump(int argc, char** argv) {
 
 void print_bench_help() {
   std::printf(
-      "usage: normlab bench [kernels|train|cuda|all] [--depth N]\n"
+      "usage: normlab bench [kernels|norms|train|cuda|all] [--depth N]\n"
       "\n"
       "Benchmarks, printing figures measured side by side in one run:\n"
       "  kernels   norm kernels against oneDNN and copy bandwidth, matmul, and one transformer\n"
       "            training step at --depth N (default 48) composed of ops and hand-derived\n"
+      "  norms     only the norm kernels of kernels: each norm's GB/s, a copy of the same bytes\n"
+      "            and oneDNN, on every shape\n"
       "  train     the toy model's training throughput at depth 48 and one 1000-layer step\n"
       "  cuda      GPU norm kernels against copy bandwidth and cuDNN (needs a GPU)\n"
       "  all       all of them (the default is kernels)\n");
@@ -350,7 +352,7 @@ int run_bench(int argc, char** argv) {
   while (!flags.done()) {
     const std::string arg = flags.next();
     if (is_help(arg)) return print_bench_help(), 0;
-    if (arg == "kernels" || arg == "train" || arg == "cuda" || arg == "all") {
+    if (arg == "kernels" || arg == "norms" || arg == "train" || arg == "cuda" || arg == "all") {
       if (!what.empty()) usage_error("name one benchmark, got '" + what + "' and '" + arg + "'");
       what = arg;
     } else if (arg == "--depth") {
@@ -364,6 +366,7 @@ int run_bench(int argc, char** argv) {
   if (depth && what != "kernels" && what != "all")
     usage_error("--depth sets the transformer step of bench kernels; bench " + what + " does not take it");
   if (what == "kernels" || what == "all") run_foundation_bench(int(depth.value_or(48)));
+  if (what == "norms") run_norm_bench();
   if (what == "train" || what == "all") run_train_bench();
   if (what == "cuda" || what == "all") run_cuda_bench();
   return 0;
