@@ -117,17 +117,40 @@ void bench_exp() {
               t_libm / t_fast);
 }
 
-// Seconds per copy of n f32 values with the threads of the norm kernels (parallel_for in chunks
-// of 16K values): the practical bandwidth limit of a kernel moving the same bytes.
-double time_copy(int reps, int64_t n) {
-  const Tensor src = zeros({n}, DType::f32);
-  Tensor dst = zeros({n}, DType::f32);
-  const float* s = src.data<float>();
-  float* d = dst.data<float>();
-  return time_median(reps, [&] {
-    parallel_for(0, n, 16384, [&](int64_t b, int64_t e) { std::memcpy(d + b, s + b, size_t(e - b) * 4); });
-  });
+// Median seconds per call of each of fs, called in turn (after one warm-up call each) for up to
+// `reps` rounds, stopping after ~2 s once 3 rounds are done: on a shared machine the calls of one
+// round see the same load, so their ratios are steadier than the times.
+std::vector<double> time_interleaved(int reps, const std::vector<std::function<void()>>& fs) {
+  for (const auto& f : fs) f();
+  std::vector<std::vector<double>> t(fs.size());
+  const auto start = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; ++r) {
+    for (size_t k = 0; k < fs.size(); ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fs[k]();
+      t[k].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    if (r >= 2 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > 2.0) break;
+  }
+  std::vector<double> med;
+  for (auto& v : t) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    med.push_back(v[v.size() / 2]);
+  }
+  return med;
 }
+
+// A copy of n f32 values with the threads of the norm kernels (parallel_for in chunks of 16K
+// values): the practical bandwidth limit of a kernel moving the same bytes.
+struct Copy {
+  Tensor src, dst;
+  explicit Copy(int64_t n) : src(zeros({n}, DType::f32)), dst(zeros({n}, DType::f32)) {}
+  void operator()() {
+    const float* s = src.data<float>();
+    float* d = dst.data<float>();
+    parallel_for(0, src.numel(), 16384, [&](int64_t b, int64_t e) { std::memcpy(d + b, s + b, size_t(e - b) * 4); });
+  }
+};
 
 // One norm in the kernel table: its forward and backward, each with the number of [M, N] tensors
 // it reads and writes and, where oneDNN has the norm, oneDNN's primitive on the same tensors.
@@ -146,8 +169,8 @@ void bench_norms() {
   std::printf("\nnorm kernels, f32, %d threads (GB/s counting the [M, N] tensors read and written: forward x, y; "
               "backward x, dy, dx; add+norm forward x, r, h, y, backward dh, dy, h, dh_total)\n",
               num_threads());
-  std::printf("copy: a copy of the same bytes with the same threads; /copy: the kernel's GB/s over the copy's; "
-              "/oneDNN: oneDNN's time over the kernel's\n");
+  std::printf("copy: a copy of the same bytes with the same threads, timed in turn with the kernel; /copy: the "
+              "kernel's GB/s over the copy's; /oneDNN: oneDNN's time over the kernel's\n");
   Generator gen(3);
   const Shape shapes[] = {{512, 32}, {512, 128}, {4096, 1024}, {65536, 128}, {1024, 8192}, {65536, 1024}};
   const double eps = 1e-5;
@@ -159,7 +182,7 @@ void bench_norms() {
     const Tensor gamma = randn({N}, gen), beta = randn({N}, gen), alpha = full({1}, 0.5);
     const Tensor x3 = x.view(s3), dy3 = dy.view(s3), gamma_c = randn({C}, gen), beta_c = randn({C}, gen);
     const double tensor_bytes = double(M * N) * 4.0;
-    const int reps = M * N < (1 << 20) ? 200 : M * N < (1 << 25) ? 20 : 5;
+    const int reps = M * N < (1 << 20) ? 200 : 20;
     const LayerNormStats ln = layer_norm_forward(x, gamma, beta, eps);
     const NormStatsOnednn ln_d = layer_norm_forward_onednn(x, gamma, beta, eps);
     const RMSNormStats rms = rms_norm_forward(x, gamma, 1e-6);
@@ -198,30 +221,33 @@ void bench_norms() {
          [&] { batch_norm_backward(dy3, x3, gamma_c, bn3.mean, bn3.rstd, true, true, true, true); },
          [&] { batch_norm_backward_onednn(dy3, x3, gamma_c, beta_c, bn3_d.mean, bn3_d.variance, eps); }},
     };
-    // A copy of k tensors' bytes moves k/2 tensors in and k/2 out.
-    double copy_gbs[5] = {};
-    for (int k : {2, 3, 4}) copy_gbs[k] = k * tensor_bytes / time_copy(reps, M * N * k / 2) * 1e-9;
-    std::printf("\n%s (C = 32, L = %lld for GroupNorm, BatchNorm (N,C,L)): copy %.1f GB/s (2 tensors' bytes), "
-                "%.1f (3), %.1f (4)\n",
-                to_string(s).c_str(), (long long)L, copy_gbs[2], copy_gbs[3], copy_gbs[4]);
-    std::printf("  %-18s %8s %6s %8s %8s | %8s %6s %8s %8s\n", "norm", "fwd", "/copy", "oneDNN", "/oneDNN", "bwd",
-                "/copy", "oneDNN", "/oneDNN");
+    // A copy of k tensors' bytes moves k/2 tensors in and k/2 out; each kernel is timed in turn
+    // with the copy of its bytes (and oneDNN's primitive).
+    std::vector<Copy> copies;
+    for (int k : {2, 3, 4}) copies.emplace_back(M * N * k / 2);
+    std::printf("\n%s (GroupNorm, BatchNorm (N,C,L): [%lld, 32, %lld])\n", to_string(s).c_str(), (long long)M,
+                (long long)L);
+    std::printf("  %-18s %7s %7s %6s %7s %7s | %7s %7s %6s %7s %7s\n", "norm", "fwd", "copy", "/copy", "oneDNN",
+                "/oneDNN", "bwd", "copy", "/copy", "oneDNN", "/oneDNN");
+    auto measure = [&](int tensors, const std::function<void()>& f, const std::function<void()>& f_onednn) {
+      Copy& copy = copies[size_t(tensors - 2)];
+      std::vector<std::function<void()>> fs{f, [&] { copy(); }};
+      if (f_onednn) fs.push_back(f_onednn);
+      const std::vector<double> t = time_interleaved(reps, fs);
+      const double bytes = tensors * tensor_bytes;
+      std::printf(" %7.1f %7.1f %6.2f", bytes / t[0] * 1e-9, bytes / t[1] * 1e-9, t[1] / t[0]);
+      if (f_onednn)
+        std::printf(" %7.1f %7.2f", bytes / t[2] * 1e-9, t[2] / t[0]);
+      else
+        std::printf(" %7s %7s", "", "");
+    };
     for (const NormCase& c : cases) {
-      const double f = c.fwd_tensors * tensor_bytes / time_median(reps, c.fwd) * 1e-9;
-      const double b = c.bwd_tensors * tensor_bytes / time_median(reps, c.bwd) * 1e-9;
-      std::printf("  %-18s %8.1f %6.2f", c.name, f, f / copy_gbs[c.fwd_tensors]);
-      if (c.fwd_onednn) {
-        const double fd = c.fwd_tensors * tensor_bytes / time_median(reps, c.fwd_onednn) * 1e-9;
-        std::printf(" %8.1f %8.2f", fd, f / fd);
-      } else {
-        std::printf(" %8s %8s", "", "");
-      }
-      std::printf(" | %8.1f %6.2f", b, b / copy_gbs[c.bwd_tensors]);
-      if (c.bwd_onednn) {
-        const double bd = c.bwd_tensors * tensor_bytes / time_median(reps, c.bwd_onednn) * 1e-9;
-        std::printf(" %8.1f %8.2f", bd, b / bd);
-      }
+      std::printf("  %-18s", c.name);
+      measure(c.fwd_tensors, c.fwd, c.fwd_onednn);
+      std::printf(" |");
+      measure(c.bwd_tensors, c.bwd, c.bwd_onednn);
       std::printf("\n");
+      std::fflush(stdout);
     }
   }
 }

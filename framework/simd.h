@@ -39,14 +39,22 @@ template <class T>
   return Vec<T>{} + s;
 }
 
-// Sum of the lanes in a fixed pairwise order.
+// Sum of the lanes in a fixed pairwise order: a[l] += a[l + w] for w = lanes/2, ..., 1, as
+// vector adds of the vector and its halves swapped.
 template <class T>
 [[gnu::always_inline]] inline T hsum(Vec<T> v) {
-  T a[lanes<T>];
-  std::memcpy(a, &v, sizeof v);
-  for (int64_t w = lanes<T> / 2; w >= 1; w /= 2)
-    for (int64_t l = 0; l < w; ++l) a[l] += a[l + w];
-  return a[0];
+  if constexpr (lanes<T> == 16) {
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  } else {
+    static_assert(lanes<T> == 8);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+    v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+  }
+  return v[0];
 }
 
 // Access to one lanes-wide block of a row: Full for whole blocks, Part for the row's last n < lanes
