@@ -4,6 +4,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -122,5 +123,17 @@ void for_each_kernel_case(const F& f) {
     for (const Shape& s : kernel_shapes)
       for (Input k : all_inputs) f(dtype, dtype == DType::f32 ? 2e-6 : 1e-10, s, k, make_input(s, k, gen).to(dtype));
 }
+
+// The worst f32 error of a fast kernel against its reference per input kind, printed as
+// "<name> fast vs reference, f32 worst rel err: normal E, large-mean E, ...".
+struct WorstByKind {
+  double err[4] = {};
+  void add(Input k, double e) { err[int(k)] = std::max(err[int(k)], e); }
+  void print(const char* name) const {
+    std::printf("%s fast vs reference, f32 worst rel err:", name);
+    for (Input k : all_inputs) std::printf(" %s %.1e", input_name(k), err[int(k)]);
+    std::printf("\n");
+  }
+};
 
 }  // namespace normlab::testing
