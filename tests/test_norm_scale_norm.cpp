@@ -174,6 +174,42 @@ BOOST_AUTO_TEST_CASE(no_graph_without_grad) {
   BOOST_CHECK(sn.forward(Variable(randn({2, 4}, gen))).grad_fn() == nullptr);
 }
 
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
+  WorstByKind worst_f32;
+  for_each_kernel_case([&](DType dtype, double tol, const Shape& s, Input k, const Tensor& x) {
+    const int64_t M = s[0], N = s[1];
+    Generator gen(38);
+    const Tensor g = full({1}, 1.7, dtype), dy = randn(s, gen, dtype);
+    Tensor y[2], norm[2], dx[2], dg[2];
+    for (int v = 0; v < 2; ++v)
+      y[v] = empty(s, dtype), norm[v] = empty({M}, dtype), dx[v] = empty(s, dtype), dg[v] = empty({1}, dtype);
+    NL_DISPATCH_FLOATING(dtype, "test", [&] {
+      using T = scalar_t;
+      for (int v = 0; v < 2; ++v) {
+        (v == 0 ? scale_norm_forward<T> : scale_norm_forward_cpu<T>)(y[v].data<T>(), norm[v].data<T>(), x.data<T>(),
+                                                                     g.data<T>(), M, N, 1e-5);
+        (v == 0 ? scale_norm_backward<T> : scale_norm_backward_cpu<T>)(dx[v].data<T>(), dg[v].data<T>(), dy.data<T>(),
+                                                                       x.data<T>(), g.data<T>(), norm[0].data<T>(),
+                                                                       M, N, 1e-5);
+      }
+    });
+    // dx cancels terms of size |g| |dy| / ||x||; dg sums |dy| |xhat| <= |dy| over every row.
+    double min_d = 1e300;
+    for (double v : norm[0].to(DType::f64).to_vector<double>()) min_d = std::min(min_d, std::max(v, 1e-5));
+    const double dx_floor = max_abs(dy) * 1.7 / min_d;
+    const std::pair<const char*, const Tensor*> outs[] = {{"y", y}, {"norm", norm}, {"dx", dx}, {"dg", dg}};
+    for (const auto& [name, t] : outs) {
+      const std::string n = name;
+      const double floor = n == "dx" ? dx_floor : n == "dg" ? max_abs(dy) * double(M) : 0.0;
+      const double err = max_diff_scaled(t[1], t[0], floor);
+      if (dtype == DType::f32) worst_f32.add(k, err);
+      BOOST_CHECK_MESSAGE(err <= tol, name << " " << dtype_name(dtype) << " " << to_string(s) << " "
+                                           << input_name(k) << ": fast vs reference " << err);
+    }
+  });
+  worst_f32.print("scale_norm");
+}
+
 BOOST_AUTO_TEST_CASE(bad_input_is_named) {
   Generator gen(9);
   ScaleNorm sn(4);
