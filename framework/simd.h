@@ -131,6 +131,15 @@ template <class T, int S, class F>
   return out;
 }
 
+// Sum of p[j]^2 over a row of n (row_sums).
+template <class T>
+[[gnu::always_inline]] inline T row_sum_squares(int64_t n, const T* p) {
+  return row_sums<T, 1>(n, [&](int64_t j, auto at, Vec<T>* acc) {
+           const Vec<T> v = at(p + j);
+           acc[0] += v * v;
+         }).v[0];
+}
+
 }  // namespace normlab::simd
 
 #pragma GCC diagnostic pop

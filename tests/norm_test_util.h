@@ -136,4 +136,24 @@ struct WorstByKind {
   }
 };
 
+// One output of a fast kernel against the reference: t[0] reference, t[1] fast; floor is the size
+// of the terms the output cancels (0: compared with its own size, see max_diff_scaled).
+struct KernelOutput {
+  const char* name;
+  const Tensor* t;
+  double floor = 0.0;
+};
+
+// Checks max_diff_scaled(fast, reference) <= tol for every output, naming the case (label) on
+// failure, and adds the f32 errors to worst.
+inline void check_fast_outputs(std::initializer_list<KernelOutput> outs, DType dtype, double tol,
+                               const std::string& label, Input k, WorstByKind& worst) {
+  for (const KernelOutput& o : outs) {
+    const double err = max_diff_scaled(o.t[1], o.t[0], o.floor);
+    if (dtype == DType::f32) worst.add(k, err);
+    BOOST_CHECK_MESSAGE(err <= tol, o.name << " " << dtype_name(dtype) << " " << label << " " << input_name(k)
+                                           << ": fast vs reference " << err);
+  }
+}
+
 }  // namespace normlab::testing

@@ -287,16 +287,10 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
               dx[v].data<T>(), dgamma[v].data<T>(), dbeta[v].data<T>(), dy.data<T>(), xp, g, mean[0].data<T>(),
               rstd[0].data<T>(), N, C, 1, training);
       });
-      const std::pair<const char*, const Tensor*> outs[] = {{"y", y}, {"mean", mean}, {"rstd", rstd},
-                                                            {"dx", dx}, {"dgamma", dgamma}, {"dbeta", dbeta}};
-      for (const auto& [name, t] : outs) {
-        const double floor = std::string(name) == "dx" ? max_abs(dy) * max_abs(rstd[0]) * (max_abs(gamma) + 1) : 0.0;
-        const double err = max_diff_scaled(t[1], t[0], floor);
-        if (dtype == DType::f32) worst_f32.add(k, err);
-        BOOST_CHECK_MESSAGE(err <= tol, name << " " << dtype_name(dtype) << " " << to_string(s) << " "
-                                             << input_name(k) << (training ? " training" : " eval")
-                                             << ": fast vs reference " << err);
-      }
+      const double dx_floor = max_abs(dy) * max_abs(rstd[0]) * (max_abs(gamma) + 1);
+      check_fast_outputs({{"y", y}, {"mean", mean}, {"rstd", rstd}, {"dx", dx, dx_floor}, {"dgamma", dgamma},
+                          {"dbeta", dbeta}},
+                         dtype, tol, to_string(s) + (training ? " training" : " eval"), k, worst_f32);
     }
   });
   worst_f32.print("batch_norm (N, C)");

@@ -109,15 +109,9 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
       });
       // dalpha sums du * x over every element: compared to the size of those terms.
       const double dalpha_floor = max_abs(dy) * max_abs(gamma) * max_abs(x) * std::abs(alpha) * double(M * N);
-      const std::pair<const char*, const Tensor*> outs[] = {
-          {"y", y}, {"dx", dx}, {"dalpha", dalpha}, {"dgamma", dgamma}, {"dbeta", dbeta}};
-      for (const auto& [name, t] : outs) {
-        const double err = max_diff_scaled(t[1], t[0], std::string(name) == "dalpha" ? dalpha_floor : 0.0);
-        if (dtype == DType::f32) worst_f32.add(k, err);
-        BOOST_CHECK_MESSAGE(err <= tol, name << " " << dtype_name(dtype) << " " << to_string(s) << " "
-                                             << input_name(k) << (identity ? " identity" : "")
-                                             << ": fast vs reference " << err);
-      }
+      check_fast_outputs({{"y", y}, {"dx", dx}, {"dalpha", dalpha, dalpha_floor}, {"dgamma", dgamma},
+                          {"dbeta", dbeta}},
+                         dtype, tol, to_string(s) + (identity ? " identity" : ""), k, worst_f32);
     }
   });
   worst_f32.print("dyt");

@@ -197,15 +197,8 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
     double min_d = 1e300;
     for (double v : norm[0].to(DType::f64).to_vector<double>()) min_d = std::min(min_d, std::max(v, 1e-5));
     const double dx_floor = max_abs(dy) * 1.7 / min_d;
-    const std::pair<const char*, const Tensor*> outs[] = {{"y", y}, {"norm", norm}, {"dx", dx}, {"dg", dg}};
-    for (const auto& [name, t] : outs) {
-      const std::string n = name;
-      const double floor = n == "dx" ? dx_floor : n == "dg" ? max_abs(dy) * double(M) : 0.0;
-      const double err = max_diff_scaled(t[1], t[0], floor);
-      if (dtype == DType::f32) worst_f32.add(k, err);
-      BOOST_CHECK_MESSAGE(err <= tol, name << " " << dtype_name(dtype) << " " << to_string(s) << " "
-                                           << input_name(k) << ": fast vs reference " << err);
-    }
+    check_fast_outputs({{"y", y}, {"norm", norm}, {"dx", dx, dx_floor}, {"dg", dg, max_abs(dy) * double(M)}},
+                       dtype, tol, to_string(s), k, worst_f32);
   });
   worst_f32.print("scale_norm");
 }

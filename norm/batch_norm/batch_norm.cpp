@@ -151,19 +151,31 @@ void batch_norm_forward_train(T* y, T* mean, T* rstd, T* running_mean, T* runnin
   channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, L, per_channel);
 }
 
-// Also writes the statistics it used (mean = running_mean, rstd = 1 / sqrt(running_var + eps))
-// for the backward.
+namespace {
+// The statistics of eval mode: mu = running_mean and rs = 1 / sqrt(running_var + eps) in double,
+// also written to mean and rstd for the backward.
 template <class T>
-void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
-                             const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
-                             double eps) {
-  std::vector<double> mu(static_cast<size_t>(C)), rs(static_cast<size_t>(C));
+void eval_statistics(std::vector<double>& mu, std::vector<double>& rs, T* mean, T* rstd, const T* running_mean,
+                     const T* running_var, int64_t C, double eps) {
+  mu.resize(size_t(C));
+  rs.resize(size_t(C));
   for (int64_t c = 0; c < C; ++c) {
     mu[size_t(c)] = double(running_mean[c]);
     rs[size_t(c)] = 1.0 / std::sqrt(double(running_var[c]) + eps);
     mean[c] = running_mean[c];
     rstd[c] = T(rs[size_t(c)]);
   }
+}
+}  // namespace
+
+// Also writes the statistics it used (mean = running_mean, rstd = 1 / sqrt(running_var + eps))
+// for the backward.
+template <class T>
+void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                             const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
+                             double eps) {
+  std::vector<double> mu, rs;
+  eval_statistics(mu, rs, mean, rstd, running_mean, running_var, C, eps);
   channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, L, per_channel);
 }
 
@@ -285,13 +297,8 @@ void batch_norm_forward_eval_cpu(T* y, T* mean, T* rstd, const T* x, const T* ga
                                  double eps) {
   if (L != 1)
     return batch_norm_forward_eval(y, mean, rstd, x, gamma, beta, running_mean, running_var, N, C, L, eps);
-  std::vector<double> mu(static_cast<size_t>(C)), rs(static_cast<size_t>(C));
-  for (int64_t c = 0; c < C; ++c) {
-    mu[size_t(c)] = double(running_mean[c]);
-    rs[size_t(c)] = 1.0 / std::sqrt(double(running_var[c]) + eps);
-    mean[c] = running_mean[c];
-    rstd[c] = T(rs[size_t(c)]);
-  }
+  std::vector<double> mu, rs;
+  eval_statistics(mu, rs, mean, rstd, running_mean, running_var, C, eps);
   column_apply(y, x, gamma, beta, mu, rs, N, C);
 }
 

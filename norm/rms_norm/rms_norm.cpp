@@ -85,10 +85,7 @@ void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, 
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* xi = x + i * N;
-      const T ss = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* acc) {
-                     const V v = at(xi + j);
-                     acc[0] += v * v;
-                   }).v[0];
+      const T ss = simd::row_sum_squares(N, xi);
       const double rr = 1.0 / std::sqrt(double(ss) / double(N) + eps);
       rrms[i] = T(rr);
       const V rrv = simd::splat(T(rr));

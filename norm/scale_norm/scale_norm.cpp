@@ -71,10 +71,7 @@ void scale_norm_forward_cpu(T* y, T* norm, const T* x, const T* g, int64_t M, in
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* xi = x + i * N;
-      const T ss = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* acc) {
-                     const V v = at(xi + j);
-                     acc[0] += v * v;
-                   }).v[0];
+      const T ss = simd::row_sum_squares(N, xi);
       norm[i] = T(std::sqrt(double(ss)));
       const V scale = simd::splat(T(gain / std::max(double(norm[i]), eps)));
       T* yi = y + i * N;
