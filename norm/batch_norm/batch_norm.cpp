@@ -453,42 +453,33 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
   const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
+  const Tensor mean_c = mean.contiguous(), rstd_c = rstd.contiguous();
   NormGrads g;
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
   if (want_dgamma) g.dgamma = empty({C}, x.dtype());
   if (want_dbeta) g.dbeta = empty({C}, x.dtype());
+  // BatchNorm over (N, C): the column kernels (batch_norm_backward_cpu).
+  const bool columns = S == 1 && map.per_sample == 0 && map.channels_per_stat == 1;
   NL_DISPATCH_FLOATING(x.dtype(), who, [&] {
-    channel_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
-                                    ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(), xc.data<scalar_t>(),
-                                    ptr_or_null<scalar_t>(gamma), mean.contiguous().data<scalar_t>(),
-                                    rstd.contiguous().data<scalar_t>(), N, C, S, map, fixed_stats);
+    scalar_t* dx = ptr_or_null<scalar_t>(g.dx);
+    scalar_t* dgamma = ptr_or_null<scalar_t>(g.dgamma);
+    scalar_t* dbeta = ptr_or_null<scalar_t>(g.dbeta);
+    const scalar_t* gp = ptr_or_null<scalar_t>(gamma);
+    const scalar_t* mp = mean_c.data<scalar_t>();
+    const scalar_t* rp = rstd_c.data<scalar_t>();
+    if (columns)
+      batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, 1,
+                              !fixed_stats);
+    else
+      channel_norm_backward(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S, map,
+                            fixed_stats);
   });
   return g;
 }
 
-BatchNormGrads batch_norm_backward(const Tensor& dy_in, const Tensor& x, const Tensor& gamma_in, const Tensor& mean,
+BatchNormGrads batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
                                    const Tensor& rstd, bool training, bool want_dx, bool want_dgamma,
                                    bool want_dbeta) {
-  if (x.device().type == DeviceType::cpu && x.dim() == 2) {  // (N, C): the column kernels
-    NL_CHECK(dy_in.shape() == x.shape(), "batch_norm_backward: dy has shape ", to_string(dy_in.shape()),
-             " but x has ", to_string(x.shape()));
-    const int64_t N = x.size(0), C = x.size(1);
-    const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
-    const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
-    NormGrads g;
-    if (want_dx) g.dx = empty(x.shape(), x.dtype());
-    if (want_dgamma) g.dgamma = empty({C}, x.dtype());
-    if (want_dbeta) g.dbeta = empty({C}, x.dtype());
-    NL_DISPATCH_FLOATING(x.dtype(), "batch_norm_backward", [&] {
-      batch_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
-                                        ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(), xc.data<scalar_t>(),
-                                        ptr_or_null<scalar_t>(gamma), mean.contiguous().data<scalar_t>(),
-                                        rstd.contiguous().data<scalar_t>(), N, C, 1, training);
-    });
-    return g;
-  }
-  const Tensor& dy = dy_in;
-  const Tensor& gamma = gamma_in;
   return channel_norm_backward(dy, x, gamma, mean, rstd, per_channel, !training, want_dx, want_dgamma, want_dbeta,
                                "batch_norm_backward");
 }
