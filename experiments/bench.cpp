@@ -117,27 +117,23 @@ void bench_exp() {
               t_libm / t_fast);
 }
 
-// Median seconds per call of each of fs, called in turn (after one warm-up call each) for up to
-// `reps` rounds, stopping after ~2 s once 3 rounds are done: on a shared machine the calls of one
-// round see the same load, so their ratios are steadier than the times.
+// Fastest seconds per call of each of fs, called in turn (after one warm-up call each) for up to
+// `reps` rounds, stopping after ~2 s once 3 rounds are done. On a shared machine a call is slowed
+// by whatever else runs (and a parallel region by a descheduled thread); the fastest of many is
+// the least disturbed, and taking it for the kernel and its copy alike keeps their ratio fair.
 std::vector<double> time_interleaved(int reps, const std::vector<std::function<void()>>& fs) {
   for (const auto& f : fs) f();
-  std::vector<std::vector<double>> t(fs.size());
+  std::vector<double> best(fs.size(), 1e300);
   const auto start = std::chrono::steady_clock::now();
   for (int r = 0; r < reps; ++r) {
     for (size_t k = 0; k < fs.size(); ++k) {
       const auto t0 = std::chrono::steady_clock::now();
       fs[k]();
-      t[k].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      best[k] = std::min(best[k], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     if (r >= 2 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > 2.0) break;
   }
-  std::vector<double> med;
-  for (auto& v : t) {
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-    med.push_back(v[v.size() / 2]);
-  }
-  return med;
+  return best;
 }
 
 // A copy of n f32 values with the threads of the norm kernels (parallel_for in chunks of 16K
@@ -169,8 +165,9 @@ void bench_norms() {
   std::printf("\nnorm kernels, f32, %d threads (GB/s counting the [M, N] tensors read and written: forward x, y; "
               "backward x, dy, dx; add+norm forward x, r, h, y, backward dh, dy, h, dh_total)\n",
               num_threads());
-  std::printf("copy: a copy of the same bytes with the same threads, timed in turn with the kernel; /copy: the "
-              "kernel's GB/s over the copy's; /oneDNN: oneDNN's time over the kernel's\n");
+  std::printf("copy: a copy of the same bytes with the same threads, timed in turn with the kernel (fastest of up "
+              "to 200 rounds or 2 s each); /copy: the kernel's GB/s over the copy's; /oneDNN: oneDNN's time over the "
+              "kernel's\n");
   Generator gen(3);
   const Shape shapes[] = {{512, 32}, {512, 128}, {4096, 1024}, {65536, 128}, {1024, 8192}, {65536, 1024}};
   const double eps = 1e-5;
