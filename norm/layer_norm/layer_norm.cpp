@@ -127,7 +127,7 @@ void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, 
 // order: deterministic); then dx from the row, still in L1.
 template <class T>
 void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t M, int64_t N) {
+                             const T* rstd, int64_t M, int64_t N, const T* dx_add) {
   using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0);
   const T* gp = g.data();
@@ -159,10 +159,15 @@ void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
     const V mean_dxhat = simd::splat(T(double(s.v[0]) / double(N)));
     const V mean_dxhat_xhat = simd::splat(T(double(s.v[1]) / double(N)));
     T* dxi = dx + i * N;
-    simd::row_for<T>(N, [&](int64_t j, auto at) {
+    const T* addi = dx_add ? dx_add + i * N : nullptr;
+    auto dx_of = [&](int64_t j, auto at) {
       const V xhat = (at(xi + j) - mu) * rs, dxhat = at(dyi + j) * at(gp + j);
-      at.store(dxi + j, rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
-    });
+      return rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+    };
+    if (addi)
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at) + at(addi + j)); });
+    else
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at)); });
   };
   if (!dgamma && !dbeta) {
     parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
@@ -191,9 +196,10 @@ template void layer_norm_forward_cpu<float>(float*, float*, float*, const float*
 template void layer_norm_forward_cpu<double>(double*, double*, double*, const double*, const double*, const double*,
                                              int64_t, int64_t, double);
 template void layer_norm_backward_cpu<float>(float*, float*, float*, const float*, const float*, const float*,
-                                             const float*, const float*, int64_t, int64_t);
+                                             const float*, const float*, int64_t, int64_t, const float*);
 template void layer_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
-                                              const double*, const double*, const double*, int64_t, int64_t);
+                                              const double*, const double*, const double*, int64_t, int64_t,
+                                              const double*);
 
 LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in, double eps) {
 #ifdef NORMLAB_WITH_CUDA

@@ -23,9 +23,10 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 template <class T>
 void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t M, int64_t N,
                             double eps);
+// dx_add, when given, is added to dx in the same pass (add_layer_norm's dh).
 template <class T>
 void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t M, int64_t N);
+                             const T* rstd, int64_t M, int64_t N, const T* dx_add = nullptr);
 
 // ---- Tensor level: x [..., N]; mean and rstd have x's leading shape. ----
 struct LayerNormStats {

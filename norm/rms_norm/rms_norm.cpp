@@ -100,7 +100,7 @@ void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, 
 // dgamma partial (sum_rows: T partials per block, added in double in block order); then dx.
 template <class T>
 void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M,
-                           int64_t N, bool unit_offset) {
+                           int64_t N, bool unit_offset, const T* dx_add) {
   using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
   const T* gp = g.data();
@@ -123,10 +123,15 @@ void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* g
                 }).v[0];
     const V mean_dxhat_xhat = simd::splat(T(double(s) / double(N)));
     T* dxi = dx + i * N;
-    simd::row_for<T>(N, [&](int64_t j, auto at) {
+    const T* addi = dx_add ? dx_add + i * N : nullptr;
+    auto dx_of = [&](int64_t j, auto at) {
       const V xhat = at(xi + j) * rr, dxhat = at(dyi + j) * at(gp + j);
-      at.store(dxi + j, rr * (dxhat - xhat * mean_dxhat_xhat));
-    });
+      return rr * (dxhat - xhat * mean_dxhat_xhat);
+    };
+    if (addi)
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at) + at(addi + j)); });
+    else
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at)); });
   };
   if (!dgamma) {
     parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
@@ -149,9 +154,9 @@ template void rms_norm_forward_cpu<float>(float*, float*, const float*, const fl
 template void rms_norm_forward_cpu<double>(double*, double*, const double*, const double*, int64_t, int64_t, double,
                                            bool);
 template void rms_norm_backward_cpu<float>(float*, float*, const float*, const float*, const float*, const float*,
-                                           int64_t, int64_t, bool);
+                                           int64_t, int64_t, bool, const float*);
 template void rms_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
-                                            const double*, int64_t, int64_t, bool);
+                                            const double*, int64_t, int64_t, bool, const double*);
 
 RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double eps, bool unit_offset) {
 #ifdef NORMLAB_WITH_CUDA
