@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "framework/parallel.h"
 #include "norm/scale_norm/scale_norm.h"
 #include "tests/norm_test_util.h"
 #include "tests/test_util.h"
@@ -218,6 +219,25 @@ BOOST_AUTO_TEST_CASE(bad_input_is_named) {
                        "g has dtype f64 but the input has f32"));
   BOOST_CHECK(contains(error_of([&] { scale_norm(Variable(randn({2, 4}, gen)), Variable(randn({1}, gen)), -1.0); }),
                        "scale_norm: eps must be"));
+}
+
+BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
+  Generator gen(15);
+  const Tensor x = randn({900, 40}, gen), dy = randn({900, 40}, gen), g = full({1}, 1.3);
+  auto run = [&](int threads) {
+    const int prev = num_threads();
+    set_num_threads(threads);
+    const ScaleNormStats s = scale_norm_forward(x, g, 1e-5);
+    const ScaleNormGrads d = scale_norm_backward(dy, x, g, s.norm, 1e-5, true, true);
+    set_num_threads(prev);
+    std::vector<float> out;
+    for (const Tensor& t : {s.y, s.norm, d.dx, d.dg}) {
+      const std::vector<float> v = t.to_vector<float>();
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
+  };
+  BOOST_CHECK(run(1) == run(3));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
