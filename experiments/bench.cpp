@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <utility>
 #include <vector>
@@ -19,9 +20,13 @@
 #include "framework/parallel.h"
 #include "framework/tensor_ops.h"
 #include "norm/batch_norm/batch_norm_onednn.h"
+#include "norm/dyt/dyt.h"
+#include "norm/fused_add_norm/fused_add_norm.h"
+#include "norm/group_norm/group_norm.h"
 #include "norm/layer_norm/layer_norm.h"
 #include "norm/layer_norm/layer_norm_onednn.h"
 #include "norm/rms_norm/rms_norm.h"
+#include "norm/scale_norm/scale_norm.h"
 
 namespace normlab {
 
@@ -115,46 +120,135 @@ void bench_exp() {
               t_libm / t_fast);
 }
 
-// Norm kernels against oneDNN's primitives on the same tensors: GB/s counting x and y for
-// forward, x, dy and dx for backward (statistics and parameters are small and not counted).
+// Fastest seconds per call of each of fs, called in turn (after one warm-up call each) for up to
+// `reps` rounds, stopping after ~2 s once 3 rounds are done. On a shared machine a call is slowed
+// by whatever else runs (and a parallel region by a descheduled thread); the fastest of many is
+// the least disturbed, and taking it for the kernel and its copy alike keeps their ratio fair.
+std::vector<double> time_interleaved(int reps, const std::vector<std::function<void()>>& fs) {
+  for (const auto& f : fs) f();
+  std::vector<double> best(fs.size(), 1e300);
+  const auto start = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; ++r) {
+    for (size_t k = 0; k < fs.size(); ++k) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fs[k]();
+      best[k] = std::min(best[k], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    if (r >= 2 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > 2.0) break;
+  }
+  return best;
+}
+
+// A copy of n f32 values with the threads of the norm kernels (parallel_for in chunks of 16K
+// values): the practical bandwidth limit of a kernel moving the same bytes.
+struct Copy {
+  Tensor src, dst;
+  explicit Copy(int64_t n) : src(zeros({n}, DType::f32)), dst(zeros({n}, DType::f32)) {}
+  void operator()() {
+    const float* s = src.data<float>();
+    float* d = dst.data<float>();
+    parallel_for(0, src.numel(), 16384, [&](int64_t b, int64_t e) { std::memcpy(d + b, s + b, size_t(e - b) * 4); });
+  }
+};
+
+// One norm in the kernel table: its forward and backward, each with the number of [M, N] tensors
+// it reads and writes and, where oneDNN has the norm, oneDNN's primitive on the same tensors.
+struct NormCase {
+  const char* name;
+  int fwd_tensors;
+  std::function<void()> fwd, fwd_onednn;
+  int bwd_tensors;
+  std::function<void()> bwd, bwd_onednn;
+};
+
+// Norm kernels side by side with a copy of the same bytes and oneDNN's primitives (cached by
+// shape) on the same tensors: GB/s counting every [M, N] tensor read or written (statistics and
+// parameters are small and not counted), the ratio to the copy, and the speed ratio to oneDNN.
 void bench_norms() {
-  std::printf("\nnorm kernels, f32 (GB/s; forward counts x, y; backward x, dy, dx)\n");
-  std::printf("%-16s %-14s %10s %10s %10s %10s %10s %10s\n", "shape", "norm", "fwd", "oneDNN", "ratio", "bwd",
-              "oneDNN", "ratio");
+  std::printf("\nnorm kernels, f32, %d threads (GB/s counting the [M, N] tensors read and written: forward x, y; "
+              "backward x, dy, dx; add+norm forward x, r, h, y, backward dh, dy, h, dh_total)\n",
+              num_threads());
+  std::printf("copy: a copy of the same bytes with the same threads, timed in turn with the kernel (fastest of up "
+              "to 200 rounds or 2 s each); /copy: the kernel's GB/s over the copy's; /oneDNN: oneDNN's time over the "
+              "kernel's\n");
   Generator gen(3);
-  const Shape shapes[] = {{512, 32}, {4096, 1024}, {65536, 128}, {1024, 8192}};
+  const Shape shapes[] = {{512, 32}, {512, 128}, {4096, 1024}, {65536, 128}, {1024, 8192}, {65536, 1024}};
+  const double eps = 1e-5;
   for (const Shape& s : shapes) {
     const int64_t M = s[0], N = s[1];
-    const Tensor x = randn(s, gen), dy = randn(s, gen), gamma = randn({N}, gen), beta = randn({N}, gen);
-    const double bytes = double(M * N) * 4.0;
+    const int64_t C = 32, L = N / C;  // GroupNorm and BatchNorm (N, C, L) view x as [M, 32, N / 32]
+    const Shape s3{M, C, L};
+    const Tensor x = randn(s, gen), r = randn(s, gen), dy = randn(s, gen), dh = randn(s, gen);
+    const Tensor gamma = randn({N}, gen), beta = randn({N}, gen), alpha = full({1}, 0.5);
+    const Tensor x3 = x.view(s3), dy3 = dy.view(s3), gamma_c = randn({C}, gen), beta_c = randn({C}, gen);
+    const double tensor_bytes = double(M * N) * 4.0;
     const int reps = M * N < (1 << 20) ? 200 : 20;
-    const LayerNormStats st = layer_norm_forward(x, gamma, beta, 1e-5);
-    const NormStatsOnednn sd = layer_norm_forward_onednn(x, gamma, beta, 1e-5);
-    const double f = time_median(reps, [&] { layer_norm_forward(x, gamma, beta, 1e-5); });
-    const double fd = time_median(reps, [&] { layer_norm_forward_onednn(x, gamma, beta, 1e-5); });
-    const double b = time_median(reps, [&] { layer_norm_backward(dy, x, gamma, st.mean, st.rstd, true, true, true); });
-    const double bd =
-        time_median(reps, [&] { layer_norm_backward_onednn(dy, x, gamma, beta, sd.mean, sd.variance, 1e-5); });
-    std::printf("%-16s %-14s %10.1f %10.1f %10.2f %10.1f %10.1f %10.2f\n", to_string(s).c_str(), "LayerNorm",
-                2 * bytes / f * 1e-9, 2 * bytes / fd * 1e-9, fd / f, 3 * bytes / b * 1e-9, 3 * bytes / bd * 1e-9,
-                bd / b);
-    const RMSNormStats sr = rms_norm_forward(x, gamma, 1e-6);
-    const double rf = time_median(reps, [&] { rms_norm_forward(x, gamma, 1e-6); });
-    const double rb = time_median(reps, [&] { rms_norm_backward(dy, x, gamma, sr.rrms, false, true, true); });
-    std::printf("%-16s %-14s %10.1f %10s %10s %10.1f\n", "", "RMSNorm", 2 * bytes / rf * 1e-9, "", "",
-                3 * bytes / rb * 1e-9);
-    // BatchNorm over the same data viewed as (N = M, C = N).
-    const BatchNormStats sb = batch_norm_forward(x, gamma, beta, Tensor(), Tensor(), true, 0.1, 1e-5);
-    const NormStatsOnednn sbd = batch_norm_forward_onednn(x, gamma, beta, 1e-5);
-    const double bf = time_median(reps, [&] { batch_norm_forward(x, gamma, beta, Tensor(), Tensor(), true, 0.1, 1e-5); });
-    const double bfd = time_median(reps, [&] { batch_norm_forward_onednn(x, gamma, beta, 1e-5); });
-    const double bb =
-        time_median(reps, [&] { batch_norm_backward(dy, x, gamma, sb.mean, sb.rstd, true, true, true, true); });
-    const double bbd =
-        time_median(reps, [&] { batch_norm_backward_onednn(dy, x, gamma, beta, sbd.mean, sbd.variance, 1e-5); });
-    std::printf("%-16s %-14s %10.1f %10.1f %10.2f %10.1f %10.1f %10.2f\n", "", "BatchNorm (N,C)",
-                2 * bytes / bf * 1e-9, 2 * bytes / bfd * 1e-9, bfd / bf, 3 * bytes / bb * 1e-9, 3 * bytes / bbd * 1e-9,
-                bbd / bb);
+    const LayerNormStats ln = layer_norm_forward(x, gamma, beta, eps);
+    const NormStatsOnednn ln_d = layer_norm_forward_onednn(x, gamma, beta, eps);
+    const RMSNormStats rms = rms_norm_forward(x, gamma, 1e-6);
+    const ScaleNormStats sn = scale_norm_forward(x, alpha, eps);
+    const AddLayerNormStats aln = add_layer_norm_forward(x, r, gamma, beta, eps);
+    const AddRMSNormStats arms = add_rms_norm_forward(x, r, gamma, 1e-6);
+    const GroupNormStats gn = group_norm_forward(x3, gamma_c, beta_c, 8, eps);
+    const BatchNormStats bn = batch_norm_forward(x, gamma, beta, Tensor(), Tensor(), true, 0.1, eps);
+    const NormStatsOnednn bn_d = batch_norm_forward_onednn(x, gamma, beta, eps);
+    const BatchNormStats bn3 = batch_norm_forward(x3, gamma_c, beta_c, Tensor(), Tensor(), true, 0.1, eps);
+    const NormStatsOnednn bn3_d = batch_norm_forward_onednn(x3, gamma_c, beta_c, eps);
+    const NormCase cases[] = {
+        {"LayerNorm", 2, [&] { layer_norm_forward(x, gamma, beta, eps); },
+         [&] { layer_norm_forward_onednn(x, gamma, beta, eps); }, 3,
+         [&] { layer_norm_backward(dy, x, gamma, ln.mean, ln.rstd, true, true, true); },
+         [&] { layer_norm_backward_onednn(dy, x, gamma, beta, ln_d.mean, ln_d.variance, eps); }},
+        {"RMSNorm", 2, [&] { rms_norm_forward(x, gamma, 1e-6); }, nullptr, 3,
+         [&] { rms_norm_backward(dy, x, gamma, rms.rrms, false, true, true); }, nullptr},
+        {"ScaleNorm", 2, [&] { scale_norm_forward(x, alpha, eps); }, nullptr, 3,
+         [&] { scale_norm_backward(dy, x, alpha, sn.norm, eps, true, true); }, nullptr},
+        {"DyT", 2, [&] { dyt_forward(x, alpha, gamma, beta); }, nullptr, 3,
+         [&] { dyt_backward(dy, x, alpha, gamma, false, true, true, true, true); }, nullptr},
+        {"add+LayerNorm", 4, [&] { add_layer_norm_forward(x, r, gamma, beta, eps); }, nullptr, 4,
+         [&] { add_layer_norm_backward(dh, dy, aln.h, gamma, aln.mean, aln.rstd, true, true, true); }, nullptr},
+        {"add+RMSNorm", 4, [&] { add_rms_norm_forward(x, r, gamma, 1e-6); }, nullptr, 4,
+         [&] { add_rms_norm_backward(dh, dy, arms.h, gamma, arms.rrms, false, true, true); }, nullptr},
+        {"GroupNorm G=8", 2, [&] { group_norm_forward(x3, gamma_c, beta_c, 8, eps); }, nullptr, 3,
+         [&] { group_norm_backward(dy3, x3, gamma_c, gn.mean, gn.rstd, true, true, true); }, nullptr},
+        {"BatchNorm (N,C)", 2, [&] { batch_norm_forward(x, gamma, beta, Tensor(), Tensor(), true, 0.1, eps); },
+         [&] { batch_norm_forward_onednn(x, gamma, beta, eps); }, 3,
+         [&] { batch_norm_backward(dy, x, gamma, bn.mean, bn.rstd, true, true, true, true); },
+         [&] { batch_norm_backward_onednn(dy, x, gamma, beta, bn_d.mean, bn_d.variance, eps); }},
+        {"BatchNorm (N,C,L)", 2,
+         [&] { batch_norm_forward(x3, gamma_c, beta_c, Tensor(), Tensor(), true, 0.1, eps); },
+         [&] { batch_norm_forward_onednn(x3, gamma_c, beta_c, eps); }, 3,
+         [&] { batch_norm_backward(dy3, x3, gamma_c, bn3.mean, bn3.rstd, true, true, true, true); },
+         [&] { batch_norm_backward_onednn(dy3, x3, gamma_c, beta_c, bn3_d.mean, bn3_d.variance, eps); }},
+    };
+    // A copy of k tensors' bytes moves k/2 tensors in and k/2 out; each kernel is timed in turn
+    // with the copy of its bytes (and oneDNN's primitive).
+    std::vector<Copy> copies;
+    for (int k : {2, 3, 4}) copies.emplace_back(M * N * k / 2);
+    std::printf("\n%s (GroupNorm, BatchNorm (N,C,L): [%lld, 32, %lld])\n", to_string(s).c_str(), (long long)M,
+                (long long)L);
+    std::printf("  %-18s %7s %7s %6s %7s %7s | %7s %7s %6s %7s %7s\n", "norm", "fwd", "copy", "/copy", "oneDNN",
+                "/oneDNN", "bwd", "copy", "/copy", "oneDNN", "/oneDNN");
+    auto measure = [&](int tensors, const std::function<void()>& f, const std::function<void()>& f_onednn) {
+      Copy& copy = copies[size_t(tensors - 2)];
+      std::vector<std::function<void()>> fs{f, [&] { copy(); }};
+      if (f_onednn) fs.push_back(f_onednn);
+      const std::vector<double> t = time_interleaved(reps, fs);
+      const double bytes = tensors * tensor_bytes;
+      std::printf(" %7.1f %7.1f %6.2f", bytes / t[0] * 1e-9, bytes / t[1] * 1e-9, t[1] / t[0]);
+      if (f_onednn)
+        std::printf(" %7.1f %7.2f", bytes / t[2] * 1e-9, t[2] / t[0]);
+      else
+        std::printf(" %7s %7s", "", "");
+    };
+    for (const NormCase& c : cases) {
+      std::printf("  %-18s", c.name);
+      measure(c.fwd_tensors, c.fwd, c.fwd_onednn);
+      std::printf(" |");
+      measure(c.bwd_tensors, c.bwd, c.bwd_onednn);
+      std::printf("\n");
+      std::fflush(stdout);
+    }
   }
 }
 
@@ -421,6 +515,8 @@ void run_train_bench() {
   bench_deep_step(1000, 32, true);
   bench_deep_step(1000, 128, true);
 }
+
+void run_norm_bench() { bench_norms(); }
 
 void run_foundation_bench(int depth) {
   std::printf("normlab foundation bench, %d threads\n", num_threads());

@@ -9,6 +9,10 @@ namespace normlab {
 
 void run_foundation_bench(int depth = 48);
 
+// The norm kernels alone (run_foundation_bench's norm table): GB/s of every norm's forward and
+// backward, a copy of the same bytes with the same threads and oneDNN's primitives, per shape.
+void run_norm_bench();
+
 // Training throughput of the toy transformer: depth 48 (d_model 32, 2 heads, seq 64, batch 8,
 // AdamW) in tokens/s with its forward / backward / update split and its first step; then the
 // first and a later training step of the same model at depth 1000 with recompute off and on,

@@ -51,7 +51,7 @@ void print_help() {
       "  dump  [--<key> <value> ...] --out F.h5\n"
       "                                write a model, one batch, its loss and every gradient\n"
       "  demo [--steps N] [--seed S]   train a small attention model on the previous-token task\n"
-      "  bench [kernels|train|cuda|all] [--depth N]\n"
+      "  bench [kernels|norms|train|cuda|all] [--depth N]\n"
       "                                kernel and transformer-step benchmarks (kernels; --depth N\n"
       "                                sets the step's depth), training throughput at depth 48 and\n"
       "                                a 1000-layer step (train), GPU norm kernels against copy\n"
@@ -335,13 +335,17 @@ int run_dump(int argc, char** argv) {
 
 void print_bench_help() {
   std::printf(
-      "usage: normlab bench [kernels|train|cuda|all] [--depth N]\n"
+      "usage: normlab bench [kernels|norms|train|cuda|all] [--depth N]\n"
       "       normlab bench results F.h5 [--runs N]\n"
       "\n"
       "Benchmarks, printing figures measured side by side in one run:\n"
       "  kernels   norm kernels against oneDNN and copy bandwidth, matmul, and one transformer\n"
       "            training step at --depth N (default 48) composed of ops and hand-derived\n"
-      "  train     the toy model's training throughput at depth 48 and one 1000-layer step\n"
+      "  norms     only the norm kernels of kernels: each norm's GB/s, a copy of the same bytes\n"
+      "            and oneDNN, on every shape\n"
+      "  train     the toy model: each op of a block with one thread and with all; training\n"
+      "            throughput at depth 48 (all threads and one) and 1000-layer steps; each step's\n"
+      "            GFLOP/s next to its own matmuls timed alone\n"
       "  cuda      GPU norm kernels against copy bandwidth and cuDNN (needs a GPU)\n"
       "  all       all of them (the default is kernels)\n"
       "  results   writing a results file: N (default 64) copies of F.h5's runs committed one\n"
@@ -356,7 +360,7 @@ int run_bench(int argc, char** argv) {
   while (!flags.done()) {
     const std::string arg = flags.next();
     if (is_help(arg)) return print_bench_help(), 0;
-    if (arg == "kernels" || arg == "train" || arg == "cuda" || arg == "all" || arg == "results") {
+    if (arg == "kernels" || arg == "norms" || arg == "train" || arg == "cuda" || arg == "all" || arg == "results") {
       if (!what.empty()) usage_error("name one benchmark, got '" + what + "' and '" + arg + "'");
       what = arg;
     } else if (arg == "--depth") {
@@ -382,6 +386,7 @@ int run_bench(int argc, char** argv) {
     return 0;
   }
   if (what == "kernels" || what == "all") run_foundation_bench(int(depth.value_or(48)));
+  if (what == "norms") run_norm_bench();
   if (what == "train" || what == "all") run_train_bench();
   if (what == "cuda" || what == "all") run_cuda_bench();
   return 0;

@@ -36,6 +36,26 @@ inline float exp_f32(float x) {
   return x != x ? x : y;
 }
 
+// tanh for float, branch-free so that loops over it vectorize: Cephes' tanhf, an odd
+// polynomial x + x^3 P(x^2) below |x| = 0.625 and 1 - 2 / (e^{2|x|} + 1) (with x's sign) above;
+// +-1 for large |x|; NaN stays NaN.
+inline float tanh_f32(float x) {
+  const float ax = std::fabs(x), z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  const float large = std::copysign(1.0f - 2.0f / (exp_f32(2.0f * ax) + 1.0f), x);
+  return ax < 0.625f ? small : large;
+}
+
+template <class T> inline T fast_tanh(T x) {
+  if constexpr (std::is_same_v<T, float>) return tanh_f32(x);
+  else return std::tanh(x);
+}
+
 template <class T> inline T fast_exp(T x) {
   if constexpr (std::is_same_v<T, float>) return exp_f32(x);
   else return std::exp(x);

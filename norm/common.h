@@ -74,25 +74,30 @@ inline Shape leading_shape(const Tensor& x) {
 // Rows per block of a deterministic row reduction: fixed by M alone, never by the thread count.
 inline int64_t reduction_block_rows(int64_t M) { return std::max<int64_t>(64, (M + 63) / 64); }
 
-// Sums per-row contributions into `width` double accumulators, deterministically: the rows
-// are cut into fixed blocks, each block accumulates into its own partial buffer (in
-// parallel), and the partials are added in block order. `row(i, acc)` adds row i's terms
-// into acc[0..width). The result is the same for any thread count.
-template <class F>
-std::vector<double> sum_rows(int64_t M, int64_t width, const F& row) {
-  const int64_t block = reduction_block_rows(M);
-  const int64_t blocks = (M + block - 1) / block;
-  std::vector<double> partial(size_t(blocks * width), 0.0);
+// Sums per-row contributions into `width` accumulators, deterministically: the rows are cut
+// into fixed blocks, each block accumulates into its own partial buffer of Acc (in parallel),
+// and the partials are added in block order, in double. `block(i0, i1, acc)` adds the terms of
+// rows [i0, i1) into acc[0..width). The result is the same for any thread count.
+template <class Acc = double, class F>
+std::vector<double> sum_blocks(int64_t M, int64_t width, const F& block) {
+  const int64_t rows = reduction_block_rows(M);
+  const int64_t blocks = (M + rows - 1) / rows;
+  std::vector<Acc> partial(size_t(blocks * width), Acc(0));
   parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      double* acc = partial.data() + b * width;
-      for (int64_t i = b * block, e = std::min(M, (b + 1) * block); i < e; ++i) row(i, acc);
-    }
+    for (int64_t b = b0; b < b1; ++b) block(b * rows, std::min(M, (b + 1) * rows), partial.data() + b * width);
   });
   std::vector<double> total(size_t(width), 0.0);
   for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t j = 0; j < width; ++j) total[size_t(j)] += partial[size_t(b * width + j)];
+    for (int64_t j = 0; j < width; ++j) total[size_t(j)] += double(partial[size_t(b * width + j)]);
   return total;
+}
+
+// sum_blocks with one call per row: `row(i, acc)` adds row i's terms into acc[0..width).
+template <class Acc = double, class F>
+std::vector<double> sum_rows(int64_t M, int64_t width, const F& row) {
+  return sum_blocks<Acc>(M, width, [&](int64_t i0, int64_t i1, Acc* acc) {
+    for (int64_t i = i0; i < i1; ++i) row(i, acc);
+  });
 }
 
 // Sum of term(j) for j in [0, n), in double, over kLanes interleaved lanes added in a fixed
@@ -110,13 +115,13 @@ inline double lane_sum(int64_t n, const F& term) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
-// The N values of an optional per-feature parameter as doubles, offset + p[j] (`fill` when p is
-// null), so the hot loops of the fast kernels have no branches.
-template <class T>
-std::vector<double> as_doubles(const T* p, int64_t N, double fill, double offset = 0.0) {
-  std::vector<double> out(size_t(N), fill);
+// The N values of an optional per-feature parameter in A, offset + p[j] (`fill` when p is null),
+// so the hot loops of the fast kernels have no branches.
+template <class A = double, class T>
+std::vector<A> as_values(const T* p, int64_t N, double fill, double offset = 0.0) {
+  std::vector<A> out(size_t(N), static_cast<A>(fill));
   if (p)
-    for (int64_t j = 0; j < N; ++j) out[size_t(j)] = offset + double(p[j]);
+    for (int64_t j = 0; j < N; ++j) out[size_t(j)] = A(offset + double(p[j]));
   return out;
 }
 

@@ -4,6 +4,7 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -121,6 +122,38 @@ void for_each_kernel_case(const F& f) {
   for (DType dtype : {DType::f32, DType::f64})
     for (const Shape& s : kernel_shapes)
       for (Input k : all_inputs) f(dtype, dtype == DType::f32 ? 2e-6 : 1e-10, s, k, make_input(s, k, gen).to(dtype));
+}
+
+// The worst f32 error of a fast kernel against its reference per input kind, printed as
+// "<name> fast vs reference, f32 worst rel err: normal E, large-mean E, ...".
+struct WorstByKind {
+  double err[4] = {};
+  void add(Input k, double e) { err[int(k)] = std::max(err[int(k)], e); }
+  void print(const char* name) const {
+    std::printf("%s fast vs reference, f32 worst rel err:", name);
+    for (Input k : all_inputs) std::printf(" %s %.1e", input_name(k), err[int(k)]);
+    std::printf("\n");
+  }
+};
+
+// One output of a fast kernel against the reference: t[0] reference, t[1] fast; floor is the size
+// of the terms the output cancels (0: compared with its own size, see max_diff_scaled).
+struct KernelOutput {
+  const char* name;
+  const Tensor* t;
+  double floor = 0.0;
+};
+
+// Checks max_diff_scaled(fast, reference) <= tol for every output, naming the case (label) on
+// failure, and adds the f32 errors to worst.
+inline void check_fast_outputs(std::initializer_list<KernelOutput> outs, DType dtype, double tol,
+                               const std::string& label, Input k, WorstByKind& worst) {
+  for (const KernelOutput& o : outs) {
+    const double err = max_diff_scaled(o.t[1], o.t[0], o.floor);
+    if (dtype == DType::f32) worst.add(k, err);
+    BOOST_CHECK_MESSAGE(err <= tol, o.name << " " << dtype_name(dtype) << " " << label << " " << input_name(k)
+                                           << ": fast vs reference " << err);
+  }
 }
 
 }  // namespace normlab::testing

@@ -252,6 +252,50 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
+  // (N, C) on kernel_shapes read as [N, C], hard inputs, training and eval; f32 outputs against
+  // the reference kernel (double statistics) with dx compared to the size of the terms it cancels.
+  WorstByKind worst_f32;
+  for_each_kernel_case([&](DType dtype, double tol, const Shape& s, Input k, const Tensor& x) {
+    const int64_t N = s[0], C = s[1];
+    Generator gen(18);
+    const Tensor gamma = randn({C}, gen, dtype, 1.0, 0.5), beta = randn({C}, gen, dtype), dy = randn(s, gen, dtype);
+    const Tensor run_mean = randn({C}, gen, dtype), run_var = uniform({C}, gen, 0.5, 2.0, dtype);
+    for (bool training : {true, false}) {
+      if (training && N < 2) continue;
+      Tensor y[2], mean[2], rstd[2], dx[2], dgamma[2], dbeta[2];
+      for (int v = 0; v < 2; ++v) {
+        y[v] = empty(s, dtype), mean[v] = empty({C}, dtype), rstd[v] = empty({C}, dtype);
+        dx[v] = empty(s, dtype), dgamma[v] = empty({C}, dtype), dbeta[v] = empty({C}, dtype);
+      }
+      NL_DISPATCH_FLOATING(dtype, "test", [&] {
+        using T = scalar_t;
+        const T *xp = x.data<T>(), *g = gamma.data<T>(), *b = beta.data<T>();
+        if (training) {
+          batch_norm_forward_train<T>(y[0].data<T>(), mean[0].data<T>(), rstd[0].data<T>(), nullptr, nullptr, xp, g,
+                                      b, N, C, 1, 1e-5, 0.1);
+          batch_norm_forward_train_cpu<T>(y[1].data<T>(), mean[1].data<T>(), rstd[1].data<T>(), nullptr, nullptr,
+                                          xp, g, b, N, C, 1, 1e-5, 0.1);
+        } else {
+          for (int v = 0; v < 2; ++v)
+            (v == 0 ? batch_norm_forward_eval<T> : batch_norm_forward_eval_cpu<T>)(
+                y[v].data<T>(), mean[v].data<T>(), rstd[v].data<T>(), xp, g, b, run_mean.data<T>(),
+                run_var.data<T>(), N, C, 1, 1e-5);
+        }
+        for (int v = 0; v < 2; ++v)
+          (v == 0 ? batch_norm_backward<T> : batch_norm_backward_cpu<T>)(
+              dx[v].data<T>(), dgamma[v].data<T>(), dbeta[v].data<T>(), dy.data<T>(), xp, g, mean[0].data<T>(),
+              rstd[0].data<T>(), N, C, 1, training);
+      });
+      const double dx_floor = max_abs(dy) * max_abs(rstd[0]) * (max_abs(gamma) + 1);
+      check_fast_outputs({{"y", y}, {"mean", mean}, {"rstd", rstd}, {"dx", dx, dx_floor}, {"dgamma", dgamma},
+                          {"dbeta", dbeta}},
+                         dtype, tol, to_string(s) + (training ? " training" : " eval"), k, worst_f32);
+    }
+  });
+  worst_f32.print("batch_norm (N, C)");
+}
+
 BOOST_AUTO_TEST_CASE(bad_input_is_named) {
   Generator gen(9);
   BatchNorm bn(4);

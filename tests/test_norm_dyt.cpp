@@ -85,6 +85,38 @@ BOOST_AUTO_TEST_CASE(parameter_gradients_do_not_depend_on_the_thread_count) {
   BOOST_CHECK(one.dx.to_vector<float>() == many.dx.to_vector<float>());
 }
 
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
+  WorstByKind worst_f32;
+  for_each_kernel_case([&](DType dtype, double tol, const Shape& s, Input k, const Tensor& x) {
+    const int64_t M = s[0], N = s[1];
+    Generator gen(28);
+    const Tensor gamma = randn({N}, gen, dtype, 1.0, 0.5), beta = randn({N}, gen, dtype), dy = randn(s, gen, dtype);
+    for (bool identity : {false, true}) {
+      const double alpha = 0.7;
+      Tensor y[2], dx[2], dalpha[2], dgamma[2], dbeta[2];
+      for (int v = 0; v < 2; ++v)
+        y[v] = empty(s, dtype), dx[v] = empty(s, dtype), dalpha[v] = empty({1}, dtype),
+        dgamma[v] = empty({N}, dtype), dbeta[v] = empty({N}, dtype);
+      NL_DISPATCH_FLOATING(dtype, "test", [&] {
+        using T = scalar_t;
+        for (int v = 0; v < 2; ++v) {
+          (v == 0 ? dyt_forward<T> : dyt_forward_cpu<T>)(y[v].data<T>(), x.data<T>(), alpha, gamma.data<T>(),
+                                                         beta.data<T>(), M, N, identity);
+          (v == 0 ? dyt_backward<T> : dyt_backward_cpu<T>)(dx[v].data<T>(), dalpha[v].data<T>(), dgamma[v].data<T>(),
+                                                           dbeta[v].data<T>(), dy.data<T>(), x.data<T>(), alpha,
+                                                           gamma.data<T>(), M, N, identity);
+        }
+      });
+      // dalpha sums du * x over every element: compared to the size of those terms.
+      const double dalpha_floor = max_abs(dy) * max_abs(gamma) * max_abs(x) * std::abs(alpha) * double(M * N);
+      check_fast_outputs({{"y", y}, {"dx", dx}, {"dalpha", dalpha, dalpha_floor}, {"dgamma", dgamma},
+                          {"dbeta", dbeta}},
+                         dtype, tol, to_string(s) + (identity ? " identity" : ""), k, worst_f32);
+    }
+  });
+  worst_f32.print("dyt");
+}
+
 BOOST_AUTO_TEST_CASE(module_parameters_node_and_f32) {
   Generator gen(6);
   DyT m(6, 0.5, false, DType::f64);

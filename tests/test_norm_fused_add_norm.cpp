@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "autograd/ops.h"
+#include "framework/parallel.h"
 #include "norm/fused_add_norm/fused_add_norm.h"
 #include "norm/scale_norm/scale_norm.h"
 #include "tests/norm_test_util.h"
@@ -367,6 +368,30 @@ BOOST_AUTO_TEST_CASE(bad_input_is_named) {
   RMSNorm rn(5);
   BOOST_CHECK(contains(error_of([&] { add_layer_norm(x, x, ln); }), "last dim of the input to be 5, got shape [2, 4]"));
   BOOST_CHECK(contains(error_of([&] { add_rms_norm(x, x, rn); }), "last dim of the input to be 5, got shape [2, 4]"));
+}
+
+BOOST_AUTO_TEST_CASE(backward_does_not_depend_on_the_thread_count) {
+  // The one-pass backward (dx plus dh, and the dgamma/dbeta partials per block of rows) in f32.
+  Generator gen(14);
+  const Shape s{700, 96};
+  const Tensor dh = randn(s, gen), dy = randn(s, gen), h = randn(s, gen, DType::f32, 3.0, 2.0);
+  const Tensor gamma = randn({96}, gen), beta = randn({96}, gen);
+  auto run = [&](int threads) {
+    const int prev = num_threads();
+    set_num_threads(threads);
+    const AddLayerNormStats st = add_layer_norm_forward(h, dh, gamma, beta, 1e-5);
+    const AddLayerNormGrads gl = add_layer_norm_backward(dh, dy, st.h, gamma, st.mean, st.rstd, true, true, true);
+    const AddRMSNormStats sr = add_rms_norm_forward(h, dh, gamma, 1e-6);
+    const AddRMSNormGrads gr = add_rms_norm_backward(dh, dy, sr.h, gamma, sr.rrms, false, true, true);
+    set_num_threads(prev);
+    std::vector<float> out;
+    for (const Tensor& t : {gl.dh_total, gl.dgamma, gl.dbeta, gr.dh_total, gr.dgamma}) {
+      const std::vector<float> v = t.to_vector<float>();
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
+  };
+  BOOST_CHECK(run(1) == run(3));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

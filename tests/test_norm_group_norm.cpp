@@ -80,7 +80,8 @@ BOOST_AUTO_TEST_CASE(one_group_is_layer_norm_over_channels_and_positions) {
     auto xl = leaf(x0.clone());
     const Variable yl = reshape(layer_norm(reshape(xl, {N, C * S}), {}, {}), {N, C, S});
     yl.backward(dy);
-    BOOST_CHECK_LT(max_rel_diff(yg.data(), yl.data()), 1e-13);
+    // The two sum in different orders: at a mean of 1e4 (ulp 1.8e-12) y differs by ~3e-13.
+    BOOST_CHECK_LT(max_rel_diff(yg.data(), yl.data()), 1e-12);
     BOOST_CHECK_LT(max_rel_diff(xg.grad(), xl.grad()), 1e-12);
     const GroupNormStats sg = group_norm_forward(x0, Tensor(), Tensor(), 1, 1e-5);
     const LayerNormStats sl = layer_norm_forward(x0.reshape({N, C * S}), Tensor(), Tensor(), 1e-5);

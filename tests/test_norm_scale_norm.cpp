@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "framework/parallel.h"
 #include "norm/scale_norm/scale_norm.h"
 #include "tests/norm_test_util.h"
 #include "tests/test_util.h"
@@ -174,6 +175,35 @@ BOOST_AUTO_TEST_CASE(no_graph_without_grad) {
   BOOST_CHECK(sn.forward(Variable(randn({2, 4}, gen))).grad_fn() == nullptr);
 }
 
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
+  WorstByKind worst_f32;
+  for_each_kernel_case([&](DType dtype, double tol, const Shape& s, Input k, const Tensor& x) {
+    const int64_t M = s[0], N = s[1];
+    Generator gen(38);
+    const Tensor g = full({1}, 1.7, dtype), dy = randn(s, gen, dtype);
+    Tensor y[2], norm[2], dx[2], dg[2];
+    for (int v = 0; v < 2; ++v)
+      y[v] = empty(s, dtype), norm[v] = empty({M}, dtype), dx[v] = empty(s, dtype), dg[v] = empty({1}, dtype);
+    NL_DISPATCH_FLOATING(dtype, "test", [&] {
+      using T = scalar_t;
+      for (int v = 0; v < 2; ++v) {
+        (v == 0 ? scale_norm_forward<T> : scale_norm_forward_cpu<T>)(y[v].data<T>(), norm[v].data<T>(), x.data<T>(),
+                                                                     g.data<T>(), M, N, 1e-5);
+        (v == 0 ? scale_norm_backward<T> : scale_norm_backward_cpu<T>)(dx[v].data<T>(), dg[v].data<T>(), dy.data<T>(),
+                                                                       x.data<T>(), g.data<T>(), norm[0].data<T>(),
+                                                                       M, N, 1e-5);
+      }
+    });
+    // dx cancels terms of size |g| |dy| / ||x||; dg sums |dy| |xhat| <= |dy| over every row.
+    double min_d = 1e300;
+    for (double v : norm[0].to(DType::f64).to_vector<double>()) min_d = std::min(min_d, std::max(v, 1e-5));
+    const double dx_floor = max_abs(dy) * 1.7 / min_d;
+    check_fast_outputs({{"y", y}, {"norm", norm}, {"dx", dx, dx_floor}, {"dg", dg, max_abs(dy) * double(M)}},
+                       dtype, tol, to_string(s), k, worst_f32);
+  });
+  worst_f32.print("scale_norm");
+}
+
 BOOST_AUTO_TEST_CASE(bad_input_is_named) {
   Generator gen(9);
   ScaleNorm sn(4);
@@ -189,6 +219,25 @@ BOOST_AUTO_TEST_CASE(bad_input_is_named) {
                        "g has dtype f64 but the input has f32"));
   BOOST_CHECK(contains(error_of([&] { scale_norm(Variable(randn({2, 4}, gen)), Variable(randn({1}, gen)), -1.0); }),
                        "scale_norm: eps must be"));
+}
+
+BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
+  Generator gen(15);
+  const Tensor x = randn({900, 40}, gen), dy = randn({900, 40}, gen), g = full({1}, 1.3);
+  auto run = [&](int threads) {
+    const int prev = num_threads();
+    set_num_threads(threads);
+    const ScaleNormStats s = scale_norm_forward(x, g, 1e-5);
+    const ScaleNormGrads d = scale_norm_backward(dy, x, g, s.norm, 1e-5, true, true);
+    set_num_threads(prev);
+    std::vector<float> out;
+    for (const Tensor& t : {s.y, s.norm, d.dx, d.dg}) {
+      const std::vector<float> v = t.to_vector<float>();
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    return out;
+  };
+  BOOST_CHECK(run(1) == run(3));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

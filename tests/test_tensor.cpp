@@ -243,6 +243,21 @@ BOOST_AUTO_TEST_CASE(exp_f32_is_within_two_ulp) {
   BOOST_TEST(std::isnan(exp_f32(std::numeric_limits<float>::quiet_NaN())));
 }
 
+BOOST_AUTO_TEST_CASE(tanh_f32_is_within_a_few_ulp) {
+  auto ulps = [](float a, float b) { return std::abs(int64_t(std::bit_cast<int32_t>(a)) - std::bit_cast<int32_t>(b)); };
+  int64_t worst = 0, count = 0;
+  for (float x = -12.0f; x <= 12.0f; x += 1e-4f + 1e-4f * std::abs(x), ++count)
+    worst = std::max(worst, ulps(tanh_f32(x), float(std::tanh(double(x)))));
+  std::printf("tanh_f32: worst %lld ulp over %lld points in [-12, 12]\n", (long long)worst, (long long)count);
+  BOOST_TEST(count > 40000);
+  BOOST_TEST(worst <= 4);
+  BOOST_TEST(tanh_f32(0.0f) == 0.0f);
+  BOOST_TEST(tanh_f32(1e-20f) == 1e-20f);
+  BOOST_TEST(tanh_f32(100.0f) == 1.0f);
+  BOOST_TEST(tanh_f32(-std::numeric_limits<float>::infinity()) == -1.0f);
+  BOOST_TEST(std::isnan(tanh_f32(std::numeric_limits<float>::quiet_NaN())));
+}
+
 BOOST_AUTO_TEST_CASE(bad_input_names_the_values) {
   Tensor a = zeros({2, 3}), b = zeros({4, 5}), d = zeros({2, 3}, DType::f64);
   const std::string shape_msg = error_of([&] { add(a, b); });

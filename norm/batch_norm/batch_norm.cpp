@@ -1,5 +1,7 @@
 #include "norm/batch_norm/batch_norm.h"
 
+#include "framework/simd.h"
+
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/batch_norm/batch_norm_cuda.h"
 #endif
@@ -149,19 +151,31 @@ void batch_norm_forward_train(T* y, T* mean, T* rstd, T* running_mean, T* runnin
   channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, L, per_channel);
 }
 
-// Also writes the statistics it used (mean = running_mean, rstd = 1 / sqrt(running_var + eps))
-// for the backward.
+namespace {
+// The statistics of eval mode: mu = running_mean and rs = 1 / sqrt(running_var + eps) in double,
+// also written to mean and rstd for the backward.
 template <class T>
-void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
-                             const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
-                             double eps) {
-  std::vector<double> mu(static_cast<size_t>(C)), rs(static_cast<size_t>(C));
+void eval_statistics(std::vector<double>& mu, std::vector<double>& rs, T* mean, T* rstd, const T* running_mean,
+                     const T* running_var, int64_t C, double eps) {
+  mu.resize(size_t(C));
+  rs.resize(size_t(C));
   for (int64_t c = 0; c < C; ++c) {
     mu[size_t(c)] = double(running_mean[c]);
     rs[size_t(c)] = 1.0 / std::sqrt(double(running_var[c]) + eps);
     mean[c] = running_mean[c];
     rstd[c] = T(rs[size_t(c)]);
   }
+}
+}  // namespace
+
+// Also writes the statistics it used (mean = running_mean, rstd = 1 / sqrt(running_var + eps))
+// for the backward.
+template <class T>
+void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                             const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
+                             double eps) {
+  std::vector<double> mu, rs;
+  eval_statistics(mu, rs, mean, rstd, running_mean, running_var, C, eps);
   channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, L, per_channel);
 }
 
@@ -176,6 +190,166 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   channel_norm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, L, per_channel, !training);
 }
 
+// ---- Fast BatchNorm kernels for (N, C): each row holds one value of every channel, so the
+// kernels run down the rows with C-wide vectors (framework/simd.h), never a row per value. ----
+
+namespace {
+
+// Per channel: Welford's running mean and M2 of d = x - x0 (x0: the block's first row, so d is
+// exact and a mean of 1e4 costs no precision) over the rows of each fixed block, in vectors of T
+// (one update per row: delta = d - mean, mean += delta / n, M2 += delta * (d - mean)); then the
+// blocks merged in block order in double (Chan et al.): one pass over x, and the same result for
+// any thread count.
+template <class T>
+void column_mean_var(std::vector<double>& mean, std::vector<double>& var, const T* x, int64_t N, int64_t C) {
+  using V = simd::Vec<T>;
+  const int64_t rows = reduction_block_rows(N), blocks = (N + rows - 1) / rows;
+  std::vector<T> partial(size_t(blocks * 2 * C), T(0));  // per block: mean of d [0, C), M2 [C, 2C)
+  parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* m = partial.data() + b * 2 * C;
+      T* m2 = m + C;
+      const T* x0 = x + b * rows * C;
+      for (int64_t i = b * rows + 1, n = 2, e = std::min(N, (b + 1) * rows); i < e; ++i, ++n) {
+        const V inv_n = simd::splat(T(1.0 / double(n)));
+        const T* xi = x + i * C;
+        simd::row_for<T>(C, [&](int64_t j, auto at) {
+          const V d = at(xi + j) - at(x0 + j), mj = at(m + j), delta = d - mj, mean_new = mj + delta * inv_n;
+          at.store(m + j, mean_new);
+          at.store(m2 + j, at(m2 + j) + delta * (d - mean_new));
+        });
+      }
+    }
+  });
+  mean.assign(size_t(C), 0.0);
+  std::vector<double> m2(size_t(C), 0.0);
+  double n = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const double nb = double(std::min(N, (b + 1) * rows) - b * rows), total = n + nb;
+    const T* pm = partial.data() + b * 2 * C;
+    const T* x0 = x + b * rows * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const double delta = (double(x0[c]) + double(pm[c])) - mean[size_t(c)];
+      mean[size_t(c)] += delta * nb / total;
+      m2[size_t(c)] += double(pm[C + c]) + delta * delta * n * nb / total;
+    }
+    n = total;
+  }
+  var.resize(size_t(C));
+  for (int64_t c = 0; c < C; ++c) var[size_t(c)] = m2[size_t(c)] / n;
+}
+
+// y = ((x - mean_hi) - mean_lo) * rstd * gamma + beta, down the rows: the mean split into two T
+// (mean_hi + mean_lo) keeps y exact for a mean of 1e4 in f32.
+template <class T>
+void column_apply(T* y, const T* x, const T* gamma, const T* beta, const std::vector<double>& mean,
+                  const std::vector<double>& rstd, int64_t N, int64_t C) {
+  using V = simd::Vec<T>;
+  std::vector<T> hi(static_cast<size_t>(C)), lo(static_cast<size_t>(C)), scale(static_cast<size_t>(C));
+  const std::vector<T> b = as_values<T>(beta, C, 0.0);
+  for (int64_t c = 0; c < C; ++c) {
+    hi[size_t(c)] = T(mean[size_t(c)]);
+    lo[size_t(c)] = T(mean[size_t(c)] - double(hi[size_t(c)]));
+    scale[size_t(c)] = T(rstd[size_t(c)] * (gamma ? double(gamma[c]) : 1.0));
+  }
+  parallel_for(0, N, row_grain(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * C;
+      T* yi = y + i * C;
+      simd::row_for<T>(C, [&](int64_t j, auto at) {
+        const V c = (at(xi + j) - at(hi.data() + j)) - at(lo.data() + j);
+        at.store(yi + j, c * at(scale.data() + j) + at(b.data() + j));
+      });
+    }
+  });
+}
+
+}  // namespace
+
+// Scalar math: batch_norm_forward_train above, for L = 1 (other L run the reference kernel).
+// The statistics in one pass (column_mean_var), then y (column_apply).
+template <class T>
+void batch_norm_forward_train_cpu(T* y, T* mean, T* rstd, T* running_mean, T* running_var, const T* x,
+                                  const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L, double eps,
+                                  double momentum) {
+  if (L != 1)
+    return batch_norm_forward_train(y, mean, rstd, running_mean, running_var, x, gamma, beta, N, C, L, eps,
+                                    momentum);
+  const double count = double(N);
+  std::vector<double> mu, var;
+  column_mean_var(mu, var, x, N, C);
+  std::vector<double> rs(static_cast<size_t>(C));
+  for (int64_t c = 0; c < C; ++c) {
+    rs[size_t(c)] = 1.0 / std::sqrt(var[size_t(c)] + eps);
+    mean[c] = T(mu[size_t(c)]);
+    rstd[c] = T(rs[size_t(c)]);
+    if (running_mean) running_mean[c] = T((1 - momentum) * double(running_mean[c]) + momentum * mu[size_t(c)]);
+    if (running_var)
+      running_var[c] = T((1 - momentum) * double(running_var[c]) + momentum * var[size_t(c)] * count / (count - 1));
+  }
+  column_apply(y, x, gamma, beta, mu, rs, N, C);
+}
+
+// Scalar math: batch_norm_forward_eval above, for L = 1 (column_apply).
+template <class T>
+void batch_norm_forward_eval_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                                 const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
+                                 double eps) {
+  if (L != 1)
+    return batch_norm_forward_eval(y, mean, rstd, x, gamma, beta, running_mean, running_var, N, C, L, eps);
+  std::vector<double> mu, rs;
+  eval_statistics(mu, rs, mean, rstd, running_mean, running_var, C, eps);
+  column_apply(y, x, gamma, beta, mu, rs, N, C);
+}
+
+// Scalar math: batch_norm_backward above, for L = 1 (other L run the reference kernel). Pass 1
+// down the rows: per channel, sum dy and dy * xhat in C-wide vector partials per block of rows
+// (sum_rows: added in double in block order); pass 2: dx, row by row.
+template <class T>
+void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                             const T* rstd, int64_t N, int64_t C, int64_t L, bool training) {
+  if (L != 1) return batch_norm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, L, training);
+  using V = simd::Vec<T>;
+  const bool dx_sums = dx && training;
+  std::vector<double> col;  // [0, C): sum dy * xhat, [C, 2C): sum dy
+  if (dgamma || dbeta || dx_sums) {
+    col = sum_rows<T>(N, 2 * C, [&](int64_t i, T* acc) {
+      const T* xi = x + i * C;
+      const T* dyi = dy + i * C;
+      simd::row_for<T>(C, [&](int64_t j, auto at) {
+        const V d = at(dyi + j), xhat = (at(xi + j) - at(mean + j)) * at(rstd + j);
+        at.store(acc + j, at(acc + j) + d * xhat);
+        at.store(acc + C + j, at(acc + C + j) + d);
+      });
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      if (dgamma) dgamma[c] = T(col[size_t(c)]);
+      if (dbeta) dbeta[c] = T(col[size_t(C + c)]);
+    }
+  }
+  if (!dx) return;
+  // dx = rstd * (dy * gamma - mean_dxhat - xhat * mean_dxhat_xhat), the means zero in eval.
+  const std::vector<T> g = as_values<T>(gamma, C, 1.0);
+  std::vector<T> mean_dxhat(static_cast<size_t>(C), T(0)), mean_dxhat_xhat(static_cast<size_t>(C), T(0));
+  if (dx_sums)
+    for (int64_t c = 0; c < C; ++c) {
+      mean_dxhat[size_t(c)] = T(double(g[size_t(c)]) * col[size_t(C + c)] / double(N));
+      mean_dxhat_xhat[size_t(c)] = T(double(g[size_t(c)]) * col[size_t(c)] / double(N));
+    }
+  parallel_for(0, N, row_grain(C), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * C;
+      const T* dyi = dy + i * C;
+      T* dxi = dx + i * C;
+      simd::row_for<T>(C, [&](int64_t j, auto at) {
+        const V rs = at(rstd + j), xhat = (at(xi + j) - at(mean + j)) * rs;
+        at.store(dxi + j, rs * (at(dyi + j) * at(g.data() + j) - at(mean_dxhat.data() + j) -
+                                xhat * at(mean_dxhat_xhat.data() + j)));
+      });
+    }
+  });
+}
+
 #define NL_INSTANTIATE_BATCH_NORM(T)                                                                              \
   template void channel_norm_apply<T>(T*, const T*, const T*, const T*, const double*, const double*, int64_t,     \
                                       int64_t, int64_t, ChannelStatMap);                                           \
@@ -186,7 +360,13 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   template void batch_norm_forward_eval<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,  \
                                            int64_t, int64_t, double);                                              \
   template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,      \
-                                       int64_t, int64_t, bool);
+                                       int64_t, int64_t, bool);                                                    \
+  template void batch_norm_forward_train_cpu<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int64_t,         \
+                                                int64_t, int64_t, double, double);                                 \
+  template void batch_norm_forward_eval_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,       \
+                                               int64_t, int64_t, int64_t, double);                                 \
+  template void batch_norm_backward_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,  \
+                                           int64_t, int64_t, bool);
 NL_INSTANTIATE_BATCH_NORM(float)
 NL_INSTANTIATE_BATCH_NORM(double)
 #undef NL_INSTANTIATE_BATCH_NORM
@@ -246,13 +426,13 @@ BatchNormStats batch_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
   BatchNormStats out{empty(x.shape(), dtype), empty({C}, dtype), empty({C}, dtype)};
   NL_DISPATCH_FLOATING(dtype, "batch_norm", [&] {
     if (training)
-      batch_norm_forward_train<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
+      batch_norm_forward_train_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
                                          out.rstd.data<scalar_t>(), ptr_or_null<scalar_t>(running_mean),
                                          ptr_or_null<scalar_t>(running_var), x.data<scalar_t>(),
                                          ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), N, C, L, eps,
                                          momentum);
     else
-      batch_norm_forward_eval<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
+      batch_norm_forward_eval_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
                                         x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
                                         ptr_or_null<scalar_t>(beta), running_mean.data<scalar_t>(),
                                         running_var.data<scalar_t>(), N, C, L, eps);
@@ -273,15 +453,26 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
   const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
+  const Tensor mean_c = mean.contiguous(), rstd_c = rstd.contiguous();
   NormGrads g;
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
   if (want_dgamma) g.dgamma = empty({C}, x.dtype());
   if (want_dbeta) g.dbeta = empty({C}, x.dtype());
+  // BatchNorm over (N, C): the column kernels (batch_norm_backward_cpu).
+  const bool columns = S == 1 && map.per_sample == 0 && map.channels_per_stat == 1;
   NL_DISPATCH_FLOATING(x.dtype(), who, [&] {
-    channel_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
-                                    ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(), xc.data<scalar_t>(),
-                                    ptr_or_null<scalar_t>(gamma), mean.contiguous().data<scalar_t>(),
-                                    rstd.contiguous().data<scalar_t>(), N, C, S, map, fixed_stats);
+    scalar_t* dx = ptr_or_null<scalar_t>(g.dx);
+    scalar_t* dgamma = ptr_or_null<scalar_t>(g.dgamma);
+    scalar_t* dbeta = ptr_or_null<scalar_t>(g.dbeta);
+    const scalar_t* gp = ptr_or_null<scalar_t>(gamma);
+    const scalar_t* mp = mean_c.data<scalar_t>();
+    const scalar_t* rp = rstd_c.data<scalar_t>();
+    if (columns)
+      batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, 1,
+                              !fixed_stats);
+    else
+      channel_norm_backward(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S, map,
+                            fixed_stats);
   });
   return g;
 }

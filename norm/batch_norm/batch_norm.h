@@ -60,6 +60,22 @@ template <class T>
 void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
                          const T* rstd, int64_t N, int64_t C, int64_t L, bool training);
 
+// ---- Fast CPU kernels, same signatures: for (N, C) (L = 1) they run down the rows with C-wide
+// vectors of T: Welford statistics per block of rows merged in double (one pass over x), the
+// backward's column sums in per-block partials (deterministic); other L run the reference
+// kernels. Checked against the reference; the Tensor level runs these. ----
+template <class T>
+void batch_norm_forward_train_cpu(T* y, T* mean, T* rstd, T* running_mean, T* running_var, const T* x,
+                                  const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L, double eps,
+                                  double momentum);
+template <class T>
+void batch_norm_forward_eval_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                                 const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
+                                 double eps);
+template <class T>
+void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                             const T* rstd, int64_t N, int64_t C, int64_t L, bool training);
+
 // ---- Tensor level: x is [N, C] or [N, C, L]; mean and rstd are [C]. ----
 // Checks x (rank 2 or 3, C channels, non-empty, more than one value per channel in training) and
 // returns L (1 for [N, C]).

@@ -1,5 +1,7 @@
 #include "norm/dyt/dyt.h"
 
+#include "framework/fast_math.h"
+
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/dyt/dyt_cuda.h"
 #endif
@@ -68,6 +70,100 @@ void dyt_backward(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x
   }
 }
 
+namespace {
+// dt/du = 1 - tanh(u)^2 given t = tanh(u). In f32, where t is near +-1, 1 - t^2 cancels (and is 0
+// once t rounds to 1); there it is 4 / (e + 2 + 1/e) with e = e^{2|u|}, which does not.
+template <class T>
+inline T tanh_slope(T u, T t) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float e = exp_f32(2.0f * std::fabs(u));
+    return std::fabs(u) < 0.625f ? 1.0f - t * t : 4.0f / (e + 2.0f + 1.0f / e);
+  } else {
+    return T(1) - t * t;
+  }
+}
+}  // namespace
+
+// Scalar math: dyt_forward above, in T with fast_tanh (framework/fast_math.h): a plain loop the
+// compiler vectorizes.
+template <class T>
+void dyt_forward_cpu(T* y, const T* x, double alpha, const T* gamma, const T* beta, int64_t M, int64_t N,
+                     bool identity) {
+  const T a = T(alpha);
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * N;
+      T* yi = y + i * N;
+      if (identity)
+        for (int64_t j = 0; j < N; ++j) yi[j] = gamma[j] * (a * xi[j]) + beta[j];
+      else
+        for (int64_t j = 0; j < N; ++j) yi[j] = gamma[j] * fast_tanh(a * xi[j]) + beta[j];
+    }
+  });
+}
+
+// Scalar math: dyt_backward above, in T. One pass over the rows: dx, and into the block's
+// partials (sum_rows: T partials per block, added in double in block order) dy * t, dy and
+// du * x per feature (dalpha is the sum of the last over the features): elementwise loops the
+// compiler vectorizes.
+template <class T>
+void dyt_backward_cpu(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x, double alpha, const T* gamma,
+                      int64_t M, int64_t N, bool identity) {
+  const T a = T(alpha);
+  // The row loop for each combination of the flags, so that each one is a straight loop that
+  // vectorizes (no branch or possible aliasing inside).
+  auto row = [&](int64_t i, T* __restrict acc, auto want_dx, auto want_acc, auto ident) {
+    const T* __restrict xi = x + i * N;
+    const T* __restrict dyi = dy + i * N;
+    const T* __restrict g = gamma;
+    T* __restrict dxi = want_dx ? dx + i * N : nullptr;
+    for (int64_t j = 0; j < N; ++j) {
+      const T u = a * xi[j];
+      T t, du;
+      if constexpr (decltype(ident)::value) {
+        t = u;
+        du = dyi[j] * g[j];
+      } else {
+        t = fast_tanh(u);
+        du = dyi[j] * g[j] * tanh_slope(u, t);
+      }
+      if constexpr (decltype(want_dx)::value) dxi[j] = du * a;
+      if constexpr (decltype(want_acc)::value) {
+        acc[j] += dyi[j] * t;
+        acc[N + j] += dyi[j];
+        acc[2 * N + j] += du * xi[j];
+      }
+    }
+  };
+  auto run = [&](auto want_dx, auto want_acc, int64_t i, T* acc) {
+    if (identity)
+      row(i, acc, want_dx, want_acc, std::true_type{});
+    else
+      row(i, acc, want_dx, want_acc, std::false_type{});
+  };
+  if (!dalpha && !dgamma && !dbeta) {
+    if (dx)
+      parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+        for (int64_t i = r0; i < r1; ++i) run(std::true_type{}, std::false_type{}, i, nullptr);
+      });
+    return;
+  }
+  // [0, N): dgamma, [N, 2N): dbeta, [2N, 3N): dalpha per feature
+  const std::vector<double> acc = sum_rows<T>(M, 3 * N, [&](int64_t i, T* a_row) {
+    if (dx)
+      run(std::true_type{}, std::true_type{}, i, a_row);
+    else
+      run(std::false_type{}, std::true_type{}, i, a_row);
+  });
+  double sum_dalpha = 0;
+  for (int64_t j = 0; j < N; ++j) {
+    if (dgamma) dgamma[j] = T(acc[size_t(j)]);
+    if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);
+    sum_dalpha += acc[size_t(2 * N + j)];
+  }
+  if (dalpha) dalpha[0] = T(sum_dalpha);
+}
+
 template void dyt_forward<float>(float*, const float*, double, const float*, const float*, int64_t, int64_t, bool);
 template void dyt_forward<double>(double*, const double*, double, const double*, const double*, int64_t, int64_t,
                                   bool);
@@ -75,6 +171,14 @@ template void dyt_backward<float>(float*, float*, float*, float*, const float*, 
                                   int64_t, int64_t, bool);
 template void dyt_backward<double>(double*, double*, double*, double*, const double*, const double*, double,
                                    const double*, int64_t, int64_t, bool);
+template void dyt_forward_cpu<float>(float*, const float*, double, const float*, const float*, int64_t, int64_t,
+                                     bool);
+template void dyt_forward_cpu<double>(double*, const double*, double, const double*, const double*, int64_t, int64_t,
+                                      bool);
+template void dyt_backward_cpu<float>(float*, float*, float*, float*, const float*, const float*, double,
+                                      const float*, int64_t, int64_t, bool);
+template void dyt_backward_cpu<double>(double*, double*, double*, double*, const double*, const double*, double,
+                                       const double*, int64_t, int64_t, bool);
 
 namespace {
 // Checks alpha ([1], x's dtype, finite) and returns its value.
@@ -103,7 +207,7 @@ Tensor dyt_forward(const Tensor& x_in, const Tensor& alpha, const Tensor& gamma_
   const Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
   Tensor y = empty(x.shape(), x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), "dyt", [&] {
-    dyt_forward<scalar_t>(y.data<scalar_t>(), x.data<scalar_t>(), a, gamma.data<scalar_t>(), beta.data<scalar_t>(),
+    dyt_forward_cpu<scalar_t>(y.data<scalar_t>(), x.data<scalar_t>(), a, gamma.data<scalar_t>(), beta.data<scalar_t>(),
                           M, N, identity);
   });
   return y;
@@ -127,7 +231,7 @@ DyTGrads dyt_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& alp
   if (want_dgamma) g.dgamma = empty({N}, x.dtype());
   if (want_dbeta) g.dbeta = empty({N}, x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), "dyt_backward", [&] {
-    dyt_backward<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dalpha),
+    dyt_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dalpha),
                            ptr_or_null<scalar_t>(g.dgamma), ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(),
                            x.data<scalar_t>(), a, gamma.data<scalar_t>(), M, N, identity);
   });

@@ -18,6 +18,16 @@ template <class T>
 void dyt_backward(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x, double alpha, const T* gamma,
                   int64_t M, int64_t N, bool identity);
 
+// ---- Fast CPU kernels, same signatures: math in T with a vectorizable f32 tanh
+// (framework/fast_math.h), dx and the parameter partials in one pass. Checked against the
+// reference; the Tensor level runs these. ----
+template <class T>
+void dyt_forward_cpu(T* y, const T* x, double alpha, const T* gamma, const T* beta, int64_t M, int64_t N,
+                     bool identity);
+template <class T>
+void dyt_backward_cpu(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x, double alpha, const T* gamma,
+                      int64_t M, int64_t N, bool identity);
+
 // ---- Tensor level: x [..., N], alpha [1], gamma and beta [N]. ----
 Tensor dyt_forward(const Tensor& x, const Tensor& alpha, const Tensor& gamma, const Tensor& beta,
                    bool identity = false);

@@ -28,17 +28,6 @@ void add_then_norm(T* h, const T* x, const T* r, int64_t M, int64_t N, const F& 
   });
 }
 
-// Backward of a fused pair: norm_dx(i0, i1) writes the norm's dx for a block's rows of
-// dh_total, then dh (when given) is added: dh_total = dh + dx_norm.
-template <class T, class F>
-void norm_dx_plus_dh(T* dh_total, const T* dh, int64_t M, int64_t N, const F& norm_dx) {
-  for_row_blocks(M, N, [&](int64_t i0, int64_t i1) {
-    norm_dx(i0, i1);
-    if (dh)
-      for (int64_t k = i0 * N; k < i1 * N; ++k) dh_total[k] += dh[k];
-  });
-}
-
 // Checks that x and r are non-empty with one shape and dtype; returns the number of rows.
 int64_t rows_of_pair(const Tensor& x, const Tensor& r, const char* who) {
   NL_CHECK(x.defined() && x.dim() >= 1, who, ": the input needs at least 1 dim");
@@ -100,13 +89,8 @@ void add_layer_norm_forward(T* h, T* y, T* mean, T* rstd, const T* x, const T* r
 template <class T>
 void add_layer_norm_backward(T* dh_total, T* dgamma, T* dbeta, const T* dh, const T* dy, const T* h, const T* gamma,
                              const T* mean, const T* rstd, int64_t M, int64_t N) {
-  if (dh_total) {
-    norm_dx_plus_dh(dh_total, dh, M, N, [&](int64_t i0, int64_t i1) {
-      layer_norm_backward_cpu<T>(dh_total + i0 * N, nullptr, nullptr, dy + i0 * N, h + i0 * N, gamma, mean + i0,
-                             rstd + i0, i1 - i0, N);
-    });
-  }
-  if (dgamma || dbeta) layer_norm_backward_cpu<T>(nullptr, dgamma, dbeta, dy, h, gamma, mean, rstd, M, N);
+  // One pass: dx of the norm plus dh into dh_total, and the dgamma/dbeta partials.
+  layer_norm_backward_cpu<T>(dh_total, dgamma, dbeta, dy, h, gamma, mean, rstd, M, N, dh);
 }
 
 template <class T>
@@ -123,13 +107,8 @@ void add_rms_norm_forward(T* h, T* y, T* rrms, const T* x, const T* r, const T* 
 template <class T>
 void add_rms_norm_backward(T* dh_total, T* dgamma, const T* dh, const T* dy, const T* h, const T* gamma,
                            const T* rrms, int64_t M, int64_t N, bool unit_offset) {
-  if (dh_total) {
-    norm_dx_plus_dh(dh_total, dh, M, N, [&](int64_t i0, int64_t i1) {
-      rms_norm_backward_cpu<T>(dh_total + i0 * N, nullptr, dy + i0 * N, h + i0 * N, gamma, rrms + i0, i1 - i0, N,
-                           unit_offset);
-    });
-  }
-  if (dgamma) rms_norm_backward_cpu<T>(nullptr, dgamma, dy, h, gamma, rrms, M, N, unit_offset);
+  // One pass: dx of the norm plus dh into dh_total, and the dgamma partials.
+  rms_norm_backward_cpu<T>(dh_total, dgamma, dy, h, gamma, rrms, M, N, unit_offset, dh);
 }
 
 template void add_layer_norm_forward<float>(float*, float*, float*, float*, const float*, const float*, const float*,

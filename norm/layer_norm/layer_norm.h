@@ -16,15 +16,17 @@ template <class T>
 void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
                          const T* rstd, int64_t M, int64_t N);
 
-// ---- Fast CPU kernels, same signatures: the sums run in double lanes the compiler vectorizes
-// (lane_sum), and the backward computes dx and the dgamma/dbeta partials in one pass over the
-// rows. Checked against the reference kernels; the Tensor level below runs these. ----
+// ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of T
+// (framework/simd.h), a centred two-pass variance; the backward computes dx and the dgamma/dbeta
+// partials in one pass over the rows. Checked against the reference kernels on large-mean and
+// near-constant rows; the Tensor level below runs these. ----
 template <class T>
 void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t M, int64_t N,
                             double eps);
+// dx_add, when given, is added to dx in the same pass (add_layer_norm's dh).
 template <class T>
 void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t M, int64_t N);
+                             const T* rstd, int64_t M, int64_t N, const T* dx_add = nullptr);
 
 // ---- Tensor level: x [..., N]; mean and rstd have x's leading shape. ----
 struct LayerNormStats {

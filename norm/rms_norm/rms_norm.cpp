@@ -1,5 +1,7 @@
 #include "norm/rms_norm/rms_norm.h"
 
+#include "framework/simd.h"
+
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/rms_norm/rms_norm_cuda.h"
 #endif
@@ -72,55 +74,72 @@ void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma
   }
 }
 
-// Scalar math: rms_norm_forward above, the sum of squares over lanes.
+// Scalar math: rms_norm_forward above; the sum of squares in vector accumulators of T
+// (simd::row_sums), then y from the row, still in L1.
 template <class T>
 void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps,
                           bool unit_offset) {
-  const std::vector<double> g = as_doubles(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
+  using V = simd::Vec<T>;
+  const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
+  const T* gp = g.data();
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* xi = x + i * N;
-      const double rr = 1.0 / std::sqrt(lane_sum(N, [&](int64_t j) { return double(xi[j]) * double(xi[j]); }) /
-                                            double(N) +
-                                        eps);
+      const T ss = simd::row_sum_squares(N, xi);
+      const double rr = 1.0 / std::sqrt(double(ss) / double(N) + eps);
       rrms[i] = T(rr);
+      const V rrv = simd::splat(T(rr));
       T* yi = y + i * N;
-      for (int64_t j = 0; j < N; ++j) yi[j] = T(double(xi[j]) * rr * g[size_t(j)]);
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(yi + j, at(xi + j) * rrv * at(gp + j)); });
     }
   });
 }
 
-// Scalar math: rms_norm_backward above. One pass over the rows: each row's dx, and its
-// dy * xhat into the block's dgamma partial (sum_rows: deterministic).
+// Scalar math: rms_norm_backward above. One pass over the rows: per row, the sum of
+// dxhat * xhat (vector accumulators of T) and, in the same pass, dy * xhat into the block's
+// dgamma partial (sum_rows: T partials per block, added in double in block order); then dx.
 template <class T>
 void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M,
-                           int64_t N, bool unit_offset) {
-  const std::vector<double> g = as_doubles(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
-  auto row = [&](int64_t i, double* acc) {
+                           int64_t N, bool unit_offset, const T* dx_add) {
+  using V = simd::Vec<T>;
+  const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
+  const T* gp = g.data();
+  // has_acc (a std::bool_constant): whether acc takes the row's dgamma terms.
+  auto row = [&](int64_t i, T* acc, auto has_acc) {
     const T* xi = x + i * N;
     const T* dyi = dy + i * N;
-    const double rr = double(rrms[i]);
-    if (dx) {
-      const double mean_dxhat_xhat = lane_sum(N, [&](int64_t j) {
-                                       return double(dyi[j]) * g[size_t(j)] * (double(xi[j]) * rr);
-                                     }) / double(N);
-      T* dxi = dx + i * N;
-      for (int64_t j = 0; j < N; ++j) {
-        const double xhat = double(xi[j]) * rr;
-        const double dxhat = double(dyi[j]) * g[size_t(j)];
-        dxi[j] = T(rr * (dxhat - xhat * mean_dxhat_xhat));
-      }
+    const V rr = simd::splat(rrms[i]);
+    if (!dx) {
+      if constexpr (decltype(has_acc)::value)
+        simd::row_for<T>(N, [&](int64_t j, auto at) {
+          at.store(acc + j, at(acc + j) + at(dyi + j) * (at(xi + j) * rr));
+        });
+      return;
     }
-    if (acc)
-      for (int64_t j = 0; j < N; ++j) acc[j] += double(dyi[j]) * (double(xi[j]) * rr);
+    const T s = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* sums) {
+                  const V d = at(dyi + j), xhat = at(xi + j) * rr;
+                  sums[0] += d * at(gp + j) * xhat;
+                  if constexpr (decltype(has_acc)::value) at.store(acc + j, at(acc + j) + d * xhat);
+                }).v[0];
+    const V mean_dxhat_xhat = simd::splat(T(double(s) / double(N)));
+    T* dxi = dx + i * N;
+    const T* addi = dx_add ? dx_add + i * N : nullptr;
+    auto dx_of = [&](int64_t j, auto at) {
+      const V xhat = at(xi + j) * rr, dxhat = at(dyi + j) * at(gp + j);
+      return rr * (dxhat - xhat * mean_dxhat_xhat);
+    };
+    if (addi)
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at) + at(addi + j)); });
+    else
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at)); });
   };
   if (!dgamma) {
     parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) row(i, nullptr);
+      for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{});
     });
     return;
   }
-  const std::vector<double> acc = sum_rows(M, N, row);
+  const std::vector<double> acc = sum_rows<T>(M, N, [&](int64_t i, T* a) { row(i, a, std::true_type{}); });
   for (int64_t j = 0; j < N; ++j) dgamma[j] = T(acc[size_t(j)]);
 }
 
@@ -135,9 +154,9 @@ template void rms_norm_forward_cpu<float>(float*, float*, const float*, const fl
 template void rms_norm_forward_cpu<double>(double*, double*, const double*, const double*, int64_t, int64_t, double,
                                            bool);
 template void rms_norm_backward_cpu<float>(float*, float*, const float*, const float*, const float*, const float*,
-                                           int64_t, int64_t, bool);
+                                           int64_t, int64_t, bool, const float*);
 template void rms_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
-                                            const double*, int64_t, int64_t, bool);
+                                            const double*, int64_t, int64_t, bool, const double*);
 
 RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double eps, bool unit_offset) {
 #ifdef NORMLAB_WITH_CUDA

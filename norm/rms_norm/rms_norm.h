@@ -16,14 +16,16 @@ template <class T>
 void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M, int64_t N,
                        bool unit_offset);
 
-// ---- Fast CPU kernels, same signatures: sums in vectorized double lanes (lane_sum), dx and
-// the dgamma partials in one pass. Checked against the reference; the Tensor level runs these. ----
+// ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of T
+// (framework/simd.h), dx and the dgamma partials in one pass. Checked against the reference;
+// the Tensor level runs these. ----
 template <class T>
 void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps,
                           bool unit_offset);
+// dx_add, when given, is added to dx in the same pass (add_rms_norm's dh).
 template <class T>
 void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M,
-                           int64_t N, bool unit_offset);
+                           int64_t N, bool unit_offset, const T* dx_add = nullptr);
 
 // ---- Tensor level: x [..., N]; rrms has x's leading shape. ----
 struct RMSNormStats {

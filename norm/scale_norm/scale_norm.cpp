@@ -1,5 +1,7 @@
 #include "norm/scale_norm/scale_norm.h"
 
+#include "framework/simd.h"
+
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/scale_norm/scale_norm_cuda.h"
 #endif
@@ -60,12 +62,71 @@ void scale_norm_backward(T* dx, T* dg, const T* dy, const T* x, const T* g, cons
   }
 }
 
+// Scalar math: scale_norm_forward above; the sum of squares in vector accumulators of T
+// (simd::row_sums), then y = x * (g / d) from the row, still in L1.
+template <class T>
+void scale_norm_forward_cpu(T* y, T* norm, const T* x, const T* g, int64_t M, int64_t N, double eps) {
+  using V = simd::Vec<T>;
+  const double gain = g ? double(g[0]) : 1.0;
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* xi = x + i * N;
+      const T ss = simd::row_sum_squares(N, xi);
+      norm[i] = T(std::sqrt(double(ss)));
+      const V scale = simd::splat(T(gain / std::max(double(norm[i]), eps)));
+      T* yi = y + i * N;
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(yi + j, at(xi + j) * scale); });
+    }
+  });
+}
+
+// Scalar math: scale_norm_backward above. Per row: sum(dy * x) (vector accumulators of T), then
+// dx = (g / d) * (dy - xhat * sum(dy * xhat)); the row's sum(dy * xhat) also goes into the
+// block's dg partial (sum_rows: deterministic).
+template <class T>
+void scale_norm_backward_cpu(T* dx, T* dg, const T* dy, const T* x, const T* g, const T* norm, int64_t M, int64_t N,
+                             double eps) {
+  using V = simd::Vec<T>;
+  const double gain = g ? double(g[0]) : 1.0;
+  auto row = [&](int64_t i, T* acc) {
+    const T* xi = x + i * N;
+    const T* dyi = dy + i * N;
+    const bool clamped = double(norm[i]) < eps;
+    const double d = clamped ? eps : double(norm[i]);
+    const double sum_dy_x = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* sums) {
+                              sums[0] += at(dyi + j) * at(xi + j);
+                            }).v[0];
+    if (acc) acc[0] += T(sum_dy_x / d);
+    if (!dx) return;
+    const V inv_d = simd::splat(T(1.0 / d)), scale = simd::splat(T(gain / d));
+    const V sum_dy_xhat = simd::splat(T(clamped ? 0.0 : sum_dy_x / d));
+    T* dxi = dx + i * N;
+    simd::row_for<T>(N, [&](int64_t j, auto at) {
+      at.store(dxi + j, scale * (at(dyi + j) - at(xi + j) * inv_d * sum_dy_xhat));
+    });
+  };
+  if (!dg) {
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) row(i, nullptr);
+    });
+    return;
+  }
+  dg[0] = T(sum_rows<T>(M, 1, row)[0]);
+}
+
 template void scale_norm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t, double);
 template void scale_norm_forward<double>(double*, double*, const double*, const double*, int64_t, int64_t, double);
 template void scale_norm_backward<float>(float*, float*, const float*, const float*, const float*, const float*,
                                          int64_t, int64_t, double);
 template void scale_norm_backward<double>(double*, double*, const double*, const double*, const double*,
                                           const double*, int64_t, int64_t, double);
+template void scale_norm_forward_cpu<float>(float*, float*, const float*, const float*, int64_t, int64_t, double);
+template void scale_norm_forward_cpu<double>(double*, double*, const double*, const double*, int64_t, int64_t,
+                                             double);
+template void scale_norm_backward_cpu<float>(float*, float*, const float*, const float*, const float*, const float*,
+                                             int64_t, int64_t, double);
+template void scale_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
+                                              const double*, int64_t, int64_t, double);
 
 ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double eps) {
 #ifdef NORMLAB_WITH_CUDA
@@ -80,7 +141,7 @@ ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double
   const Tensor x = x_in.contiguous();
   ScaleNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
   NL_DISPATCH_FLOATING(x.dtype(), "scale_norm", [&] {
-    scale_norm_forward<scalar_t>(out.y.data<scalar_t>(), out.norm.data<scalar_t>(), x.data<scalar_t>(),
+    scale_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.norm.data<scalar_t>(), x.data<scalar_t>(),
                                  ptr_or_null<scalar_t>(g_in), M, N, eps);
   });
   return out;
@@ -101,7 +162,7 @@ ScaleNormGrads scale_norm_backward(const Tensor& dy_in, const Tensor& x, const T
   if (want_dx) grads.dx = empty(x.shape(), x.dtype());
   if (want_dg) grads.dg = empty({1}, x.dtype());
   NL_DISPATCH_FLOATING(x.dtype(), "scale_norm_backward", [&] {
-    scale_norm_backward<scalar_t>(ptr_or_null<scalar_t>(grads.dx), ptr_or_null<scalar_t>(grads.dg),
+    scale_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(grads.dx), ptr_or_null<scalar_t>(grads.dg),
                                   dy.data<scalar_t>(), xc.data<scalar_t>(), ptr_or_null<scalar_t>(g),
                                   norm.contiguous().data<scalar_t>(), M, N, eps);
   });

@@ -15,6 +15,14 @@ template <class T>
 void scale_norm_backward(T* dx, T* dg, const T* dy, const T* x, const T* g, const T* norm, int64_t M, int64_t N,
                          double eps);
 
+// ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of T
+// (framework/simd.h). Checked against the reference; the Tensor level runs these. ----
+template <class T>
+void scale_norm_forward_cpu(T* y, T* norm, const T* x, const T* g, int64_t M, int64_t N, double eps);
+template <class T>
+void scale_norm_backward_cpu(T* dx, T* dg, const T* dy, const T* x, const T* g, const T* norm, int64_t M, int64_t N,
+                             double eps);
+
 // ---- Tensor level: x [..., N], g [1]; norm has x's leading shape. ----
 struct ScaleNormStats {
   Tensor y, norm;

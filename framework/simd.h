@@ -1,0 +1,145 @@
+// A fixed-width vector of T (64 bytes: 16 floats or 8 doubles) on GCC/Clang vector extensions,
+// for the norm kernels' hot loops. The lane count is fixed here, not by the machine, so a sum over
+// lanes gives the same bits on any CPU and for any thread count; the compiler maps the type to
+// AVX-512, two AVX2 registers or SSE as the build's -march allows.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors pass in memory without AVX-512; all inlined
+
+namespace normlab::simd {
+
+template <class T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(64)));
+};
+template <class T>
+using Vec = typename VecOf<T>::type;
+
+template <class T>
+constexpr int64_t lanes = int64_t(64 / sizeof(T));
+
+template <class T>
+[[gnu::always_inline]] inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <class T>
+[[gnu::always_inline]] inline void store(T* p, Vec<T> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+template <class T>
+[[gnu::always_inline]] inline Vec<T> splat(T s) {
+  return Vec<T>{} + s;
+}
+
+// Sum of the lanes in a fixed pairwise order: a[l] += a[l + w] for w = lanes/2, ..., 1, as
+// vector adds of the vector and its halves swapped.
+template <class T>
+[[gnu::always_inline]] inline T hsum(Vec<T> v) {
+  if constexpr (lanes<T> == 16) {
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  } else {
+    static_assert(lanes<T> == 8);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+    v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+  }
+  return v[0];
+}
+
+// Access to one lanes-wide block of a row: Full for whole blocks, Part for the row's last n < lanes
+// elements (loads fill the other lanes with 0, stores write only the n). Row loops call their body
+// with either, so one generic lambda serves both.
+struct Full {
+  template <class T>
+  [[gnu::always_inline]] Vec<T> operator()(const T* p) const {
+    return load(p);
+  }
+  template <class T>
+  [[gnu::always_inline]] void store(T* p, Vec<T> v) const {
+    simd::store(p, v);
+  }
+  template <class T>
+  [[gnu::always_inline]] Vec<T> mask(Vec<T> v) const {
+    return v;
+  }
+};
+struct Part {
+  int64_t n;
+  template <class T>
+  [[gnu::always_inline]] Vec<T> operator()(const T* p) const {
+    Vec<T> v{};
+    std::memcpy(&v, p, size_t(n) * sizeof(T));
+    return v;
+  }
+  template <class T>
+  [[gnu::always_inline]] void store(T* p, Vec<T> v) const {
+    std::memcpy(p, &v, size_t(n) * sizeof(T));
+  }
+  // v with the lanes past n set to 0 (a term computed from the zero-filled lanes).
+  template <class T>
+  [[gnu::always_inline]] Vec<T> mask(Vec<T> v) const {
+    return (*this)(reinterpret_cast<const T*>(&v));
+  }
+};
+
+// Vectors per step of a row loop: independent accumulators hide the add latency.
+constexpr int64_t kUnroll = 4;
+
+// body(j, access) for every lanes-wide block of [0, n): Full blocks, then a Part tail.
+template <class T, class F>
+[[gnu::always_inline]] inline void row_for(int64_t n, const F& body) {
+  constexpr int64_t W = lanes<T>;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) body(j, Full{});
+  if (j < n) body(j, Part{n - j});
+}
+
+// Sums of S vector terms over a row in one pass: term(j, access, acc) adds the terms of the
+// block at j into acc[0..S). Returns the S sums, each in a fixed order (kUnroll accumulators
+// added pairwise, then the lanes), which depends only on n.
+template <class T, int S>
+struct Sums {
+  T v[S];
+};
+template <class T, int S, class F>
+[[gnu::always_inline]] inline Sums<T, S> row_sums(int64_t n, const F& term) {
+  constexpr int64_t W = lanes<T>;
+  Vec<T> acc[kUnroll][S] = {};
+  int64_t j = 0;
+  for (; j + kUnroll * W <= n; j += kUnroll * W)
+    for (int64_t k = 0; k < kUnroll; ++k) term(j + k * W, Full{}, acc[k]);
+  for (; j + W <= n; j += W) term(j, Full{}, acc[0]);
+  if (j < n) {
+    const Part part{n - j};
+    Vec<T> t[S] = {};
+    term(j, part, t);
+    for (int s = 0; s < S; ++s) acc[1][s] += part.mask<T>(t[s]);
+  }
+  Sums<T, S> out;
+  for (int s = 0; s < S; ++s) out.v[s] = hsum<T>((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]));
+  return out;
+}
+
+// Sum of p[j]^2 over a row of n (row_sums).
+template <class T>
+[[gnu::always_inline]] inline T row_sum_squares(int64_t n, const T* p) {
+  return row_sums<T, 1>(n, [&](int64_t j, auto at, Vec<T>* acc) {
+           const Vec<T> v = at(p + j);
+           acc[0] += v * v;
+         }).v[0];
+}
+
+}  // namespace normlab::simd
+
+#pragma GCC diagnostic pop
