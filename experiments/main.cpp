@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "experiments/cli.h"
+#include "experiments/sweep_mpi.h"
 
 int main(int argc, char** argv) {
   // Lines appear as they are printed, also when the output goes to a file or a pipe.
@@ -11,5 +12,6 @@ int main(int argc, char** argv) {
   // A write past the file-size limit (ulimit -f) fails with EFBIG and becomes an error
   // message, like a full disk, instead of killing the program.
   std::signal(SIGXFSZ, SIG_IGN);
-  return normlab::cli_main(argc, argv);
+  // Under mpirun with several ranks, `normlab run` sweeps across them (README, "MPI").
+  return normlab::mpi_main(argc, argv, normlab::cli_main);
 }
