@@ -598,14 +598,14 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   progress_line.erase();
   runner.reset();  // other MPI ranks are let go before the report and plots
   fs::remove(work, ec);  // kept when a failed run's log is there
-  std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), todo.size(), seconds_since(start));
+  std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), status.total, seconds_since(start));
   report(read_results(out), &e, stdout);
   const bool plots_failed = options.plots && !make_plots(out);
   if (!failed_logs.empty()) {
     std::string logs;
     for (const std::string& log : failed_logs) logs += (logs.empty() ? "" : ", ") + fs::path(log).filename().string();
     std::fflush(stdout);
-    std::fprintf(stderr, "%zu of %zu runs failed; their logs are in %s/: %s\n", failed_logs.size(), todo.size(),
+    std::fprintf(stderr, "%zu of %zu runs failed; their logs are in %s/: %s\n", failed_logs.size(), status.total,
                  work.c_str(), logs.c_str());
   }
   return int(failed_logs.size()) + (plots_failed ? 1 : 0);

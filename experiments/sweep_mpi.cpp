@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -36,7 +37,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Rank 0 -> rank: kRun (a spec file's bytes), kPing (rank 0 is there), kStop (no more runs).
+// Rank 0 -> rank: kRun (a spec file's bytes), kPing (rank 0 is there), kStop (no more runs;
+// "lost" when a rank stopped, so that the ranks skip MPI_Finalize).
 // Rank -> rank 0: kProgress (step and steps, while a run goes), kResult (pack_result), kStopped.
 enum Tag : int { kRun = 1, kPing, kStop, kProgress, kResult, kStopped };
 
@@ -47,6 +49,8 @@ struct World {
   double timeout = 60;     // seconds of silence after which the other side counts as stopped
   std::vector<bool> lost;  // rank 0: ranks that stopped answering
   bool released = false;   // rank 0: the ranks were let go
+  // A rank stopped: MPI_Finalize would wait for it forever, so every rank exits without it.
+  bool skip_finalize = false;
 };
 
 World& world() {
@@ -134,6 +138,9 @@ std::optional<RunOutput> unpack_result(const std::string& bytes) {
 
 // ---- The other ranks ----
 
+volatile std::sig_atomic_t g_terminated = 0;  // SIGTERM or SIGINT (mpirun ending the job)
+void on_terminate(int) { g_terminated = 1; }
+
 // Runs what rank 0 hands out, one run at a time, in a worker process; returns when rank 0 lets
 // this rank go. Exits the process when rank 0 stops answering (MPI_Finalize would wait for it).
 int serve_runs() {
@@ -154,6 +161,9 @@ int serve_runs() {
       _exit(code);
     }
   };
+  // mpirun ends a job with SIGTERM: the run is killed and the folder removed first.
+  std::signal(SIGTERM, on_terminate);
+  std::signal(SIGINT, on_terminate);
   try {
     NL_CHECK(::mkdtemp(dir.data()), "cannot create a folder in ", tmp ? tmp : "/tmp", ": ", std::strerror(errno));
     const Job job{0, dir + "/run.spec.h5", dir + "/run.h5", dir + "/run.log", {}};
@@ -163,6 +173,7 @@ int serve_runs() {
       while (const std::optional<Message> m = try_receive(0)) {
         heard = Clock::now();
         if (m->tag == kStop) {
+          w.skip_finalize = !m->bytes.empty();
           stop(0, "");
           send("", 0, kStopped);
           return 0;
@@ -192,6 +203,7 @@ int serve_runs() {
           reported = Clock::now();
         }
       }
+      if (g_terminated) stop(1, "");
       if (seconds_since(heard) > w.timeout) {
         char why[96];
         std::snprintf(why, sizeof why, "rank 0 sent nothing for %.0f s (it stopped); stopping", w.timeout);
@@ -211,10 +223,16 @@ void release_ranks() {
   World& w = world();
   if (!w.active || w.rank != 0 || w.released) return;
   w.released = true;
+  w.skip_finalize = std::count(w.lost.begin(), w.lost.end(), true) > 0;
   std::vector<bool> waiting(size_t(w.size), false);
-  for (int r = 1; r < w.size; ++r) waiting[size_t(r)] = !w.lost[size_t(r)] && send("", r, kStop);
+  for (int r = 1; r < w.size; ++r)
+    waiting[size_t(r)] = !w.lost[size_t(r)] && send(w.skip_finalize ? "lost" : "", r, kStop);
   const auto start = Clock::now();
-  while (std::count(waiting.begin(), waiting.end(), true) > 0 && seconds_since(start) <= w.timeout) {
+  while (std::count(waiting.begin(), waiting.end(), true) > 0) {
+    if (seconds_since(start) > w.timeout) {
+      w.skip_finalize = true;
+      break;
+    }
     // Other messages (a run finishing as the sweep stopped early) are dropped.
     while (const std::optional<Message> m = try_receive(MPI_ANY_SOURCE))
       if (m->tag == kStopped) waiting[size_t(m->from)] = false;
@@ -389,6 +407,10 @@ int mpi_main(int argc, char** argv, int (*cli)(int, char**)) {
     release_ranks();
   } else {
     code = serve_runs();
+  }
+  if (w.skip_finalize) {
+    std::fflush(nullptr);
+    _exit(code);
   }
   MPI_Finalize();
   return code;
