@@ -43,12 +43,19 @@ reference=$dir/one_process.h5
 "$normlab" $flags --jobs 1 --out "$reference" > "$dir/one_process.log" 2>&1 ||
   { cat "$dir/one_process.log"; fail "the one-process sweep failed"; }
 
-# mpi_sweep OUT [MPIRUN_FLAGS...]: the sweep under mpirun, in the background ($! is mpirun).
+# mpi_sweep NAME [MPIRUN_FLAGS...]: the sweep under mpirun into out=$dir/NAME.h5, in the
+# background (mpirun_pid).
 mpi_sweep() {
-  out=$1
+  out=$dir/$1.h5
   shift
   # shellcheck disable=SC2086
   "$mpirun" "$@" --oversubscribe -np 3 "$normlab" $flags --out "$out" > "$out.log" 2>&1 &
+  mpirun_pid=$!
+}
+
+# expect PATTERN WHAT: the sweep's output has a line matching PATTERN.
+expect() {
+  grep -q "$1" "$out.log" || { cat "$out.log"; fail "$2"; }
 }
 
 # wait_for PATTERN: the pid of the first process whose command line matches (within 20 s).
@@ -88,15 +95,8 @@ same() {
   "$python" "$here/same_results.py" "$reference" "$1" || fail "$2: the results differ from the one-process sweep's"
 }
 
-# runs_in OUT: how many runs `normlab report` finds in OUT (0 when it does not exist).
-runs_in() {
-  [ -e "$1" ] || { echo 0; return 0; }
-  report=$("$normlab" report "$1" 2>&1) || { printf '%s\n' "$report" >&2; return 1; }
-  case "$report" in
-    *"no runs yet"*) echo 0 ;;
-    *) printf '%s\n' "$report" | sed -n 's/^quick (.*): \([0-9]*\) runs, .*/\1/p' ;;
-  esac
-}
+# runs_in F.h5: the number of runs in the file.
+. "$here/runs_in.sh"
 
 # resume OUT WHAT: after a kill, OUT is readable, and the same command finishes the sweep
 # with the one-process sweep's results.
@@ -118,52 +118,46 @@ resume() {
 }
 
 # 1. The whole sweep.
-out=$dir/whole.h5
-mpi_sweep "$out"
-wait $! || { cat "$out.log"; fail "mpirun -np 3 failed"; }
-grep -q "one on each of 2 other MPI ranks" "$out.log" || { cat "$out.log"; fail "the sweep did not use 3 ranks"; }
+mpi_sweep whole
+wait "$mpirun_pid" || { cat "$out.log"; fail "mpirun -np 3 failed"; }
+expect "one on each of 2 other MPI ranks" "the sweep did not use 3 ranks"
 same "$out" "mpirun -np 3"
 echo "mpirun -np 3: the same results as one process"
 
 # 2. A run's worker process on another rank killed: reported failed, then resumed.
-out=$dir/worker_killed.h5
-mpi_sweep "$out"
-mpirun_pid=$!
+mpi_sweep worker_killed
 worker=$(wait_for "__worker $TMPDIR/normlab-rank") || fail "no worker process of rank 1 or 2 appeared"
 kill -9 "$worker"
 wait "$mpirun_pid" && fail "the sweep whose worker was killed exited with 0"
-grep -q "FAILED (killed by signal 9)" "$out.log" || { cat "$out.log"; fail "the killed worker's run was not reported"; }
+expect "FAILED (killed by signal 9)" "the killed worker's run was not reported"
 resume "$out" "a rank's worker killed"
 
 # 3. A rank killed under --enable-recovery: its run is handed out again.
-out=$dir/rank_killed_recovery.h5
-mpi_sweep "$out" --enable-recovery
-mpirun_pid=$!
+mpi_sweep rank_killed_recovery --enable-recovery
 kill_rank "$out" 1
 wait "$mpirun_pid" || { cat "$out.log"; fail "the sweep that lost a rank under --enable-recovery failed"; }
-grep -q "handed out again: rank 1 stopped" "$out.log" || { cat "$out.log"; fail "the lost rank's run was not handed out again"; }
+expect "handed out again: rank 1 stopped" "the lost rank's run was not handed out again"
 same "$out" "a rank killed, mpirun --enable-recovery"
 echo "a rank killed, mpirun --enable-recovery: its run handed out again, the same results"
 
 # 4. A rank killed under plain mpirun, which ends the job: resumed.
-out=$dir/rank_killed.h5
-mpi_sweep "$out"
-mpirun_pid=$!
+mpi_sweep rank_killed
 kill_rank "$out" 2
 wait "$mpirun_pid" && fail "plain mpirun went on after a rank was killed"
 resume "$out" "a rank killed, plain mpirun"
 
-# 5. Rank 0 killed (once it has committed a run or two): resumed.
-out=$dir/rank0_killed.h5
-mpi_sweep "$out"
-mpirun_pid=$!
-tries=0
-while [ "$(runs_in "$out")" -lt 2 ] 2> /dev/null || [ ! -e "$out" ]; do
-  tries=$((tries + 1))
-  [ "$tries" -le 400 ] || fail "rank 0 committed no runs"
-  sleep 0.05
+# 5. Rank 0 killed once it has committed a run or two, under plain mpirun and under
+# --enable-recovery (where the other ranks stop on their own): resumed.
+for recovery in "" --enable-recovery; do
+  mpi_sweep "rank0_killed$recovery" $recovery
+  tries=0
+  while [ "$(runs_in "$out")" -lt 2 ]; do
+    tries=$((tries + 1))
+    [ "$tries" -le 400 ] || fail "rank 0 committed no runs"
+    sleep 0.05
+  done
+  kill_rank "$out" 0
+  wait "$mpirun_pid" && fail "mpirun $recovery exited with 0 after rank 0 was killed"
+  resume "$out" "rank 0 killed${recovery:+, mpirun $recovery}"
 done
-kill_rank "$out" 0
-wait "$mpirun_pid" && fail "mpirun exited with 0 after rank 0 was killed"
-resume "$out" "rank 0 killed"
 echo "mpi_sweep_check: ok"
