@@ -414,7 +414,8 @@ void print_run_help() {
       "                      evals in a row)\n"
       "  --out F.h5          the results file (default results/<experiment>.h5); the plots go\n"
       "                      to F/ (results/<experiment>/)\n"
-      "  --jobs N            runs at once, one process each (default: one per core)\n"
+      "  --jobs N            runs at once, one process each (default: one per core); under\n"
+      "                      mpirun -np N, the runs rank 0 runs itself (default 1)\n"
       "  --no-plots          skip experiments/plot.py\n"
       "  --quiet             no line per run\n");
 }

@@ -112,7 +112,8 @@ std::vector<PlannedRun> plan(const Experiment& e);
 
 struct SweepOptions {
   std::string out;          // the results file; "": results/<name>.h5
-  int jobs = 0;             // runs at once, one process each; 0: the default (see README)
+  int jobs = 0;             // runs at once, one process each; 0: the default (see README);
+                            // under mpirun, rank 0's own runs (README, "MPI")
   bool plots = true;        // run experiments/plot.py ($NORMLAB_PLOT) afterwards when python3 can
   bool quiet = false;       // no per-run lines and no progress line
   std::string executable;   // the program to start workers from; "": /proc/self/exe

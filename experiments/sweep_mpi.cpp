@@ -40,7 +40,8 @@ namespace {
 // Rank 0 -> rank: kRun (a spec file's bytes), kPing (rank 0 is there), kStop (no more runs;
 // "lost" when a rank stopped, so that the ranks skip MPI_Finalize).
 // Rank -> rank 0: kProgress (step and steps, while a run goes), kResult (pack_result), kStopped.
-enum Tag : int { kRun = 1, kPing, kStop, kProgress, kResult, kStopped };
+// kBroken marks a message whose sender died while it arrived.
+enum Tag : int { kRun = 1, kPing, kStop, kProgress, kResult, kStopped, kBroken };
 
 struct World {
   bool active = false;  // MPI_Init was called
@@ -51,6 +52,10 @@ struct World {
   bool released = false;   // rank 0: the ranks were let go
   // A rank stopped: MPI_Finalize would wait for it forever, so every rank exits without it.
   bool skip_finalize = false;
+
+  // How long this rank waits for the other side. The other ranks wait longer for rank 0, which
+  // may itself spend a timeout waiting on a rank that died.
+  double patience() const { return rank == 0 ? timeout : 2 * timeout + 5; }
 };
 
 World& world() {
@@ -83,9 +88,8 @@ bool send(const std::string& bytes, int to, int tag) {
     int done = 0;
     if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return false;
     if (done) return true;
-    if (seconds_since(start) > world().timeout) {
-      MPI_Cancel(&request);
-      MPI_Request_free(&request);
+    if (seconds_since(start) > world().patience()) {
+      MPI_Request_free(&request);  // left to MPI: cancelling a send to a dead rank may block
       return false;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -97,16 +101,32 @@ struct Message {
   std::string bytes;
 };
 
-// The next message from `from` (or MPI_ANY_SOURCE) when one has arrived.
+// The next message from `from` (or MPI_ANY_SOURCE) when one has arrived; its tag is kBroken
+// when it did not arrive whole within the timeout (its sender died while sending it).
 std::optional<Message> try_receive(int from) {
   int arrived = 0;
+  MPI_Message handle;
   MPI_Status status;
-  if (MPI_Iprobe(from, MPI_ANY_TAG, MPI_COMM_WORLD, &arrived, &status) != MPI_SUCCESS || !arrived) return {};
+  if (MPI_Improbe(from, MPI_ANY_TAG, MPI_COMM_WORLD, &arrived, &handle, &status) != MPI_SUCCESS || !arrived)
+    return {};
   int count = 0;
   MPI_Get_count(&status, MPI_BYTE, &count);
-  Message m{status.MPI_SOURCE, status.MPI_TAG, std::string(size_t(std::max(count, 0)), '\0')};
-  MPI_Recv(m.bytes.data(), count, MPI_BYTE, m.from, m.tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-  return m;
+  auto bytes = std::make_unique<std::string>(size_t(std::max(count, 0)), '\0');
+  MPI_Request request;
+  if (MPI_Imrecv(bytes->data(), count, MPI_BYTE, &handle, &request) == MPI_SUCCESS) {
+    const auto start = Clock::now();
+    while (seconds_since(start) <= world().patience()) {
+      int done = 0;
+      if (MPI_Test(&request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+      if (done) return Message{status.MPI_SOURCE, status.MPI_TAG, std::move(*bytes)};
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    // MPI may still write into the buffer of a receive it was left: the buffer is kept.
+    MPI_Request_free(&request);
+    static std::vector<std::unique_ptr<std::string>> abandoned;
+    abandoned.push_back(std::move(bytes));
+  }
+  return Message{status.MPI_SOURCE, kBroken, ""};
 }
 
 // A finished run: its worker's wait status, its run file (empty when it wrote none) and its log.
@@ -172,6 +192,7 @@ int serve_runs() {
     while (true) {
       while (const std::optional<Message> m = try_receive(0)) {
         heard = Clock::now();
+        if (m->tag == kBroken) stop(1, "a message from rank 0 broke off (it stopped); stopping");
         if (m->tag == kStop) {
           w.skip_finalize = !m->bytes.empty();
           stop(0, "");
@@ -204,9 +225,9 @@ int serve_runs() {
         }
       }
       if (g_terminated) stop(1, "");
-      if (seconds_since(heard) > w.timeout) {
+      if (seconds_since(heard) > w.patience()) {
         char why[96];
-        std::snprintf(why, sizeof why, "rank 0 sent nothing for %.0f s (it stopped); stopping", w.timeout);
+        std::snprintf(why, sizeof why, "rank 0 sent nothing for %.0f s (it stopped); stopping", w.patience());
         stop(1, why);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -234,8 +255,10 @@ void release_ranks() {
       break;
     }
     // Other messages (a run finishing as the sweep stopped early) are dropped.
-    while (const std::optional<Message> m = try_receive(MPI_ANY_SOURCE))
-      if (m->tag == kStopped) waiting[size_t(m->from)] = false;
+    while (const std::optional<Message> m = try_receive(MPI_ANY_SOURCE)) {
+      if (m->tag == kBroken) w.lost[size_t(m->from)] = w.skip_finalize = true;
+      if (m->tag == kStopped || m->tag == kBroken) waiting[size_t(m->from)] = false;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }
@@ -270,6 +293,10 @@ class MpiRunner : public JobRunner {
     while (const std::optional<Message> m = try_receive(MPI_ANY_SOURCE)) {
       Remote& remote = remotes_[size_t(m->from)];
       if (world().lost[size_t(m->from)] || !remote.busy) continue;  // late news from a lost rank
+      if (m->tag == kBroken) {
+        lose(m->from, "its message broke off");
+        continue;
+      }
       remote.heard = Clock::now();
       if (m->tag == kProgress && m->bytes.size() == 2 * sizeof(int64_t)) {
         int64_t steps[2];
