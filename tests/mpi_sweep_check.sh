@@ -125,10 +125,17 @@ same "$out" "mpirun -np 3"
 echo "mpirun -np 3: the same results as one process"
 
 # 2. A run's worker process on another rank killed: reported failed, then resumed.
-mpi_sweep worker_killed
-worker=$(wait_for "__worker $TMPDIR/normlab-rank") || fail "no worker process of rank 1 or 2 appeared"
-kill -9 "$worker"
-wait "$mpirun_pid" && fail "the sweep whose worker was killed exited with 0"
+# A run takes a fraction of a second: a kill that lands as the worker exits misses, and the
+# sweep succeeds; then it is tried again.
+for try in 1 2 3 4; do
+  [ "$try" -le 3 ] || fail "every kill of a worker came after its run's end"
+  mpi_sweep worker_killed
+  worker=$(wait_for "__worker $TMPDIR/normlab-rank") || fail "no worker process of rank 1 or 2 appeared"
+  kill -9 "$worker"
+  wait "$mpirun_pid" || break
+  echo "the kill of worker $worker came after its run's end; again"
+  rm -rf "$out" "$out".*
+done
 expect "FAILED (killed by signal 9)" "the killed worker's run was not reported"
 resume "$out" "a rank's worker killed"
 
