@@ -8,7 +8,7 @@ JOBS ?= $(shell nproc)
 BUILD ?= build
 CMAKE_FLAGS ?=
 APT_PACKAGES := build-essential cmake libdnnl-dev libboost-test-dev libhdf5-dev libomp-dev \
-                python3-h5py python3-matplotlib
+                python3-h5py python3-matplotlib openmpi-bin libopenmpi-dev
 
 .PHONY: run test sanitize deps build clean
 

@@ -45,7 +45,8 @@ set(_normlab_package_dependencies
   "dnnl CONFIG"
   "OpenMP COMPONENTS CXX"
   "HDF5 COMPONENTS C"
-  "CUDAToolkit IF NORMLAB_CUDA")
+  "CUDAToolkit IF NORMLAB_CUDA"
+  "MPI COMPONENTS C IF NORMLAB_MPI")
 set(NORMLAB_FIND_DEPENDENCIES "")
 foreach(dependency IN LISTS _normlab_package_dependencies)
   if(dependency MATCHES "^(.*) IF ([A-Za-z0-9_]+)$")

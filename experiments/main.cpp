@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "experiments/cli.h"
+#include "experiments/sweep_mpi.h"
 
 int main(int argc, char** argv) {
   // Lines appear as they are printed, also when the output goes to a file or a pipe.
@@ -17,5 +18,6 @@ int main(int argc, char** argv) {
   // the installed plot.py, unless $NORMLAB_PLOT names another.
   ::setenv("NORMLAB_PLOT", NORMLAB_PLOT_SCRIPT, /*overwrite=*/0);
 #endif
-  return normlab::cli_main(argc, argv);
+  // Under mpirun with several ranks, `normlab run` sweeps across them (README, "MPI").
+  return normlab::mpi_main(argc, argv, normlab::cli_main);
 }

@@ -1,10 +1,8 @@
 #include "experiments/sweep.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +20,7 @@
 
 #include "experiments/presets.h"
 #include "experiments/results_file.h"
+#include "experiments/sweep_jobs.h"
 #include "framework/file_lock.h"
 #include "framework/parallel.h"
 
@@ -231,50 +230,6 @@ std::string results_path(const Experiment& e, const SweepOptions& options) {
 
 // ---- One run ----
 
-namespace {
-
-// A worker reports its progress to the sweep through the file `<result>.progress`: the sweep
-// creates it before it starts the worker, and the worker overwrites it with "step steps" after
-// each step (fixed width, so that each write replaces the whole previous one).
-std::string progress_path(const std::string& result) { return result + ".progress"; }
-
-struct Progress {
-  int64_t step = 0, steps = 0;  // 0 steps: nothing reported yet
-};
-
-class ProgressReporter {
- public:
-  // Opens the run's progress file when it exists (a worker of a sweep); else reports nothing.
-  explicit ProgressReporter(const std::string& result)
-      : fd_(::open(progress_path(result).c_str(), O_WRONLY | O_CLOEXEC)) {}
-  ~ProgressReporter() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ProgressReporter(const ProgressReporter&) = delete;
-  ProgressReporter& operator=(const ProgressReporter&) = delete;
-
-  void report(const Progress& p) {
-    if (fd_ < 0) return;
-    char text[48];
-    const int n = std::snprintf(text, sizeof text, "%20lld %20lld\n", (long long)p.step, (long long)p.steps);
-    // Best effort: a failed write only leaves the sweep's progress line behind.
-    [[maybe_unused]] const ssize_t written = ::pwrite(fd_, text, size_t(n), 0);
-  }
-
- private:
-  int fd_;
-};
-
-// What the worker writing `result` reported last.
-Progress read_progress(const std::string& result) {
-  std::ifstream in(progress_path(result));
-  long long step = 0, steps = 0;
-  if (!(in >> step >> steps) || step < 0 || steps <= 0) return {};
-  return {step, steps};
-}
-
-}  // namespace
-
 void run_one(const PlannedRun& run, const Experiment& e, const std::string& path, int threads) {
   if (threads > 0) set_num_threads(threads);
   const auto start = std::chrono::steady_clock::now();
@@ -322,8 +277,6 @@ void run_one(const PlannedRun& run, const Experiment& e, const std::string& path
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 std::string format_loss(double v) {
@@ -336,42 +289,6 @@ std::string format_loss(double v) {
 std::string outcome(const RunResult& r) {
   if (r.diverged) return "diverged at step " + std::to_string(r.diverged_step) + " (" + r.diverged_reason + ")";
   return "eval " + format_loss(r.final_loss);
-}
-
-// How a child process ended: "exit 1", "killed by signal 9".
-std::string describe_exit(int status) {
-  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
-  return "exit " + std::to_string(WEXITSTATUS(status));
-}
-
-struct Job {
-  size_t run;  // index into the plan
-  std::string spec, result, log;
-  Clock::time_point start;
-};
-
-// Starts `exe __worker spec result threads` with stdout and stderr to `log`; the worker dies
-// with this process.
-pid_t start_worker(const std::string& exe, const Job& job, int threads) {
-  const std::string threads_arg = std::to_string(threads);
-  std::vector<const char*> argv = {exe.c_str(), "__worker", job.spec.c_str(), job.result.c_str(),
-                                   threads_arg.c_str(), nullptr};
-  const pid_t parent = getpid();
-  const int log = ::open(job.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  NL_CHECK(log >= 0, "cannot write the worker log ", job.log);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    // Only async-signal-safe calls until exec.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    dup2(log, STDOUT_FILENO);
-    dup2(log, STDERR_FILENO);
-    execv(exe.c_str(), const_cast<char* const*>(argv.data()));
-    _exit(127);
-  }
-  ::close(log);
-  NL_CHECK(pid > 0, "cannot start a worker process for ", exe);
-  return pid;
 }
 
 std::string tail_of(const std::string& path, size_t max_chars) {
@@ -431,7 +348,7 @@ struct SweepStatus {
 // "2 running: norm=layer,placement=pre,depth=24 step 120/300 (ETA 0:41) | ...; 5/18 done, sweep
 // ETA 3:10", at most `width` characters: when it is wider, the runs' names are shortened
 // ("norm=layer,...,depth=24"), then the last runs left out ("+1 more"); the end stays.
-std::string progress_text(const std::map<pid_t, Job>& running, const std::vector<PlannedRun>& runs,
+std::string progress_text(const std::vector<const Job*>& running, const std::vector<PlannedRun>& runs,
                           const SweepStatus& status, size_t width) {
   // A run's expected length: the finished runs' mean, else the running runs' projected mean.
   double run_seconds = status.done > 0 ? status.finished_seconds / double(status.done) : 0;
@@ -439,13 +356,13 @@ std::string progress_text(const std::map<pid_t, Job>& running, const std::vector
   size_t measured = 0;
   std::vector<std::pair<double, double>> elapsed_and_eta;  // per running run; eta < 0: unknown
   std::vector<std::string> names, short_names, steps;
-  for (const auto& [pid, job] : running) {
-    const Progress p = read_progress(job.result);
-    const double elapsed = seconds_since(job.start);
+  for (const Job* job : running) {
+    const Progress p = read_progress(job->result);
+    const double elapsed = seconds_since(job->start);
     const double eta = p.step > 0 ? elapsed * double(p.steps - p.step) / double(p.step) : -1;
     if (eta >= 0) projected += elapsed + eta, ++measured;
     elapsed_and_eta.emplace_back(elapsed, eta);
-    names.push_back(runs[job.run].name);
+    names.push_back(runs[job->run].name);
     short_names.push_back(short_run_name(names.back()));
     steps.push_back(p.step > 0 ? " step " + std::to_string(p.step) + "/" + std::to_string(p.steps) + " (ETA " +
                                      format_duration(eta) + ")"
@@ -557,17 +474,6 @@ bool make_plots(const std::string& results) {
   return true;
 }
 
-// Kills and reaps the workers still running when the sweep leaves early (an exception).
-struct WorkerReaper {
-  std::map<pid_t, Job>& running;
-  ~WorkerReaper() {
-    for (const auto& [pid, job] : running) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
 }  // namespace
 
 namespace {
@@ -638,21 +544,26 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
     std::printf("%s: committed %zu finished run%s left in %s by a sweep that stopped\n", e.name.c_str(), recovered,
                 recovered == 1 ? "" : "s", work.c_str());
 
-  const int cores = std::max(1, num_threads());
-  const int jobs = std::max(1, std::min<int>(options.jobs > 0 ? options.jobs : cores, int(std::max<size_t>(todo.size(), 1))));
-  const int threads = std::max(1, cores / jobs);
-  std::printf("%s: %zu runs, %zu already in %s; %d at a time, %d thread%s each\n", e.name.c_str(), runs.size(),
-              runs.size() - todo.size(), out.c_str(), jobs, threads, threads == 1 ? "" : "s");
+  // Worker processes here, or under mpirun also the other ranks (README, "MPI").
+  const std::string exe = options.executable.empty() ? fs::read_symlink("/proc/self/exe").string() : options.executable;
+  std::unique_ptr<JobRunner> runner;
+  if (mpi_ranks() > 1) {
+    runner = make_mpi_runner(exe, options.jobs);
+  } else {
+    const int cores = std::max(1, num_threads());
+    const int jobs =
+        std::max(1, std::min<int>(options.jobs > 0 ? options.jobs : cores, int(std::max<size_t>(todo.size(), 1))));
+    runner = std::make_unique<LocalWorkers>(exe, jobs, std::max(1, cores / jobs));
+  }
+  std::printf("%s: %zu runs, %zu already in %s; %s\n", e.name.c_str(), runs.size(), runs.size() - todo.size(),
+              out.c_str(), runner->describe().c_str());
   std::fflush(stdout);
 
   std::error_code ec;
   fs::remove_all(work, ec);
   fs::create_directories(work);
-  const std::string exe = options.executable.empty() ? fs::read_symlink("/proc/self/exe").string() : options.executable;
-  std::map<pid_t, Job> running;
-  const WorkerReaper reaper{running};
   ProgressLine progress_line(!options.quiet && ::isatty(STDERR_FILENO));
-  SweepStatus status{.total = todo.size(), .queued = todo.size(), .jobs = jobs};
+  SweepStatus status{.total = todo.size(), .queued = todo.size(), .jobs = runner->slots()};
   std::vector<std::string> failed_logs;
   size_t next = 0;
 
@@ -681,45 +592,46 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
     std::fflush(stdout);
   };
 
-  while (next < todo.size() || !running.empty()) {
-    while (next < todo.size() && int(running.size()) < jobs) {
+  while (next < todo.size() || !runner->running().empty()) {
+    while (next < todo.size() && runner->has_room()) {
       const size_t i = todo[next++];
       --status.queued;
       const std::string stem = work + "/" + std::to_string(i);
       Job job{i, stem + ".spec.h5", stem + ".h5", stem + ".log", Clock::now()};
       write_spec_file(job.spec, runs[i], e);
       std::ofstream(progress_path(job.result));  // the worker reports its steps into it
-      running.emplace(start_worker(exe, job, threads), job);
+      runner->start(job);
     }
-    // Polls the workers, so that the progress line moves while they run.
-    bool finished_one = false;
-    for (auto it = running.begin(); it != running.end();) {
-      int wait_status = 0;
-      const pid_t pid = ::waitpid(it->first, &wait_status, WNOHANG);
-      if (pid == 0 || (pid < 0 && errno == EINTR)) {
-        ++it;
+    // Polls the jobs, so that the progress line moves while they run.
+    const std::vector<FinishedJob> finished = runner->poll();
+    for (const FinishedJob& f : finished) {
+      if (!f.lost) {
+        finish(f.job, f.wait_status);
         continue;
       }
-      NL_CHECK(pid > 0, "waiting for the workers failed: ", std::strerror(errno));
-      const Job job = it->second;
-      it = running.erase(it);
-      finish(job, wait_status);
-      finished_one = true;
+      // Its rank stopped answering: the run goes back to the queue.
+      progress_line.erase();
+      std::printf("%-50s handed out again: %s\n", runs[f.job.run].name.c_str(), f.lost_reason.c_str());
+      std::fflush(stdout);
+      todo.push_back(f.job.run);
+      ++status.queued;
     }
-    if (finished_one) continue;
-    if (progress_line.due()) progress_line.draw(progress_text(running, runs, status, size_t(terminal_columns() - 1)));
+    if (!finished.empty()) continue;
+    if (progress_line.due())
+      progress_line.draw(progress_text(runner->running(), runs, status, size_t(terminal_columns() - 1)));
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   progress_line.erase();
+  runner.reset();  // other MPI ranks are let go before the report and plots
   fs::remove(work, ec);  // kept when a failed run's log is there
-  std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), todo.size(), seconds_since(start));
+  std::printf("\n%s: %zu runs in %.1f s\n\n", e.name.c_str(), status.total, seconds_since(start));
   report(read_results(out), &e, stdout);
   const bool plots_failed = options.plots && !make_plots(out);
   if (!failed_logs.empty()) {
     std::string logs;
     for (const std::string& log : failed_logs) logs += (logs.empty() ? "" : ", ") + fs::path(log).filename().string();
     std::fflush(stdout);
-    std::fprintf(stderr, "%zu of %zu runs failed; their logs are in %s/: %s\n", failed_logs.size(), todo.size(),
+    std::fprintf(stderr, "%zu of %zu runs failed; their logs are in %s/: %s\n", failed_logs.size(), status.total,
                  work.c_str(), logs.c_str());
   }
   return int(failed_logs.size()) + (plots_failed ? 1 : 0);

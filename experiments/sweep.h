@@ -115,7 +115,8 @@ struct SweepOptions {
   // Runs only the planned runs whose index in plan() order is shard mod shards (a machine's
   // part of a sweep; `normlab merge` joins the parts); shards 0: every run.
   int shard = 0, shards = 0;
-  int jobs = 0;             // runs at once, one process each; 0: the default (see README)
+  int jobs = 0;             // runs at once, one process each; 0: the default (see README);
+                            // under mpirun, rank 0's own runs (README, "MPI")
   bool plots = true;        // run experiments/plot.py ($NORMLAB_PLOT) afterwards when python3 can
   bool quiet = false;       // no per-run lines and no progress line
   std::string executable;   // the program to start workers from; "": /proc/self/exe

@@ -460,8 +460,9 @@ CONFIGS = [
 ]
 
 
-def dump_differences(a, b):
-    """Datasets and attributes whose bytes differ between dumps a and b (recompute aside)."""
+def dump_differences(a, b, ignore=("recompute",)):
+    """Datasets and attributes whose bytes differ between HDF5 files a and b (the attributes
+    named in `ignore` aside: by default recompute, which two dumps may differ in)."""
     out = []
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         names_a, names_b = [], []
@@ -475,7 +476,7 @@ def dump_differences(a, b):
                 xa, xb = np.asarray(oa[()]), np.asarray(ob[()])
                 if xa.dtype != xb.dtype or xa.shape != xb.shape or xa.tobytes() != xb.tobytes():
                     out.append(name)
-            keys = (set(oa.attrs) | set(ob.attrs)) - {"recompute"}
+            keys = (set(oa.attrs) | set(ob.attrs)) - set(ignore)
             for k in sorted(keys):
                 if k not in oa.attrs or k not in ob.attrs or \
                         np.asarray(oa.attrs[k]).tobytes() != np.asarray(ob.attrs[k]).tobytes():

@@ -20,15 +20,8 @@ fail() {
 flags="run quick --set steps=6 --set warmup=2 --set d_model=16 --set batch=2 --set seq_len=16 --set eval_every=2
        --set depth=1,2 --set metrics_every=2 --set delta_f_steps=2 --jobs 2 --no-plots --quiet"
 
-# The number of runs `normlab report` finds in the file (0 when it does not exist yet).
-runs_in_file() {
-  [ -e "$out" ] || { echo 0; return 0; }
-  report=$("$normlab" report "$out" 2>&1) || { printf '%s\n' "$report" >&2; return 1; }
-  case "$report" in
-    *"no runs yet"*) echo 0 ;;
-    *) printf '%s\n' "$report" | sed -n 's/^quick (.*): \([0-9]*\) runs, .*/\1/p' ;;
-  esac
-}
+# runs_in F.h5: the number of runs in the file.
+. "$(dirname "$0")/runs_in.sh"
 
 # Whether a process still runs a worker of this sweep (its arguments name $out.work).
 workers_alive() {
@@ -51,7 +44,7 @@ for delay in 0.1 0.2 0.25 0.3 0.35 0.4 0.45 0.5 1.5; do
     [ "$tries" -le 40 ] || fail "a worker outlived the sweep killed after $delay s"
     sleep 0.05
   done
-  now=$(runs_in_file) || fail "normlab report cannot read $out after a kill at $delay s"
+  now=$(runs_in "$out") || fail "normlab report cannot read $out after a kill at $delay s"
   [ -n "$now" ] || fail "normlab report printed no run count after a kill at $delay s"
   [ "$now" -ge "$before" ] || fail "the file held $before runs, and $now after a kill at $delay s"
   echo "killed after $delay s: $now of 12 runs in the file"
@@ -68,7 +61,7 @@ case "$final" in
   *"quick: 12 runs, $expected already in $out"*) ;;
   *) fail "the last sweep did not find the $before runs already in the file (and ${recovered:-0} recovered)" ;;
 esac
-[ "$(runs_in_file)" = 12 ] || fail "the file does not hold 12 runs at the end"
+[ "$(runs_in "$out")" = 12 ] || fail "the file does not hold 12 runs at the end"
 # A failed run leaves its log in $out.work: reported, not failed.
 if [ -e "$out.work" ]; then
   echo "note: $out.work was left behind, holding:" $(ls "$out.work")
