@@ -517,6 +517,18 @@ size_t recover_finished_runs(const std::string& work, ResultsFile& file, const s
   return recovered;
 }
 
+// A run's work in multiply-adds of its training steps' products (linear layers and causal
+// attention, forward and backward): what orders the runs, so that the longest start first and
+// the last ones to finish are short (longest-processing-time scheduling).
+double run_cost(const TrainConfig& c) {
+  const ModelConfig& m = c.model;
+  const double d = double(m.d_model), T = double(c.data.seq_len);
+  const double ffn_matrices = m.activation == Activation::swiglu ? 3 : 2;
+  const double per_token_block = 4 * d * d + ffn_matrices * double(m.ffn_mult) * d * d + T * d;
+  const double per_token = double(m.depth) * per_token_block + d * double(m.vocab);
+  return 3.0 * per_token * T * double(c.batch) * double(c.steps) * (m.recompute ? 4.0 / 3.0 : 1.0);
+}
+
 }  // namespace
 
 int run_sweep(const Experiment& e, const SweepOptions& options) {
@@ -540,6 +552,8 @@ int run_sweep(const Experiment& e, const SweepOptions& options) {
   // committed now rather than run again.
   const std::string work = out + ".work";
   const size_t recovered = recover_finished_runs(work, file, runs, e, todo);
+  std::stable_sort(todo.begin(), todo.end(),
+                   [&](size_t a, size_t b) { return run_cost(runs[a].config) > run_cost(runs[b].config); });
   if (recovered > 0)
     std::printf("%s: committed %zu finished run%s left in %s by a sweep that stopped\n", e.name.c_str(), recovered,
                 recovered == 1 ? "" : "s", work.c_str());
