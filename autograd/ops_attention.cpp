@@ -73,10 +73,13 @@ void copy_slice(scalar_t* rows, scalar_t* cols, const Heads<const scalar_t>& x, 
     }
   }
   if (cols) {
-    std::fill(cols, cols + dims.hd * dims.Tp, scalar_t(0));
-    for (int64_t j = 0; j < dims.T; ++j) {
-      const scalar_t* x_j = x.row(b, h, j);
-      for (int64_t d = 0; d < dims.hd; ++d) cols[d * dims.Tp + j] = x_j[d];
+    // Contiguous stores down each column, the rows read with x's row stride (a gather).
+    const scalar_t* x_0 = x.row(b, h, 0);
+    for (int64_t d = 0; d < dims.hd; ++d) {
+      scalar_t* col = cols + d * dims.Tp;
+#pragma omp simd
+      for (int64_t j = 0; j < dims.T; ++j) col[j] = x_0[j * x.t + d];
+      std::fill(col + dims.T, col + dims.Tp, scalar_t(0));
     }
   }
 }
