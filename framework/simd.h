@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors pass in memory without AVX-512; all inlined
@@ -138,6 +139,30 @@ template <class T>
            const Vec<T> v = at(p + j);
            acc[0] += v * v;
          }).v[0];
+}
+
+// Rows per group of a row kernel that runs each pass over the whole group before the next, so
+// that the short dependent chains of several rows (a sum, its lanes, a sqrt) overlap.
+constexpr int64_t kRowGroup = 8;
+
+// f(i0, n) for the groups of n <= kRowGroup consecutive rows of [r0, r1).
+template <class F>
+[[gnu::always_inline]] inline void for_row_groups(int64_t r0, int64_t r1, const F& f) {
+  for (int64_t i0 = r0; i0 < r1; i0 += kRowGroup) f(i0, r1 - i0 < kRowGroup ? r1 - i0 : kRowGroup);
+}
+
+// f(n) with n = N as a compile-time constant (a std::integral_constant) for the short rows of
+// the toy models (16, 32, 64, 128), so that their row loops unroll fully; f(N) otherwise. The
+// operations, and so the results, are the same either way.
+template <class F>
+[[gnu::always_inline]] inline void with_row_length(int64_t N, const F& f) {
+  switch (N) {
+    case 16: return f(std::integral_constant<int64_t, 16>{});
+    case 32: return f(std::integral_constant<int64_t, 32>{});
+    case 64: return f(std::integral_constant<int64_t, 64>{});
+    case 128: return f(std::integral_constant<int64_t, 128>{});
+    default: return f(N);
+  }
 }
 
 }  // namespace normlab::simd
