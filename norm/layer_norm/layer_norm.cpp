@@ -155,8 +155,9 @@ void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
   using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0);
   const T* gp = g.data();
-  // has_acc (a std::bool_constant): whether acc takes the row's dgamma/dbeta terms.
-  auto row = [&](int64_t i, T* acc, auto has_acc) {
+  // has_acc (a std::bool_constant): whether acc takes the row's dgamma/dbeta terms; N: the row length,
+  // a constant for the short rows (simd::with_row_length).
+  auto row = [&](int64_t i, T* acc, auto has_acc, auto N) {
     const T* xi = x + i * N;
     const T* dyi = dy + i * N;
     const V mu = simd::splat(mean[i]), rs = simd::splat(rstd[i]);
@@ -195,12 +196,18 @@ void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
   };
   if (!dgamma && !dbeta) {
     parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{});
+      simd::with_row_length(N, [&](auto n) {
+        for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{}, n);
+      });
     });
     return;
   }
   // [0, N): dgamma, [N, 2N): dbeta
-  const std::vector<double> acc = sum_rows<T>(M, 2 * N, [&](int64_t i, T* a) { row(i, a, std::true_type{}); });
+  const std::vector<double> acc = sum_blocks<T>(M, 2 * N, [&](int64_t i0, int64_t i1, T* a) {
+    simd::with_row_length(N, [&](auto n) {
+      for (int64_t i = i0; i < i1; ++i) row(i, a, std::true_type{}, n);
+    });
+  });
   for (int64_t j = 0; j < N; ++j) {
     if (dgamma) dgamma[j] = T(acc[size_t(j)]);
     if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);
