@@ -1,5 +1,7 @@
 #include "norm/group_norm/group_norm.h"
 
+#include "norm/layer_norm/layer_norm_rows.h"
+
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/group_norm/group_norm_cuda.h"
 #endif
@@ -34,6 +36,27 @@ void group_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
   channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, S, per_group(C, G));
 }
 
+// Scalar math: group_norm_forward above. Each (sample, group) is a row of K = C/G * S values that
+// layer_norm_rows normalizes, with gamma and beta spread over the row (gamma_c repeated S times:
+// one sample's worth, C * S values, built once).
+template <class T>
+void group_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t N, int64_t C,
+                            int64_t S, int64_t G, double eps) {
+  const int64_t K = C / G * S;
+  std::vector<T> g(size_t(C * S)), b(size_t(C * S));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t s = 0; s < S; ++s) {
+      g[size_t(c * S + s)] = gamma ? gamma[c] : T(1);
+      b[size_t(c * S + s)] = beta ? beta[c] : T(0);
+    }
+  const T* gp = g.data();
+  const T* bp = b.data();
+  layer_norm_rows(y, mean, rstd, x, N * G, K, eps, [&](int64_t k) {
+    const int64_t off = (k % G) * K;
+    return std::pair{gp + off, bp + off};
+  });
+}
+
 // Statistics per (n, g) over its count = C/G * S values (see channel_norm_backward):
 // xhat = (x - mean_ng) * rstd_ng,  dxhat = dy * gamma_c
 // dx = rstd_ng * (dxhat - mean_ng(dxhat) - xhat * mean_ng(dxhat * xhat))
@@ -48,6 +71,10 @@ template void group_norm_forward<float>(float*, float*, float*, const float*, co
                                         int64_t, int64_t, int64_t, double);
 template void group_norm_forward<double>(double*, double*, double*, const double*, const double*, const double*,
                                          int64_t, int64_t, int64_t, int64_t, double);
+template void group_norm_forward_cpu<float>(float*, float*, float*, const float*, const float*, const float*,
+                                            int64_t, int64_t, int64_t, int64_t, double);
+template void group_norm_forward_cpu<double>(double*, double*, double*, const double*, const double*,
+                                             const double*, int64_t, int64_t, int64_t, int64_t, double);
 template void group_norm_backward<float>(float*, float*, float*, const float*, const float*, const float*,
                                          const float*, const float*, int64_t, int64_t, int64_t, int64_t);
 template void group_norm_backward<double>(double*, double*, double*, const double*, const double*, const double*,
@@ -86,9 +113,9 @@ GroupNormStats group_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
   const Tensor beta = beta_in.defined() ? beta_in.contiguous() : Tensor();
   GroupNormStats out{empty(x.shape(), x.dtype()), empty({N, G}, x.dtype()), empty({N, G}, x.dtype())};
   NL_DISPATCH_FLOATING(x.dtype(), "group_norm", [&] {
-    group_norm_forward<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
-                                 x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), N, C,
-                                 S, G, eps);
+    group_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
+                                     out.rstd.data<scalar_t>(), x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
+                                     ptr_or_null<scalar_t>(beta), N, C, S, G, eps);
   });
   return out;
 }
