@@ -93,69 +93,17 @@ void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, 
   layer_norm_rows(y, mean, rstd, x, M, N, eps, [&](int64_t) { return std::pair{gp, bp}; });
 }
 
-// Scalar math: layer_norm_backward above. One pass over the rows: per row, the sums of dxhat and
-// dxhat * xhat (vector accumulators of T) and, in the same pass, dy * xhat and dy into the
-// block's dgamma/dbeta partials (sum_rows: T partials per block of rows, added in double in block
-// order: deterministic); then dx from the row, still in L1.
+// Scalar math: layer_norm_backward above, by layer_norm_rows_backward (layer_norm_rows.h), its
+// partials [0, N): dgamma, [N, 2N): dbeta.
 template <class T>
 void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
                              const T* rstd, int64_t M, int64_t N, const T* dx_add) {
-  using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0);
   const T* gp = g.data();
-  // has_acc (a std::bool_constant): whether acc takes the row's dgamma/dbeta terms; N: the row length,
-  // a constant for the short rows (simd::with_row_length).
-  auto row = [&](int64_t i, T* acc, auto has_acc, auto N) {
-    const T* xi = x + i * N;
-    const T* dyi = dy + i * N;
-    const V mu = simd::splat(mean[i]), rs = simd::splat(rstd[i]);
-    T* acc_dgamma = acc;
-    T* acc_dbeta = acc + N;
-    if (!dx) {
-      if constexpr (decltype(has_acc)::value)
-        simd::row_for<T>(N, [&](int64_t j, auto at) {
-          const V d = at(dyi + j);
-          at.store(acc_dgamma + j, at(acc_dgamma + j) + d * ((at(xi + j) - mu) * rs));
-          at.store(acc_dbeta + j, at(acc_dbeta + j) + d);
-        });
-      return;
-    }
-    const auto s = simd::row_sums<T, 2>(N, [&](int64_t j, auto at, V* sums) {
-      const V d = at(dyi + j), xhat = (at(xi + j) - mu) * rs, dxhat = d * at(gp + j);
-      sums[0] += dxhat;
-      sums[1] += dxhat * xhat;
-      if constexpr (decltype(has_acc)::value) {
-        at.store(acc_dgamma + j, at(acc_dgamma + j) + d * xhat);
-        at.store(acc_dbeta + j, at(acc_dbeta + j) + d);
-      }
-    });
-    const V mean_dxhat = simd::splat(T(double(s.v[0]) / double(N)));
-    const V mean_dxhat_xhat = simd::splat(T(double(s.v[1]) / double(N)));
-    T* dxi = dx + i * N;
-    const T* addi = dx_add ? dx_add + i * N : nullptr;
-    auto dx_of = [&](int64_t j, auto at) {
-      const V xhat = (at(xi + j) - mu) * rs, dxhat = at(dyi + j) * at(gp + j);
-      return rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
-    };
-    if (addi)
-      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at) + at(addi + j)); });
-    else
-      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at)); });
-  };
-  if (!dgamma && !dbeta) {
-    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-      simd::with_row_length(N, [&](auto n) {
-        for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{}, n);
-      });
-    });
-    return;
-  }
-  // [0, N): dgamma, [N, 2N): dbeta
-  const std::vector<double> acc = sum_blocks<T>(M, 2 * N, [&](int64_t i0, int64_t i1, T* a) {
-    simd::with_row_length(N, [&](auto n) {
-      for (int64_t i = i0; i < i1; ++i) row(i, a, std::true_type{}, n);
-    });
-  });
+  const std::vector<double> acc = layer_norm_rows_backward(dx, dy, x, mean, rstd, M, N, dx_add,
+                                                           dgamma || dbeta ? 2 * N : 0,
+                                                           [&](int64_t) { return std::pair{gp, int64_t(0)}; });
+  if (acc.empty()) return;
   for (int64_t j = 0; j < N; ++j) {
     if (dgamma) dgamma[j] = T(acc[size_t(j)]);
     if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);

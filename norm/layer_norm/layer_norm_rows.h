@@ -1,4 +1,4 @@
-// The fast LayerNorm forward over rows, shared by LayerNorm and GroupNorm (whose (sample, group)
+// The fast LayerNorm forward and backward over rows, shared by LayerNorm and GroupNorm (whose (sample, group)
 // blocks are rows with per-row gamma and beta). Included by norm kernel sources only (built with
 // -ffp-contract=off and -fno-math-errno; see CMakeLists.txt).
 #pragma once
@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "framework/parallel.h"
 #include "framework/simd.h"
@@ -72,6 +74,72 @@ void layer_norm_rows(T* y, T* mean, T* rstd, const T* x, int64_t M, int64_t N, d
       }
     });
   }); });
+}
+
+// Scalar math: layer_norm_backward (norm/layer_norm/layer_norm.cpp). One pass over the rows: per
+// row, the sums of dxhat and dxhat * xhat (vector accumulators of T) and, in the same pass, the
+// dy * xhat and dy terms into the block's partials (sum_blocks: T partials per block of rows,
+// added in double in block order: deterministic); then dx from the row, still in L1, plus dx_add
+// when given (add_layer_norm's dh). dx may be null. params(i) returns {gamma of row i (N values,
+// never null), the offset of row i's terms}: dy * xhat goes to [off, off + N) of the acc_width
+// partials, dy to [acc_width / 2 + off, ...). Returns the acc_width sums (none for acc_width 0).
+template <class T, class Params>
+std::vector<double> layer_norm_rows_backward(T* dx, const T* dy, const T* x, const T* mean, const T* rstd, int64_t M,
+                                             int64_t N, const T* dx_add, int64_t acc_width, const Params& params) {
+  using V = simd::Vec<T>;
+  // has_acc (a std::bool_constant): whether acc takes the row's dgamma/dbeta terms; N: the row length,
+  // a constant for the short rows (simd::with_row_length).
+  auto row = [&](int64_t i, T* acc, auto has_acc, auto N) {
+    const T* xi = x + i * N;
+    const T* dyi = dy + i * N;
+    const auto [gp, off] = params(i);
+    const V mu = simd::splat(mean[i]), rs = simd::splat(rstd[i]);
+    T* const acc_dgamma = decltype(has_acc)::value ? acc + off : nullptr;
+    T* const acc_dbeta = decltype(has_acc)::value ? acc + acc_width / 2 + off : nullptr;
+    if (!dx) {
+      if constexpr (decltype(has_acc)::value)
+        simd::row_for<T>(N, [&](int64_t j, auto at) {
+          const V d = at(dyi + j);
+          at.store(acc_dgamma + j, at(acc_dgamma + j) + d * ((at(xi + j) - mu) * rs));
+          at.store(acc_dbeta + j, at(acc_dbeta + j) + d);
+        });
+      return;
+    }
+    const auto s = simd::row_sums<T, 2>(N, [&](int64_t j, auto at, V* sums) {
+      const V d = at(dyi + j), xhat = (at(xi + j) - mu) * rs, dxhat = d * at(gp + j);
+      sums[0] += dxhat;
+      sums[1] += dxhat * xhat;
+      if constexpr (decltype(has_acc)::value) {
+        at.store(acc_dgamma + j, at(acc_dgamma + j) + d * xhat);
+        at.store(acc_dbeta + j, at(acc_dbeta + j) + d);
+      }
+    });
+    const V mean_dxhat = simd::splat(T(double(s.v[0]) / double(N)));
+    const V mean_dxhat_xhat = simd::splat(T(double(s.v[1]) / double(N)));
+    T* dxi = dx + i * N;
+    const T* addi = dx_add ? dx_add + i * N : nullptr;
+    auto dx_of = [&](int64_t j, auto at) {
+      const V xhat = (at(xi + j) - mu) * rs, dxhat = at(dyi + j) * at(gp + j);
+      return rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+    };
+    if (addi)
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at) + at(addi + j)); });
+    else
+      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at)); });
+  };
+  if (acc_width == 0) {
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      simd::with_row_length(N, [&](auto n) {
+        for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{}, n);
+      });
+    });
+    return {};
+  }
+  return sum_blocks<T>(M, acc_width, [&](int64_t i0, int64_t i1, T* a) {
+    simd::with_row_length(N, [&](auto n) {
+      for (int64_t i = i0; i < i1; ++i) row(i, a, std::true_type{}, n);
+    });
+  });
 }
 
 }  // namespace normlab
