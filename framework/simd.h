@@ -151,12 +151,15 @@ template <class F>
   for (int64_t i0 = r0; i0 < r1; i0 += kRowGroup) f(i0, r1 - i0 < kRowGroup ? r1 - i0 : kRowGroup);
 }
 
-// f(n) with n = N as a compile-time constant (a std::integral_constant) for the short rows of
-// the toy models (16, 32, 64, 128), so that their row loops unroll fully; f(N) otherwise. The
-// operations, and so the results, are the same either way.
+// f(n) with n = N as a compile-time constant (a std::integral_constant) for short rows (4 and 8:
+// GroupNorm's (sample, group) rows of a few values; 16-128: the toy models' features), so that
+// their row loops unroll fully and a partial block's copy inlines; f(N) otherwise. The operations,
+// and so the results, are the same either way.
 template <class F>
 [[gnu::always_inline]] inline void with_row_length(int64_t N, const F& f) {
   switch (N) {
+    case 4: return f(std::integral_constant<int64_t, 4>{});
+    case 8: return f(std::integral_constant<int64_t, 8>{});
     case 16: return f(std::integral_constant<int64_t, 16>{});
     case 32: return f(std::integral_constant<int64_t, 32>{});
     case 64: return f(std::integral_constant<int64_t, 64>{});
