@@ -142,13 +142,19 @@ template <class T>
 }
 
 // Rows per group of a row kernel that runs each pass over the whole group before the next, so
-// that the short dependent chains of several rows (a sum, its lanes, a sqrt) overlap.
+// that the short dependent chains of several rows (a sum, its lanes, a sqrt) overlap: at most
+// kRowGroup, and no more than fit in 8 KiB, so that a group stays in L1 between its passes.
 constexpr int64_t kRowGroup = 8;
+template <class T>
+constexpr int64_t group_rows(int64_t N) {
+  const int64_t fit = 8192 / (N * int64_t(sizeof(T)));
+  return fit < 1 ? 1 : fit > kRowGroup ? kRowGroup : fit;
+}
 
-// f(i0, n) for the groups of n <= kRowGroup consecutive rows of [r0, r1).
+// f(i0, n) for the groups of n <= rows consecutive rows of [r0, r1).
 template <class F>
-[[gnu::always_inline]] inline void for_row_groups(int64_t r0, int64_t r1, const F& f) {
-  for (int64_t i0 = r0; i0 < r1; i0 += kRowGroup) f(i0, r1 - i0 < kRowGroup ? r1 - i0 : kRowGroup);
+[[gnu::always_inline]] inline void for_row_groups(int64_t r0, int64_t r1, int64_t rows, const F& f) {
+  for (int64_t i0 = r0; i0 < r1; i0 += rows) f(i0, r1 - i0 < rows ? r1 - i0 : rows);
 }
 
 // f(n) with n = N as a compile-time constant (a std::integral_constant) for short rows (4 and 8:

@@ -22,9 +22,10 @@ namespace normlab {
 //   c = (x - x0) - m,  dm = mean(c),  var = mean(c^2) - dm^2   (centred; dm corrects m's rounding)
 //   y = (c - dm) * rstd * gamma + beta
 // mean = x0 + m + dm is saved in T; y uses the split x0 + (m + dm), which keeps its precision.
-// Rows go in groups of simd::kRowGroup, each pass over the whole group before the next: a short
-// row's passes are a chain of dependent sums, and the group's chains overlap; the statistics
-// (divides and a sqrt per row) go in one loop over the group's lanes that vectorizes. Each row's
+// Rows go in groups (simd::group_rows: up to 8 rows within 8 KiB), each pass over the whole group
+// before the next: a short row's passes are a chain of dependent sums, and the group's chains
+// overlap; the statistics (divides and a sqrt per row) go in one loop over the group's lanes that
+// vectorizes. Each row's
 // values are the same in any group (the same operations in the same order).
 // params(i) returns {gamma, beta} of row i: N values each, never null.
 template <class T, class Params>
@@ -32,7 +33,7 @@ void layer_norm_rows(T* y, T* mean, T* rstd, const T* x, int64_t M, int64_t N, d
   using V = simd::Vec<T>;
   constexpr int64_t G = simd::kRowGroup;
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) { simd::with_row_length(N, [&](auto N) {
-    simd::for_row_groups(r0, r1, [&](int64_t i0, int64_t n) {
+    simd::for_row_groups(r0, r1, simd::group_rows<T>(N), [&](int64_t i0, int64_t n) {
       // Per row k of the group (rows past n: zeros, never stored): x0, m, the centred sums, rstd, m + dm.
       T x0[G] = {}, m[G] = {}, s0[G] = {}, s1[G] = {}, rs[G], shift[G];
       double mu[G];

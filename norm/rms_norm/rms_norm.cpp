@@ -75,7 +75,7 @@ void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma
 }
 
 // Scalar math: rms_norm_forward above; the sum of squares in vector accumulators of T
-// (simd::row_sums), then y from the row, still in L1. Rows go in groups of simd::kRowGroup as in
+// (simd::row_sums), then y from the row, still in L1. Rows go in groups (simd::group_rows) as in
 // layer_norm_forward_cpu: the sums of the group, then its rrms in one loop that vectorizes, then y.
 template <class T>
 void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps,
@@ -85,7 +85,7 @@ void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, 
   const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
   const T* gp = g.data();
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) { simd::with_row_length(N, [&](auto N) {
-    simd::for_row_groups(r0, r1, [&](int64_t i0, int64_t n) {
+    simd::for_row_groups(r0, r1, simd::group_rows<T>(N), [&](int64_t i0, int64_t n) {
       T ss[G] = {}, rr[G];  // rows past n: zeros, never stored
       for (int64_t k = 0; k < n; ++k) ss[k] = simd::row_sum_squares(N, x + (i0 + k) * N);
       for (int64_t k = 0; k < G; ++k) rr[k] = T(1.0 / std::sqrt(double(ss[k]) / double(N) + eps));
