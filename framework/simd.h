@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors pass in memory without AVX-512; all inlined
@@ -138,6 +139,39 @@ template <class T>
            const Vec<T> v = at(p + j);
            acc[0] += v * v;
          }).v[0];
+}
+
+// Rows per group of a row kernel that runs each pass over the whole group before the next, so
+// that the short dependent chains of several rows (a sum, its lanes, a sqrt) overlap: at most
+// kRowGroup, and no more than fit in 8 KiB, so that a group stays in L1 between its passes.
+constexpr int64_t kRowGroup = 8;
+template <class T>
+constexpr int64_t group_rows(int64_t N) {
+  const int64_t fit = 8192 / (N * int64_t(sizeof(T)));
+  return fit < 1 ? 1 : fit > kRowGroup ? kRowGroup : fit;
+}
+
+// f(i0, n) for the groups of n <= rows consecutive rows of [r0, r1).
+template <class F>
+[[gnu::always_inline]] inline void for_row_groups(int64_t r0, int64_t r1, int64_t rows, const F& f) {
+  for (int64_t i0 = r0; i0 < r1; i0 += rows) f(i0, r1 - i0 < rows ? r1 - i0 : rows);
+}
+
+// f(n) with n = N as a compile-time constant (a std::integral_constant) for short rows (4 and 8:
+// GroupNorm's (sample, group) rows of a few values; 16-128: the toy models' features), so that
+// their row loops unroll fully and a partial block's copy inlines; f(N) otherwise. The operations,
+// and so the results, are the same either way.
+template <class F>
+[[gnu::always_inline]] inline void with_row_length(int64_t N, const F& f) {
+  switch (N) {
+    case 4: return f(std::integral_constant<int64_t, 4>{});
+    case 8: return f(std::integral_constant<int64_t, 8>{});
+    case 16: return f(std::integral_constant<int64_t, 16>{});
+    case 32: return f(std::integral_constant<int64_t, 32>{});
+    case 64: return f(std::integral_constant<int64_t, 64>{});
+    case 128: return f(std::integral_constant<int64_t, 128>{});
+    default: return f(N);
+  }
 }
 
 }  // namespace normlab::simd

@@ -126,7 +126,7 @@ std::vector<A> as_values(const T* p, int64_t N, double fill, double offset = 0.0
 }
 
 // Rows per parallel_for chunk for per-row kernels of N features (about 16K elements a chunk).
-inline int64_t row_grain(int64_t N) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)); }
+inline int64_t row_grain(int64_t N) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)); }
 
 // ---- Autograd plumbing ----
 

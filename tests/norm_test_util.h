@@ -111,8 +111,8 @@ inline double max_diff_scaled(const Tensor& a, const Tensor& b, double floor) {
 }
 
 // Shapes on which a fast kernel is compared with its reference: N below, at and past the lane
-// count, with a tail, and M past one reduction block.
-inline const std::vector<Shape> kernel_shapes{{1, 1}, {3, 7}, {5, 33}, {64, 128}, {300, 17}, {2, 1000}};
+// count, with a tail, and M past one reduction block; N = 32 and 128 take the unrolled row loops.
+inline const std::vector<Shape> kernel_shapes{{1, 1}, {3, 7}, {5, 33}, {64, 128}, {300, 17}, {2, 1000}, {37, 32}};
 
 // Runs f(dtype, tolerance, shape, kind, x) over f32 and f64, kernel_shapes and the hard inputs. The
 // f64 tolerance allows the summation order to move a mean of 1e4 by ~1e-12.

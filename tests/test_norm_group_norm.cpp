@@ -138,6 +138,39 @@ BOOST_AUTO_TEST_CASE(module_node_and_parameters) {
   BOOST_CHECK(gn.forward(Variable(randn({1, 4}, gen, DType::f64))).grad_fn() == nullptr);
 }
 
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
+  // Each kernel shape [M, F] as [M, 8, F / 8] in 4 groups where 8 divides F, else [M, F, 1] in one group.
+  WorstByKind worst_f32;
+  for_each_kernel_case([&](DType dtype, double tol, const Shape& s, Input k, const Tensor& x) {
+    const int64_t N = s[0], F = s[1];
+    const int64_t C = F % 8 == 0 ? 8 : F, S = F / C, G = F % 8 == 0 ? 4 : 1;
+    Generator gen(8);
+    const Tensor gamma = randn({C}, gen, dtype, 1.0, 0.5), beta = randn({C}, gen, dtype), dy = randn(s, gen, dtype);
+    Tensor y[2], mean[2], rstd[2], dx[2], dgamma[2], dbeta[2];
+    for (int v = 0; v < 2; ++v) {
+      y[v] = empty(s, dtype), mean[v] = empty({N, G}, dtype), rstd[v] = empty({N, G}, dtype);
+      dx[v] = empty(s, dtype), dgamma[v] = empty({C}, dtype), dbeta[v] = empty({C}, dtype);
+    }
+    NL_DISPATCH_FLOATING(dtype, "test", [&] {
+      using T = scalar_t;
+      group_norm_forward<T>(y[0].data<T>(), mean[0].data<T>(), rstd[0].data<T>(), x.data<T>(), gamma.data<T>(),
+                            beta.data<T>(), N, C, S, G, 1e-5);
+      group_norm_forward_cpu<T>(y[1].data<T>(), mean[1].data<T>(), rstd[1].data<T>(), x.data<T>(), gamma.data<T>(),
+                                beta.data<T>(), N, C, S, G, 1e-5);
+      group_norm_backward<T>(dx[0].data<T>(), dgamma[0].data<T>(), dbeta[0].data<T>(), dy.data<T>(), x.data<T>(),
+                             gamma.data<T>(), mean[0].data<T>(), rstd[0].data<T>(), N, C, S, G);
+      group_norm_backward_cpu<T>(dx[1].data<T>(), dgamma[1].data<T>(), dbeta[1].data<T>(), dy.data<T>(), x.data<T>(),
+                                 gamma.data<T>(), mean[0].data<T>(), rstd[0].data<T>(), N, C, S, G);
+    });
+    // dx cancels terms of size |dy| rstd (|gamma| + 1); the rest are compared with their own size.
+    const double dx_floor = max_abs(dy) * max_abs(rstd[0]) * (max_abs(gamma) + 1);
+    check_fast_outputs({{"y", y}, {"mean", mean}, {"rstd", rstd}, {"dx", dx, dx_floor}, {"dgamma", dgamma},
+                        {"dbeta", dbeta}},
+                       dtype, tol, to_string(s) + " G=" + std::to_string(G), k, worst_f32);
+  });
+  worst_f32.print("group_norm");
+}
+
 BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
   Generator gen(6);
   const Tensor x = randn({67, 12, 41}, gen, DType::f32, 1.0, 2.0), dy = randn({67, 12, 41}, gen);

@@ -73,18 +73,25 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
 }
 
 BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
-  Generator gen(9);
-  const Tensor x = randn({1000, 48}, gen), dy = randn({1000, 48}, gen), gamma = randn({48}, gen), beta = randn({48}, gen);
-  auto run = [&](int threads) {
-    const int prev = num_threads();
-    set_num_threads(threads);
-    const LayerNormStats s = layer_norm_forward(x, gamma, beta, 1e-5);
-    const LayerNormGrads g = layer_norm_backward(dy, x, gamma, s.mean, s.rstd, true, true, true);
-    set_num_threads(prev);
-    return std::vector<Tensor>{s.y, g.dx, g.dgamma, g.dbeta};
-  };
-  const std::vector<Tensor> one = run(1), three = run(3);
-  for (size_t i = 0; i < one.size(); ++i) BOOST_CHECK(one[i].to_vector<float>() == three[i].to_vector<float>());
+  // N = 32 and 128 take the unrolled row loops; odd M puts the row groups at other rows per thread count.
+  for (const Shape& s : std::vector<Shape>{{1000, 48}, {1001, 32}, {37, 128}}) {
+    Generator gen(9);
+    const int64_t N = s[1];
+    const Tensor x = randn(s, gen), dy = randn(s, gen), gamma = randn({N}, gen), beta = randn({N}, gen);
+    auto run = [&](int threads) {
+      const int prev = num_threads();
+      set_num_threads(threads);
+      const LayerNormStats st = layer_norm_forward(x, gamma, beta, 1e-5);
+      const LayerNormGrads g = layer_norm_backward(dy, x, gamma, st.mean, st.rstd, true, true, true);
+      set_num_threads(prev);
+      return std::vector<Tensor>{st.y, st.mean, st.rstd, g.dx, g.dgamma, g.dbeta};
+    };
+    const std::vector<Tensor> one = run(1), two = run(2), three = run(3);
+    for (size_t i = 0; i < one.size(); ++i) {
+      BOOST_CHECK_MESSAGE(one[i].to_vector<float>() == two[i].to_vector<float>(), to_string(s) << " output " << i);
+      BOOST_CHECK_MESSAGE(one[i].to_vector<float>() == three[i].to_vector<float>(), to_string(s) << " output " << i);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(gradcheck_every_parameter_on_hard_inputs) {

@@ -174,6 +174,28 @@ BOOST_AUTO_TEST_CASE(dgamma_does_not_depend_on_the_thread_count) {
   BOOST_CHECK(one.to_vector<float>() == many.to_vector<float>());
 }
 
+BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
+  // N = 32 and 128 take the unrolled row loops; odd M puts the row groups at other rows per thread count.
+  for (const Shape& s : std::vector<Shape>{{1001, 32}, {37, 128}, {300, 20}}) {
+    Generator gen(9);
+    const int64_t N = s[1];
+    const Tensor x = randn(s, gen), dy = randn(s, gen), gamma = randn({N}, gen);
+    auto run = [&](int threads) {
+      const int prev = num_threads();
+      set_num_threads(threads);
+      const RMSNormStats st = rms_norm_forward(x, gamma, 1e-6);
+      const RMSNormGrads g = rms_norm_backward(dy, x, gamma, st.rrms, false, true, true);
+      set_num_threads(prev);
+      return std::vector<Tensor>{st.y, st.rrms, g.dx, g.dgamma};
+    };
+    const std::vector<Tensor> one = run(1), two = run(2), three = run(3);
+    for (size_t i = 0; i < one.size(); ++i) {
+      BOOST_CHECK_MESSAGE(one[i].to_vector<float>() == two[i].to_vector<float>(), to_string(s) << " output " << i);
+      BOOST_CHECK_MESSAGE(one[i].to_vector<float>() == three[i].to_vector<float>(), to_string(s) << " output " << i);
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(no_graph_without_grad) {
   Generator gen(8);
   RMSNorm rn(4);

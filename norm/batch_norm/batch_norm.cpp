@@ -1,6 +1,7 @@
 #include "norm/batch_norm/batch_norm.h"
 
 #include "framework/simd.h"
+#include "norm/group_norm/group_norm.h"
 
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/batch_norm/batch_norm_cuda.h"
@@ -458,8 +459,10 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
   if (want_dgamma) g.dgamma = empty({C}, x.dtype());
   if (want_dbeta) g.dbeta = empty({C}, x.dtype());
-  // BatchNorm over (N, C): the column kernels (batch_norm_backward_cpu).
+  // BatchNorm over (N, C): the column kernels (batch_norm_backward_cpu); GroupNorm (statistics per
+  // sample and group): its row kernels (group_norm_backward_cpu).
   const bool columns = S == 1 && map.per_sample == 0 && map.channels_per_stat == 1;
+  const bool groups = map.per_sample > 0 && !fixed_stats;
   NL_DISPATCH_FLOATING(x.dtype(), who, [&] {
     scalar_t* dx = ptr_or_null<scalar_t>(g.dx);
     scalar_t* dgamma = ptr_or_null<scalar_t>(g.dgamma);
@@ -470,6 +473,9 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
     if (columns)
       batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, 1,
                               !fixed_stats);
+    else if (groups)
+      group_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S,
+                              map.per_sample);
     else
       channel_norm_backward(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S, map,
                             fixed_stats);

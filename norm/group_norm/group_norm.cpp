@@ -1,5 +1,7 @@
 #include "norm/group_norm/group_norm.h"
 
+#include "norm/layer_norm/layer_norm_rows.h"
+
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/group_norm/group_norm_cuda.h"
 #endif
@@ -34,6 +36,37 @@ void group_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
   channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, S, per_group(C, G));
 }
 
+namespace {
+// gamma and beta spread over one sample's C * S values (gamma_c repeated S times), so that each
+// (sample, group) is a row of K = C/G * S values with its own gamma and beta, starting at
+// (k % G) * K for row k = n * G + g.
+template <class T>
+std::pair<std::vector<T>, std::vector<T>> spread_over_positions(const T* gamma, const T* beta, int64_t C, int64_t S) {
+  std::vector<T> g(size_t(C * S)), b(size_t(C * S));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t s = 0; s < S; ++s) {
+      g[size_t(c * S + s)] = gamma ? gamma[c] : T(1);
+      b[size_t(c * S + s)] = beta ? beta[c] : T(0);
+    }
+  return {std::move(g), std::move(b)};
+}
+}  // namespace
+
+// Scalar math: group_norm_forward above. Each (sample, group) is a row of K = C/G * S values that
+// layer_norm_rows normalizes, with gamma and beta spread over the row (spread_over_positions).
+template <class T>
+void group_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t N, int64_t C,
+                            int64_t S, int64_t G, double eps) {
+  const int64_t K = C / G * S;
+  const auto [g, b] = spread_over_positions(gamma, beta, C, S);
+  const T* gp = g.data();
+  const T* bp = b.data();
+  layer_norm_rows(y, mean, rstd, x, N * G, K, eps, [&](int64_t k) {
+    const int64_t off = (k % G) * K;
+    return std::pair{gp + off, bp + off};
+  });
+}
+
 // Statistics per (n, g) over its count = C/G * S values (see channel_norm_backward):
 // xhat = (x - mean_ng) * rstd_ng,  dxhat = dy * gamma_c
 // dx = rstd_ng * (dxhat - mean_ng(dxhat) - xhat * mean_ng(dxhat * xhat))
@@ -44,10 +77,47 @@ void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   channel_norm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, S, per_group(C, G), false);
 }
 
+// Scalar math: group_norm_backward above. Each (sample, group) a row of K = C/G * S values for
+// layer_norm_rows_backward, with gamma spread over the row; the dgamma/dbeta terms go to partials
+// of one sample's C * S positions ([0, CS): dy * xhat, [CS, 2 CS): dy; row k at (k % G) * K),
+// then each channel sums its S positions in double.
+template <class T>
+void group_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                             const T* rstd, int64_t N, int64_t C, int64_t S, int64_t G) {
+  const int64_t K = C / G * S, CS = C * S;
+  const std::vector<T> g = spread_over_positions<T>(gamma, nullptr, C, S).first;
+  const T* gp = g.data();
+  const std::vector<double> acc =
+      layer_norm_rows_backward(dx, dy, x, mean, rstd, N * G, K, static_cast<const T*>(nullptr),
+                               dgamma || dbeta ? 2 * CS : 0, [&](int64_t k) {
+                                 const int64_t off = (k % G) * K;
+                                 return std::pair{gp + off, off};
+                               });
+  if (acc.empty()) return;
+  for (int64_t c = 0; c < C; ++c) {
+    double sum_dy_xhat = 0, sum_dy = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      sum_dy_xhat += acc[size_t(c * S + s)];
+      sum_dy += acc[size_t(CS + c * S + s)];
+    }
+    if (dgamma) dgamma[c] = T(sum_dy_xhat);
+    if (dbeta) dbeta[c] = T(sum_dy);
+  }
+}
+
 template void group_norm_forward<float>(float*, float*, float*, const float*, const float*, const float*, int64_t,
                                         int64_t, int64_t, int64_t, double);
 template void group_norm_forward<double>(double*, double*, double*, const double*, const double*, const double*,
                                          int64_t, int64_t, int64_t, int64_t, double);
+template void group_norm_forward_cpu<float>(float*, float*, float*, const float*, const float*, const float*,
+                                            int64_t, int64_t, int64_t, int64_t, double);
+template void group_norm_forward_cpu<double>(double*, double*, double*, const double*, const double*,
+                                             const double*, int64_t, int64_t, int64_t, int64_t, double);
+template void group_norm_backward_cpu<float>(float*, float*, float*, const float*, const float*, const float*,
+                                             const float*, const float*, int64_t, int64_t, int64_t, int64_t);
+template void group_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
+                                              const double*, const double*, const double*, int64_t, int64_t, int64_t,
+                                              int64_t);
 template void group_norm_backward<float>(float*, float*, float*, const float*, const float*, const float*,
                                          const float*, const float*, int64_t, int64_t, int64_t, int64_t);
 template void group_norm_backward<double>(double*, double*, double*, const double*, const double*, const double*,
@@ -86,9 +156,9 @@ GroupNormStats group_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
   const Tensor beta = beta_in.defined() ? beta_in.contiguous() : Tensor();
   GroupNormStats out{empty(x.shape(), x.dtype()), empty({N, G}, x.dtype()), empty({N, G}, x.dtype())};
   NL_DISPATCH_FLOATING(x.dtype(), "group_norm", [&] {
-    group_norm_forward<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
-                                 x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), N, C,
-                                 S, G, eps);
+    group_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
+                                     out.rstd.data<scalar_t>(), x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
+                                     ptr_or_null<scalar_t>(beta), N, C, S, G, eps);
   });
   return out;
 }

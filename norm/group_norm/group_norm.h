@@ -18,6 +18,15 @@ void group_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
 template <class T>
 void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
                          const T* rstd, int64_t N, int64_t C, int64_t S, int64_t G);
+// Fast CPU kernels, same signatures: each (sample, group) a row of the fast LayerNorm kernels
+// (layer_norm_rows.h: vector sums of T, centred two-pass variance, one-pass backward with
+// deterministic dgamma/dbeta partials); checked against the reference kernels.
+template <class T>
+void group_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t N, int64_t C,
+                            int64_t S, int64_t G, double eps);
+template <class T>
+void group_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
+                             const T* rstd, int64_t N, int64_t C, int64_t S, int64_t G);
 
 // ---- Tensor level: x [N, C, *]; mean and rstd [N, G]. ----
 // Throws unless G >= 1 and G divides C >= 1.

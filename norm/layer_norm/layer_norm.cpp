@@ -1,6 +1,7 @@
 #include "norm/layer_norm/layer_norm.h"
 
 #include "framework/simd.h"
+#include "norm/layer_norm/layer_norm_rows.h"
 
 #ifdef NORMLAB_WITH_CUDA
 #include "norm/layer_norm/layer_norm_cuda.h"
@@ -82,101 +83,27 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
   }
 }
 
-// Scalar math: layer_norm_forward above. The row stays in L1 for three passes, each with
-// vector accumulators of T (simd::row_sums):
-//   m = mean(x - x0)                      (x0 = the row's first value: x - x0 is exact near x0,
-//                                          so a mean of 1e4 loses nothing)
-//   c = (x - x0) - m,  dm = mean(c),  var = mean(c^2) - dm^2   (centred; dm corrects m's rounding)
-//   y = (c - dm) * rstd * gamma + beta
-// mean = x0 + m + dm is saved in T; y uses the split x0 + (m + dm), which keeps its precision.
+// Scalar math: layer_norm_forward above, by layer_norm_rows (layer_norm_rows.h).
 template <class T>
 void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t M, int64_t N,
                             double eps) {
-  using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0), b = as_values<T>(beta, N, 0.0);
   const T* gp = g.data();
   const T* bp = b.data();
-  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * N;
-      const V x0 = simd::splat(xi[0]);
-      const T m = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* acc) { acc[0] += at(xi + j) - x0; }).v[0] / T(N);
-      const V mv = simd::splat(m);
-      const auto s = simd::row_sums<T, 2>(N, [&](int64_t j, auto at, V* acc) {
-        const V c = (at(xi + j) - x0) - mv;
-        acc[0] += c;
-        acc[1] += c * c;
-      });
-      const double dm = double(s.v[0]) / double(N);
-      const double var = std::max(0.0, double(s.v[1]) / double(N) - dm * dm);
-      const double rs = 1.0 / std::sqrt(var + eps);
-      mean[i] = T(double(xi[0]) + double(m) + dm);
-      rstd[i] = T(rs);
-      const V shift = simd::splat(T(double(m) + dm)), rsv = simd::splat(T(rs));
-      T* yi = y + i * N;
-      simd::row_for<T>(N, [&](int64_t j, auto at) {
-        at.store(yi + j, ((at(xi + j) - x0) - shift) * rsv * at(gp + j) + at(bp + j));
-      });
-    }
-  });
+  layer_norm_rows(y, mean, rstd, x, M, N, eps, [&](int64_t) { return std::pair{gp, bp}; });
 }
 
-// Scalar math: layer_norm_backward above. One pass over the rows: per row, the sums of dxhat and
-// dxhat * xhat (vector accumulators of T) and, in the same pass, dy * xhat and dy into the
-// block's dgamma/dbeta partials (sum_rows: T partials per block of rows, added in double in block
-// order: deterministic); then dx from the row, still in L1.
+// Scalar math: layer_norm_backward above, by layer_norm_rows_backward (layer_norm_rows.h), its
+// partials [0, N): dgamma, [N, 2N): dbeta.
 template <class T>
 void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
                              const T* rstd, int64_t M, int64_t N, const T* dx_add) {
-  using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0);
   const T* gp = g.data();
-  // has_acc (a std::bool_constant): whether acc takes the row's dgamma/dbeta terms.
-  auto row = [&](int64_t i, T* acc, auto has_acc) {
-    const T* xi = x + i * N;
-    const T* dyi = dy + i * N;
-    const V mu = simd::splat(mean[i]), rs = simd::splat(rstd[i]);
-    T* acc_dgamma = acc;
-    T* acc_dbeta = acc + N;
-    if (!dx) {
-      if constexpr (decltype(has_acc)::value)
-        simd::row_for<T>(N, [&](int64_t j, auto at) {
-          const V d = at(dyi + j);
-          at.store(acc_dgamma + j, at(acc_dgamma + j) + d * ((at(xi + j) - mu) * rs));
-          at.store(acc_dbeta + j, at(acc_dbeta + j) + d);
-        });
-      return;
-    }
-    const auto s = simd::row_sums<T, 2>(N, [&](int64_t j, auto at, V* sums) {
-      const V d = at(dyi + j), xhat = (at(xi + j) - mu) * rs, dxhat = d * at(gp + j);
-      sums[0] += dxhat;
-      sums[1] += dxhat * xhat;
-      if constexpr (decltype(has_acc)::value) {
-        at.store(acc_dgamma + j, at(acc_dgamma + j) + d * xhat);
-        at.store(acc_dbeta + j, at(acc_dbeta + j) + d);
-      }
-    });
-    const V mean_dxhat = simd::splat(T(double(s.v[0]) / double(N)));
-    const V mean_dxhat_xhat = simd::splat(T(double(s.v[1]) / double(N)));
-    T* dxi = dx + i * N;
-    const T* addi = dx_add ? dx_add + i * N : nullptr;
-    auto dx_of = [&](int64_t j, auto at) {
-      const V xhat = (at(xi + j) - mu) * rs, dxhat = at(dyi + j) * at(gp + j);
-      return rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
-    };
-    if (addi)
-      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at) + at(addi + j)); });
-    else
-      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(dxi + j, dx_of(j, at)); });
-  };
-  if (!dgamma && !dbeta) {
-    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{});
-    });
-    return;
-  }
-  // [0, N): dgamma, [N, 2N): dbeta
-  const std::vector<double> acc = sum_rows<T>(M, 2 * N, [&](int64_t i, T* a) { row(i, a, std::true_type{}); });
+  const std::vector<double> acc = layer_norm_rows_backward(dx, dy, x, mean, rstd, M, N, dx_add,
+                                                           dgamma || dbeta ? 2 * N : 0,
+                                                           [&](int64_t) { return std::pair{gp, int64_t(0)}; });
+  if (acc.empty()) return;
   for (int64_t j = 0; j < N; ++j) {
     if (dgamma) dgamma[j] = T(acc[size_t(j)]);
     if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);

@@ -75,24 +75,29 @@ void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma
 }
 
 // Scalar math: rms_norm_forward above; the sum of squares in vector accumulators of T
-// (simd::row_sums), then y from the row, still in L1.
+// (simd::row_sums), then y from the row, still in L1. Rows go in groups (simd::group_rows) as in
+// layer_norm_forward_cpu: the sums of the group, then its rrms in one loop that vectorizes, then y.
 template <class T>
 void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps,
                           bool unit_offset) {
   using V = simd::Vec<T>;
+  constexpr int64_t G = simd::kRowGroup;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
   const T* gp = g.data();
-  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * N;
-      const T ss = simd::row_sum_squares(N, xi);
-      const double rr = 1.0 / std::sqrt(double(ss) / double(N) + eps);
-      rrms[i] = T(rr);
-      const V rrv = simd::splat(T(rr));
-      T* yi = y + i * N;
-      simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(yi + j, at(xi + j) * rrv * at(gp + j)); });
-    }
-  });
+  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) { simd::with_row_length(N, [&](auto N) {
+    simd::for_row_groups(r0, r1, simd::group_rows<T>(N), [&](int64_t i0, int64_t n) {
+      T ss[G] = {}, rr[G];  // rows past n: zeros, never stored
+      for (int64_t k = 0; k < n; ++k) ss[k] = simd::row_sum_squares(N, x + (i0 + k) * N);
+      for (int64_t k = 0; k < G; ++k) rr[k] = T(1.0 / std::sqrt(double(ss[k]) / double(N) + eps));
+      for (int64_t k = 0; k < n; ++k) {
+        rrms[i0 + k] = rr[k];
+        const T* xi = x + (i0 + k) * N;
+        T* yi = y + (i0 + k) * N;
+        const V rrv = simd::splat(rr[k]);
+        simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(yi + j, at(xi + j) * rrv * at(gp + j)); });
+      }
+    });
+  }); });
 }
 
 // Scalar math: rms_norm_backward above. One pass over the rows: per row, the sum of
@@ -104,8 +109,9 @@ void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* g
   using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
   const T* gp = g.data();
-  // has_acc (a std::bool_constant): whether acc takes the row's dgamma terms.
-  auto row = [&](int64_t i, T* acc, auto has_acc) {
+  // has_acc (a std::bool_constant): whether acc takes the row's dgamma terms; N: the row length, a
+  // constant for the short rows (simd::with_row_length).
+  auto row = [&](int64_t i, T* acc, auto has_acc, auto N) {
     const T* xi = x + i * N;
     const T* dyi = dy + i * N;
     const V rr = simd::splat(rrms[i]);
@@ -135,11 +141,17 @@ void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* g
   };
   if (!dgamma) {
     parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{});
+      simd::with_row_length(N, [&](auto n) {
+        for (int64_t i = r0; i < r1; ++i) row(i, nullptr, std::false_type{}, n);
+      });
     });
     return;
   }
-  const std::vector<double> acc = sum_rows<T>(M, N, [&](int64_t i, T* a) { row(i, a, std::true_type{}); });
+  const std::vector<double> acc = sum_blocks<T>(M, N, [&](int64_t i0, int64_t i1, T* a) {
+    simd::with_row_length(N, [&](auto n) {
+      for (int64_t i = i0; i < i1; ++i) row(i, a, std::true_type{}, n);
+    });
+  });
   for (int64_t j = 0; j < N; ++j) dgamma[j] = T(acc[size_t(j)]);
 }
 
