@@ -67,15 +67,19 @@ MergeSummary merge_results(const std::string& out, const std::vector<std::string
     }
   }
   std::vector<SweepResults> in;
+  // Every file, `out` included, holds the first input's experiment.
+  auto check_experiment = [&](const std::string& path, const SweepResults& r) {
+    if (r.experiment != in.front().experiment)
+      throw SweepInputError(path + " holds results of experiment '" + r.experiment + "', but " + inputs.front() +
+                            " holds '" + in.front().experiment + "'; merge one experiment at a time");
+  };
   for (const std::string& path : inputs) {
     try {
       in.push_back(read_results(path));
     } catch (const Error& err) {
       throw SweepInputError(err.what());
     }
-    if (in.back().experiment != in.front().experiment)
-      throw SweepInputError(path + " holds results of experiment '" + in.back().experiment + "', but " +
-                            inputs.front() + " holds '" + in.front().experiment + "'; merge one experiment at a time");
+    check_experiment(path, in.back());
   }
   const Experiment e = experiment_of(in);
   // `out`'s runs, read under its lock.
@@ -88,9 +92,7 @@ MergeSummary merge_results(const std::string& out, const std::vector<std::string
     } catch (const Error& err) {
       throw SweepInputError(err.what());
     }
-    if (existing->experiment != e.name)
-      throw SweepInputError(out + " holds results of experiment '" + existing->experiment + "', but " +
-                            inputs.front() + " holds '" + e.name + "'; merge one experiment at a time");
+    check_experiment(out, *existing);
   }
   ResultsFile file(out, e);  // checks that `out` can be written, and makes its folder
   if (!out_exists) {
