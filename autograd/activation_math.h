@@ -1,8 +1,11 @@
-// GELU and SiLU and their derivatives, one element at a time: shared by the elementwise ops
-// (gelu, silu) and the fused linear ops (linear_gelu, linear_swiglu), so both give the same bits.
+// GELU and SiLU and their derivatives: shared by the elementwise ops (gelu, silu) and the fused
+// linear ops (linear_gelu, linear_swiglu), so both give the same bits.
 #pragma once
 
+#include <cstdint>
+
 #include "framework/fast_math.h"
+#include "framework/tensor.h"
 
 namespace normlab {
 
@@ -21,6 +24,20 @@ inline T gelu_backward(T x, T dy) {  // dy * dgelu/dx at x
   const T s = T(1) / (T(1) + fast_exp(T(-2 * kGeluK) * (x + T(kGeluC) * x * x * x)));
   return dy * (s + x * T(2) * s * (T(1) - s) * T(kGeluK) * (T(1) + T(3 * kGeluC) * x * x));
 }
+
+// GELU over n contiguous values with its derivative: y[i] = gelu(x[i]) and d[i] = gelu'(x[i]), so
+// that backward is dx = dy * d, a product (no exp or division left for backward). f32 runs 16
+// values at a time (exp_f32 on vectors; s is one division, y = x s); f64 uses the scalar formulas
+// above and libm. The same x gives the same bits from every caller and for every chunking.
+void gelu_with_derivative(const float* x, float* y, float* d, int64_t n);
+void gelu_with_derivative(const double* x, double* y, double* d, int64_t n);
+
+// The same for a tensor (any layout; f32 or f64), split over threads: {gelu(x), gelu'(x)},
+// both fresh, contiguous and in x's shape.
+struct GeluAndDerivative {
+  Tensor y, d;
+};
+GeluAndDerivative gelu_with_derivative(const Tensor& x);
 
 // SiLU: y = x s, s = sigmoid(x); dy/dx = s (1 + x (1 - s)).
 template <class T>

@@ -113,9 +113,12 @@ Variable relu(const Variable& x) {
 }
 
 // GELU (tanh form) and SiLU: the formulas and derivatives are in autograd/activation_math.h.
+// GELU saves its derivative, so backward is one product.
 Variable gelu(const Variable& x) {
-  return unary_op("gelu", x, Saves::input, [](auto v) { return gelu_value(v); },
-                  [](auto v, auto g) { return gelu_backward(v, g); });
+  GeluAndDerivative r = gelu_with_derivative(x.data());
+  return make_output("gelu", {x}, std::move(r.y), [d = std::move(r.d)](const std::vector<Tensor>& g, const Node&) {
+    return std::vector<Tensor>{mul(g[0], d)};
+  });
 }
 
 Variable silu(const Variable& x) {

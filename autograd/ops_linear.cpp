@@ -3,8 +3,8 @@
 // layer records; the products are framework/matmul's.
 //
 // Notation: x [..., K] seen as rows X [M, K]; W [N, K]; b [N]; p = X W^T + b [M, N], the
-// pre-activation, saved for backward. The bias is added (and the activation applied) in the
-// same pass over p, with the elementwise ops' formulas, so the values are the composed layer's.
+// pre-activation. The activations are the elementwise ops' kernels, so the values are the
+// composed layer's; linear_gelu saves gelu'(p) for backward, linear_swiglu the pre-activations.
 #include "autograd/activation_math.h"
 #include "autograd/ops.h"
 #include "framework/elementwise.h"
@@ -37,25 +37,17 @@ Shape output_shape(const Variable& x, int64_t n) {
   return s;
 }
 
-// Applies f(p_ij) to every element of p [M, N] after adding b_j (when b is defined): p is
-// overwritten with p + b and f's values go to `out` (when defined).
-template <class F>
-void bias_and(Tensor& p, const Tensor& b, Tensor* out, const char* op, const F& f) {
+// p += b (b_j added to every row of p [M, N]).
+void add_bias(Tensor& p, const Tensor& b) {
   const int64_t N = p.size(1), total = p.numel();
-  const Tensor bc = b.defined() ? b.contiguous() : Tensor();
-  NL_DISPATCH_FLOATING(p.dtype(), op, [&] {
+  const Tensor bc = b.contiguous();
+  NL_DISPATCH_FLOATING(p.dtype(), "linear", [&] {
     scalar_t* pp = p.data<scalar_t>();
-    const scalar_t* bp = bc.defined() ? bc.data<scalar_t>() : nullptr;
-    scalar_t* fp = out ? out->data<scalar_t>() : nullptr;
+    const scalar_t* bp = bc.data<scalar_t>();
     parallel_for(0, N == 0 ? 0 : total / N, std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(N, 1)),
                  [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t* row = pp + r * N;
-        if (bp)
-          for (int64_t j = 0; j < N; ++j) row[j] = row[j] + bp[j];
-        if (fp)
-          for (int64_t j = 0; j < N; ++j) fp[r * N + j] = f(row[j]);
-      }
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j = 0; j < N; ++j) pp[r * N + j] += bp[j];
     });
   });
 }
@@ -63,7 +55,7 @@ void bias_and(Tensor& p, const Tensor& b, Tensor* out, const char* op, const F& 
 // p = X W^T + b, a fresh contiguous [M, N].
 Tensor pre_activation(const Tensor& x_rows, const Tensor& w, const Tensor& b) {
   Tensor p = matmul(x_rows, w.transpose(0, 1));
-  if (b.defined()) bias_and(p, b, nullptr, "linear", [](auto v) { return v; });
+  if (b.defined()) add_bias(p, b);
   return p;
 }
 
@@ -110,19 +102,16 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
   });
 }
 
-// y = gelu(p):  dp = dy * gelu'(p), then the linear map's gradients.
+// y = gelu(p):  dp = dy * gelu'(p) (gelu' saved by forward), then the linear map's gradients.
 Variable linear_gelu(const Variable& x, const Variable& weight, const Variable& bias) {
   const Tensor x_rows = input_rows(x, weight, bias, "linear_gelu");
   const Tensor w = weight.data();
-  Tensor p = matmul(x_rows, w.transpose(0, 1));
-  Tensor y = empty_like(p);
-  bias_and(p, bias.defined() ? bias.data() : Tensor(), &y, "linear_gelu", [](auto v) { return gelu_value(v); });
+  GeluAndDerivative r = gelu_with_derivative(pre_activation(x_rows, w, bias.defined() ? bias.data() : Tensor()));
   const Shape x_shape = x.shape();
   const bool has_bias = bias.defined();
-  return make_output("linear_gelu", inputs_of(x, weight, bias), y.reshape(output_shape(x, w.size(0))),
-                     [x_rows, w, p, x_shape, has_bias](const std::vector<Tensor>& g, const Node& n) {
-    const Tensor dp = map_binary(p, g[0].reshape(p.shape()), "linear_gelu_backward",
-                                 [](auto v, auto dy) { return gelu_backward(v, dy); });
+  return make_output("linear_gelu", inputs_of(x, weight, bias), r.y.reshape(output_shape(x, w.size(0))),
+                     [x_rows, w, d = std::move(r.d), x_shape, has_bias](const std::vector<Tensor>& g, const Node& n) {
+    const Tensor dp = mul(g[0].reshape(d.shape()), d);
     return grads_of(linear_backward(dp, x_rows, w, x_shape, n.needs_input_grad(0), n.needs_input_grad(1),
                                     has_bias && n.needs_input_grad(2)),
                     has_bias);
