@@ -418,7 +418,7 @@ void run_unit(const Primitive& p, const float* a, const float* b, float* c) {
 // ~25 us on one AVX-512 core), and there should be enough of them to keep 16 threads busy.
 // Blocks cut from one matrix keep at least kMinRows rows and kMinCols columns, so that oneDNN's
 // kernels stay efficient.
-constexpr double kUnitMacs = double(1 << 22);
+constexpr double kUnitMacs = double(1 << 19);
 constexpr int64_t kMaxUnits = 16;
 constexpr int64_t kMinRows = 32;
 constexpr int64_t kMinCols = 64;
