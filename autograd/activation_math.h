@@ -25,19 +25,21 @@ inline T gelu_backward(T x, T dy) {  // dy * dgelu/dx at x
   return dy * (s + x * T(2) * s * (T(1) - s) * T(kGeluK) * (T(1) + T(3 * kGeluC) * x * x));
 }
 
-// GELU over n contiguous values with its derivative: y[i] = gelu(x[i]) and d[i] = gelu'(x[i]), so
-// that backward is dx = dy * d, a product (no exp or division left for backward). f32 runs 16
-// values at a time (exp_f32 on vectors; s is one division, y = x s); f64 uses the scalar formulas
-// above and libm. The same x gives the same bits from every caller and for every chunking.
-void gelu_with_derivative(const float* x, float* y, float* d, int64_t n);
-void gelu_with_derivative(const double* x, double* y, double* d, int64_t n);
+// GELU over n contiguous values with its derivative: y[i] = gelu(v) and d[i] = gelu'(v) for
+// v = x[i] (+ b[i] when b is not null, one rounded add), so that backward is dx = dy * d, a product
+// (no exp or division left for backward). f32 runs 16 values at a time (exp_f32 on vectors; s is
+// one division, y = v s); f64 uses the scalar formulas above and libm. The same v gives the same
+// bits from every caller and for every chunking.
+void gelu_with_derivative(const float* x, const float* b, float* y, float* d, int64_t n);
+void gelu_with_derivative(const double* x, const double* b, double* y, double* d, int64_t n);
 
-// The same for a tensor (any layout; f32 or f64), split over threads: {gelu(x), gelu'(x)},
-// both fresh, contiguous and in x's shape.
+// The same for a tensor (any layout; f32 or f64), split over threads: {gelu(x + bias),
+// gelu'(x + bias)}, both fresh, contiguous and in x's shape; bias, when defined, is [x.size(-1)]
+// added to every row (linear_gelu's bias).
 struct GeluAndDerivative {
   Tensor y, d;
 };
-GeluAndDerivative gelu_with_derivative(const Tensor& x);
+GeluAndDerivative gelu_with_derivative(const Tensor& x, const Tensor& bias = Tensor());
 
 // SiLU: y = x s, s = sigmoid(x); dy/dx = s (1 + x (1 - s)).
 template <class T>

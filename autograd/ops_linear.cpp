@@ -106,7 +106,7 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
 Variable linear_gelu(const Variable& x, const Variable& weight, const Variable& bias) {
   const Tensor x_rows = input_rows(x, weight, bias, "linear_gelu");
   const Tensor w = weight.data();
-  GeluAndDerivative r = gelu_with_derivative(pre_activation(x_rows, w, bias.defined() ? bias.data() : Tensor()));
+  GeluAndDerivative r = gelu_with_derivative(matmul(x_rows, w.transpose(0, 1)), bias.defined() ? bias.data() : Tensor());
   const Shape x_shape = x.shape();
   const bool has_bias = bias.defined();
   return make_output("linear_gelu", inputs_of(x, weight, bias), r.y.reshape(output_shape(x, w.size(0))),

@@ -111,7 +111,8 @@ void sum_kernel(const Tensor& x, const ReduceDims& r, T* out, double scale) {
   if (leading && x.is_contiguous() && first_kept > 0) {
     const T* p = x.data<T>();
     const int64_t R = r.inner, C = r.outer;
-    parallel_for(0, C, 256, [&](int64_t b, int64_t e) {
+    // Column blocks of >= 16 columns, about 16K values each.
+    parallel_for(0, C, std::max<int64_t>(16, (int64_t(1) << 14) / std::max<int64_t>(R, 1)), [&](int64_t b, int64_t e) {
       std::vector<double> acc(size_t(e - b), 0.0);
       for (int64_t i = 0; i < R; ++i) {
         const T* row = p + i * C;
