@@ -21,9 +21,19 @@ namespace {
 
 using E = EngineAccess;
 
-// slot += g; the first gradient is kept as is, later ones are added out of place (a node
-// may hand the same tensor to several inputs).
-void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? add(slot, g) : g; }
+// slot += g; the first gradient is kept as is. Later ones are added in place when the slot holds
+// the only reference to its buffer, out of place otherwise (a node may hand the same tensor to
+// several inputs, or keep it). Either way each element is slot + g, one rounded add.
+void accumulate(Tensor& slot, const Tensor& g) {
+  if (!slot.defined()) {
+    slot = g;
+  } else if (slot.storage().use_count() == 1 && slot.is_contiguous() && slot.shape() == g.shape() &&
+             slot.dtype() == g.dtype()) {
+    add_(slot, g);
+  } else {
+    slot = add(slot, g);
+  }
+}
 
 // Adds g into the buffer for output `output_nr` of `node`.
 void accumulate_output(Node& node, int output_nr, const Tensor& g) {
