@@ -268,15 +268,15 @@ void causal_attention_backward(const Heads<scalar_t>& dq, const Heads<scalar_t>&
       for (int64_t i0 = 0; i0 < T; i0 += kRows) {
         const int64_t n = i0 + kRows, rows = std::min(kRows, T - i0);  // keys j < n; rows i0 + r < T
         std::fill(lse_r.begin(), lse_r.end(), scalar_t(0));
-        std::fill(D.begin(), D.end(), scalar_t(0));
-        for (int64_t r = 0; r < rows; ++r) {
-          const scalar_t* dO_i = dO.row(b, h, i0 + r);
-          const scalar_t* O_i = O.row(b, h, i0 + r);
-          double D_i = 0;
-          for (int64_t d = 0; d < hd; ++d) D_i += double(dO_i[d]) * double(O_i[d]);
-          D[size_t(r)] = scalar_t(D_i);
-          lse_r[size_t(r)] = lse[bh * T + i0 + r];
-        }
+        // D_r = dO_r . O_r summed over d in order in double, the group's rows side by side
+        // (independent sums, so they overlap instead of waiting on one another).
+        double D_acc[kRows] = {};
+        const scalar_t* O_0 = O.row(b, h, i0);
+        for (int64_t d = 0; d < hd; ++d)
+          for (int64_t r = 0; r < rows; ++r)
+            D_acc[r] += double(dO_rows[size_t((i0 + r) * hdp + d)]) * double(O_0[r * O.t + d]);
+        for (int64_t r = 0; r < kRows; ++r) D[size_t(r)] = scalar_t(D_acc[r]);
+        for (int64_t r = 0; r < rows; ++r) lse_r[size_t(r)] = lse[bh * T + i0 + r];
         scores(Pt.data(), qt.data() + i0, Tp, k_rows.data(), hdp, n, hd, s);             // S
         scores(dSt.data(), dOt.data() + i0, Tp, v_rows.data(), hdp, n, hd, scalar_t(1));  // dP
         mask_group(Pt.data(), i0);
