@@ -240,7 +240,8 @@ void print_summary(const Trainer& t) {
   int64_t k = 0;
   for (int64_t i = std::max<int64_t>(0, n - 10); i < n; ++i) recent += h.loss[i], ++k;
   std::printf("\nsummary\n");
-  std::printf("  steps          %lld of %lld\n", (long long)t.step(), (long long)c.steps);
+  std::printf("  steps          %lld of %lld%s\n", (long long)t.step(), (long long)c.steps,
+              t.learned() ? " (stopped: learned, eval loss <= stop_learned x chance)" : "");
   if (t.diverged())
     std::printf("  diverged       at step %lld (%s)\n", (long long)h.diverged_step, h.diverged_reason.c_str());
   else

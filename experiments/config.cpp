@@ -76,6 +76,8 @@ void check(const TrainConfig& c) {
   NL_CHECK(c.eval_every >= 0, "config: eval_every must be >= 0, got ", c.eval_every);
   NL_CHECK(c.eval_batches >= 1, "config: eval_batches must be >= 1, got ", c.eval_batches);
   NL_CHECK(std::isfinite(c.z_loss) && c.z_loss >= 0, "config: z_loss must be >= 0, got ", c.z_loss);
+  NL_CHECK(std::isfinite(c.stop_learned) && c.stop_learned >= 0 && c.stop_learned < 1,
+           "config: stop_learned must be in [0, 1), got ", c.stop_learned);
   const OptimConfig& o = c.optim;
   NL_CHECK(std::isfinite(o.lr) && o.lr > 0, "config: lr must be > 0, got ", o.lr);
   NL_CHECK(std::isfinite(o.clip) && o.clip >= 0, "config: clip must be >= 0 (0: off), got ", o.clip);
@@ -246,6 +248,11 @@ ConfigField performance_only(ConfigField f) {
   return f;
 }
 
+ConfigField absent_means_default(ConfigField f) {
+  f.absent_means_default = true;
+  return f;
+}
+
 std::vector<ConfigField> make_fields() {
   return {
       // Model.
@@ -297,6 +304,9 @@ std::vector<ConfigField> make_fields() {
       NL_FIELD("eval_every", "evaluate every k steps (0: only at the end)", eval_every),
       NL_FIELD("eval_batches", "batches per evaluation", eval_batches),
       NL_FIELD("z_loss", "z-loss coefficient (z_loss * logsumexp^2)", z_loss),
+      absent_means_default(NL_FIELD("stop_learned",
+                                    "stop at an eval loss <= this fraction of chance (0: run all steps)",
+                                    stop_learned)),
   };
 }
 
@@ -408,7 +418,8 @@ TrainConfig read_config(const H5File& file, const std::string& object_path) {
 std::vector<std::string> missing_config_keys(const H5File& file, const std::string& object_path) {
   std::vector<std::string> missing;
   for (const ConfigField& f : config_fields())
-    if (!f.performance_only && !has_attribute(file, object_path, f.key)) missing.push_back(f.key);
+    if (!f.performance_only && !f.absent_means_default && !has_attribute(file, object_path, f.key))
+      missing.push_back(f.key);
   return missing;
 }
 

@@ -43,6 +43,9 @@ struct TrainConfig {
   int64_t eval_every = 100;  // evaluate every k steps (and after the last); 0: only after the last
   int64_t eval_batches = 4;
   double z_loss = 0.0;       // z_loss * logsumexp^2 added to each token's loss
+  // Stop once an evaluation's loss is at or below stop_learned * the task's chance loss (the
+  // run has learned the task); 0: run all `steps`. `steps` stays the budget and sets the schedule.
+  double stop_learned = 0.0;
 };
 
 // Throws normlab::Error naming the first bad field and value (model, task, optimizer, loop),
@@ -62,6 +65,9 @@ struct ConfigField {
   // checkpoint or results file written before the key existed reads with the default, and two
   // runs that differ only in it are the same run.
   bool performance_only = false;
+  // A key added later whose default is what every run did before it existed (stop_learned 0):
+  // a checkpoint or results file without it reads with the default.
+  bool absent_means_default = false;
 };
 const std::vector<ConfigField>& config_fields();
 const ConfigField* find_config_field(const std::string& key);  // null when unknown

@@ -96,6 +96,11 @@ double Trainer::train_step() {
   return loss_value;
 }
 
+bool Trainer::learned() const {
+  return config_.stop_learned > 0 && !history_.eval_loss.empty() &&
+         history_.eval_loss.back() <= config_.stop_learned * data_->chance_loss();
+}
+
 double Trainer::evaluate() {
   NoGradGuard no_grad;
   model_->eval();

@@ -53,7 +53,9 @@ class Trainer {
 
   int64_t step() const { return step_; }
   bool diverged() const { return history_.diverged_step > 0; }
-  bool finished() const { return diverged() || step_ >= config_.steps; }
+  // The last evaluation reached config().stop_learned of the chance loss.
+  bool learned() const;
+  bool finished() const { return diverged() || step_ >= config_.steps || learned(); }
   double tokens_per_second() const;  // over the steps run by this object
 
   // Writes the whole state to `path` atomically (a temporary file renamed over it):

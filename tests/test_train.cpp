@@ -69,6 +69,36 @@ BOOST_AUTO_TEST_CASE(a_small_model_learns_the_copy_task) {
   BOOST_TEST(t.history().eval_step == (std::vector<int64_t>{100, 200, 300}));
 }
 
+// stop_learned ends the run at the first evaluation at or below that fraction of chance; the
+// same run without it trains every step, through the same losses up to there.
+BOOST_AUTO_TEST_CASE(stop_learned_ends_the_run_at_the_first_learned_evaluation) {
+  TrainConfig c = small();
+  c.steps = 300;
+  c.eval_every = 20;
+  c.optim.lr = 1e-2;
+  c.optim.warmup = 20;
+  c.stop_learned = 0.3;
+  Trainer t(c);
+  t.run(0, false);
+  const double chance = t.data().chance_loss();
+  const std::vector<double>& evals = t.history().eval_loss;
+  BOOST_TEST_MESSAGE("copy, depth 2: learned at step " << t.step() << ", eval loss " << evals.back());
+  BOOST_TEST(t.learned());
+  BOOST_TEST(t.finished());
+  BOOST_TEST(t.step() < c.steps);
+  BOOST_TEST(t.step() % c.eval_every == 0);
+  BOOST_TEST(evals.back() <= 0.3 * chance);
+  for (size_t i = 0; i + 1 < evals.size(); ++i) BOOST_TEST(evals[i] > 0.3 * chance);
+  TrainConfig all = c;
+  all.stop_learned = 0;
+  Trainer u(all);
+  u.run(0, false);
+  BOOST_TEST(u.step() == c.steps);
+  BOOST_TEST(!u.learned());
+  const std::vector<double>& first = u.history().loss;
+  BOOST_TEST(std::vector<double>(first.begin(), first.begin() + t.step()) == t.history().loss);
+}
+
 BOOST_AUTO_TEST_CASE(a_non_finite_loss_stops_the_run_at_its_step) {
   TrainConfig c = small();
   Trainer t(c);
@@ -355,6 +385,11 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_keeps_its_interval_and_its_whole_config) {
     BOOST_REQUIRE(H5Adelete_by_name(f.id(), "/config", "recompute", H5P_DEFAULT) >= 0);
   }
   BOOST_TEST(!Trainer::resume(ckpt)->config().model.recompute);
+  {
+    H5File f(ckpt, H5File::Mode::read_write);
+    BOOST_REQUIRE(H5Adelete_by_name(f.id(), "/config", "stop_learned", H5P_DEFAULT) >= 0);
+  }
+  BOOST_TEST(Trainer::resume(ckpt)->config().stop_learned == 0.0);  // written before the key existed
   {
     H5File f(ckpt, H5File::Mode::read_write);
     BOOST_REQUIRE(H5Adelete_by_name(f.id(), "/config", "lr", H5P_DEFAULT) >= 0);
