@@ -102,13 +102,13 @@ void check(const TrainConfig& c) {
 // (d x d) and the FFN (2 or 3 matrices of d x f), their biases, up to six norms of 2d; the
 // token embedding, positions and the head. Weights: parameter, gradient and optimizer state
 // (Adam: m and v; SGD: momentum). Activations per block, in elements, for N = batch x seq_len
-// tokens and h heads: about 24 N d + 4 N f (the saved inputs and outputs of each op; the
+// tokens and h heads: about 20 N d + 4 N f (the saved inputs and outputs of each op; the
 // fused attention keeps no seq_len^2 tensor); plus h batch seq_len^2 (the attention logits of
 // the one block whose largest logit a metrics probe is taking) and 4 N vocab for the logits and
-// the loss. Against the allocator's peak over a training step, the estimate is 1.48x to 1.81x
+// the loss. Against the allocator's peak over a training step, the estimate is 1.49x to 1.88x
 // (depth 1 to 24, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu, adamw, adam and sgd).
 // With recompute, the graph keeps one N d input per block and one block's activations exist
-// at a time: L N d + 24 N d + 4 N f in place of L (24 N d + 4 N f) (1.13x to 1.69x, depth 1 to
+// at a time: L N d + 20 N d + 4 N f in place of L (20 N d + 4 N f) (1.12x to 1.72x, depth 1 to
 // 200). test_train's memory_estimate_brackets_the_measured_peak prints the ratios and requires
 // [1, 2].
 MemoryEstimate estimate_memory(const TrainConfig& c) {
@@ -125,7 +125,7 @@ MemoryEstimate estimate_memory(const TrainConfig& c) {
   const double copies = c.optim.kind == OptimizerKind::sgd ? 3 : 4;
   e.weights = e.parameters * copies * element;
   // One block's saved activations, and the attention logits a metrics probe holds for one block.
-  const double block = 24 * N * d + 4 * N * f, probe_logits = H * double(c.batch) * T * T;
+  const double block = 20 * N * d + 4 * N * f, probe_logits = H * double(c.batch) * T * T;
   // With recompute the graph keeps each block's input, and one block's activations live at a time.
   const double kept = m.recompute ? L * N * d + block : L * block;
   e.activations = (kept + probe_logits + 4 * N * V) * element;

@@ -158,9 +158,9 @@ Attention::Attention(const ModelConfig& c, int64_t block, Generator& gen)
 
 Variable Attention::forward(const Variable& x) {
   const int64_t B = x.size(0), T = x.size(1), D = x.size(2);
-  // One matmul for q, k and v: x [W_q; W_k; W_v]^T (+ [b_q; b_k; b_v]).
-  Variable qkv = matmul(x, transpose(concat({q->weight, k->weight, v->weight}, 0), 0, 1));
-  if (q->bias.defined()) qkv = qkv + concat({q->bias, k->bias, v->bias}, 0);
+  // One linear node for q, k and v: x [W_q; W_k; W_v]^T (+ [b_q; b_k; b_v]).
+  const Variable qkv = linear(x, concat({q->weight, k->weight, v->weight}, 0),
+                              q->bias.defined() ? concat({q->bias, k->bias, v->bias}, 0) : Variable());
   std::vector<Variable> parts = split(qkv, D, -1);
   if (q_norm) {
     parts[0] = q_norm->forward(parts[0]);
