@@ -1,6 +1,7 @@
 // Causal self-attention as one node. The forward keeps each row's logsumexp instead of the
 // [T, T] probabilities, and the backward rebuilds them from q, k and it (flash attention's
 // recomputation): per (batch, head) slice, the memory kept for backward is O(T hd), not O(T^2).
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -32,6 +33,28 @@ Tensor unit_last_stride(const Tensor& x) { return x.strides().back() == 1 ? x : 
 // A new [B, H, T, hd] tensor stored as [B, T, H, hd]: transpose(1, 2) of it is contiguous.
 Tensor empty_heads_interleaved(const Shape& bhtd, DType dtype) {
   return empty({bhtd[0], bhtd[2], bhtd[1], bhtd[3]}, dtype).transpose(1, 2);
+}
+
+// Gradient tensors for q, k and v. When the three are head views of one projection, rows of R >=
+// 3 H hd values holding q, k and v side by side (a packed [B, T, 3, H, hd]: strides (T R, hd, R,
+// 1), k at H hd after q and v at H hd after k), the gradients get that layout in one new buffer,
+// so that the projection's gradient is that buffer (split's backward joins such parts without a
+// copy). Otherwise each is a new [B, H, T, hd] tensor stored as [B, T, H, hd].
+std::array<Tensor, 3> gradient_tensors(const Tensor& q, const Tensor& k, const Tensor& v) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
+  const Shape& st = q.strides();
+  const int64_t R = st[2], step = H * hd;
+  const bool packed = q.storage() == k.storage() && q.storage() == v.storage() && k.strides() == st &&
+                      v.strides() == st && k.offset() - q.offset() == step && v.offset() - k.offset() == step &&
+                      T > 1 && R >= 3 * step && (B == 1 || st[0] == T * R) && (H == 1 || st[1] == hd) &&
+                      (hd == 1 || st[3] == 1);
+  if (!packed)
+    return {empty_heads_interleaved(q.shape(), q.dtype()), empty_heads_interleaved(q.shape(), q.dtype()),
+            empty_heads_interleaved(q.shape(), q.dtype())};
+  const Tensor flat = empty({B * T * R}, q.dtype());
+  const Shape strides{T * R, hd, R, 1};
+  auto part = [&](int64_t i) { return Tensor(flat.storage(), q.shape(), strides, flat.offset() + i * step, q.dtype()); };
+  return {part(0), part(1), part(2)};
 }
 
 // The kernels take the query rows kRows at a time, i = i0 + r, r < kRows (i0 a multiple of
@@ -332,8 +355,7 @@ Variable causal_attention(const Variable& q, const Variable& k, const Variable& 
                                                                                    const Node& n) {
     const Tensor dO = unit_last_stride(g[0]);
     const Shape& shape = tq.shape();
-    Tensor dq = empty_heads_interleaved(shape, tq.dtype()), dk = empty_heads_interleaved(shape, tq.dtype()),
-           dv = empty_heads_interleaved(shape, tq.dtype());
+    auto [dq, dk, dv] = gradient_tensors(tq, tk, tv);
     NL_DISPATCH_FLOATING(tq.dtype(), "causal_attention_backward", [&] {
       causal_attention_backward<scalar_t>(heads_of<scalar_t>(dq), heads_of<scalar_t>(dk), heads_of<scalar_t>(dv),
                                           heads_of<const scalar_t>(dO), heads_of<const scalar_t>(tq),

@@ -134,6 +134,29 @@ Variable concat(const std::vector<Variable>& xs, int64_t dim) {
   });
 }
 
+namespace {
+
+// The parts' gradients joined along dim into x's shape: when they already are the parts of one
+// contiguous buffer of that shape (causal_attention writes the gradients of q, k and v so when
+// they are views of one projection), that buffer, as a view; otherwise a copy.
+Tensor join_parts(const std::vector<Tensor>& g, const Shape& shape, int64_t dim) {
+  const Shape st = contiguous_strides(shape);
+  bool packed = !g.empty() && g[0].defined();
+  int64_t at = 0;
+  for (const Tensor& t : g) {
+    if (!packed) break;
+    packed = t.defined() && t.storage() == g[0].storage() && t.dtype() == g[0].dtype() &&
+             t.dim() == int64_t(shape.size()) && t.offset() == g[0].offset() + at * st[size_t(dim)];
+    for (int64_t d = 0; packed && d < t.dim(); ++d)
+      packed = (d == dim || t.size(d) == shape[size_t(d)]) && (t.size(d) == 1 || t.strides()[d] == st[size_t(d)]);
+    at += packed ? t.size(dim) : 0;
+  }
+  if (packed && at == shape[size_t(dim)]) return Tensor(g[0].storage(), shape, st, g[0].offset(), g[0].dtype());
+  return cat(g, dim);
+}
+
+}  // namespace
+
 std::vector<Variable> split(const Variable& x, const std::vector<int64_t>& sizes, int64_t dim) {
   dim = wrap_dim(dim, x.dim(), "split");
   const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t(0));
@@ -146,8 +169,9 @@ std::vector<Variable> split(const Variable& x, const std::vector<int64_t>& sizes
     parts.push_back(x.data().narrow(dim, at, s));
     at += s;
   }
-  auto node = std::make_shared<FunctionNode>("split", [dim](const std::vector<Tensor>& g, const Node&) {
-    return std::vector<Tensor>{cat(g, dim)};
+  auto node = std::make_shared<FunctionNode>("split", [dim, shape = x.shape()](const std::vector<Tensor>& g,
+                                                                              const Node&) {
+    return std::vector<Tensor>{join_parts(g, shape, dim)};
   });
   return make_outputs(node, {x}, std::move(parts));
 }

@@ -146,6 +146,16 @@ std::vector<OpCase> op_cases() {
          const auto p = split(x[0], 2 * 3, -1);
          return causal_attention(heads(p[0]), heads(p[1]), heads(p[2]), 0.6);
        }},
+      // Two sequences of the packed layout (q, k and v's gradients written into one buffer).
+      {"causal_attention_qkv_views_B2", {{2, 5, 3 * 2 * 3}}, [](V x) {
+         auto heads = [](const Variable& t) { return transpose(reshape(t, {2, 5, 2, 3}), 1, 2); };
+         const auto p = split(x[0], 2 * 3, -1);
+         return causal_attention(heads(p[0]), heads(p[1]), heads(p[2]), 0.6);
+       }},
+      // q and k the same view (not side by side: separate gradient tensors, summed by the engine).
+      {"causal_attention_q_is_k", {{1, 2, 5, 3}, {1, 2, 5, 3}}, [](V x) {
+         return causal_attention(x[0], x[0], x[1], 0.6);
+       }},
       // A non-unit stride over head_dim (copied by the op).
       {"causal_attention_strided_hd", {{2, 2, 4, 6}, {2, 2, 4, 6}, {2, 2, 4, 6}}, [](V x) {
          return causal_attention(transpose(x[0], -1, -2), transpose(x[1], -1, -2), transpose(x[2], -1, -2), 0.8);
