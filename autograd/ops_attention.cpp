@@ -107,6 +107,23 @@ void copy_slice(scalar_t* rows, scalar_t* cols, const Heads<const scalar_t>& x, 
   }
 }
 
+// A slice's rows as the kernels read them, p[j * ld + d] for j < Tp, d < hdp.
+template <class scalar_t>
+struct SliceRows {
+  const scalar_t* p;
+  int64_t ld;
+};
+
+// x's own rows when they need no padding (hd a multiple of kBlock and T of kRows: read in place,
+// with x's row stride), else a zero-padded copy in `buffer` [Tp, hdp].
+template <class scalar_t>
+SliceRows<scalar_t> slice_rows(std::vector<scalar_t>& buffer, const Heads<const scalar_t>& x, int64_t b, int64_t h,
+                               const SliceDims& dims) {
+  if (dims.hd == dims.hdp && dims.T == dims.Tp) return {x.row(b, h, 0), x.t};
+  copy_slice<scalar_t>(buffer.data(), nullptr, x, b, h, dims);
+  return {buffer.data(), dims.hdp};
+}
+
 // St[j][r] = scale * (a_r . x_j) for the group's rows a_r (columns i0..i0+kRows of at = a^T
 // [hd, ldt]) and the keys j < n (a multiple of kKeys), rows x_j of x [n, ldx].
 // Scalar math: St[j][r] = scale * sum_{d < hd} a_r[d] x_j[d], summed over d in order.
@@ -130,15 +147,15 @@ void scores(scalar_t* St, const scalar_t* at, int64_t ldt, const scalar_t* x, in
   }
 }
 
-// out_r = sum_{j < n} W[j][r] x_j for the group's rows r: x [n, ld] and out [kRows, ld], ld a
-// multiple of kBlock.
+// out_r = sum_{j < n} W[j][r] x_j for the group's rows r: x [n, >= ld] rows ldx apart and out
+// [kRows, ld], ld a multiple of kBlock.
 // Scalar math: out_r[d] = sum_j W[j][r] x_j[d], summed over j in order.
 template <class scalar_t>
-void combine(scalar_t* out, const scalar_t* W, const scalar_t* x, int64_t ld, int64_t n) {
+void combine(scalar_t* out, const scalar_t* W, SliceRows<scalar_t> x, int64_t ld, int64_t n) {
   for (int64_t d0 = 0; d0 < ld; d0 += kBlock) {
     scalar_t acc[kRows][kBlock] = {};
     for (int64_t j = 0; j < n; ++j) {
-      const scalar_t* x_j = x + j * ld + d0;
+      const scalar_t* x_j = x.p + j * x.ld + d0;
 #pragma GCC unroll 16
       for (int64_t r = 0; r < kRows; ++r) {
         const scalar_t w = W[j * kRows + r];
@@ -150,13 +167,14 @@ void combine(scalar_t* out, const scalar_t* W, const scalar_t* x, int64_t ld, in
   }
 }
 
-// y_j += sum_r W[j][r] a_r for the keys j < n and the group's rows a_r: y [n, ld], a [kRows, ld].
+// y_j += sum_r W[j][r] a_r for the keys j < n and the group's rows a_r: y [n, ld], a [kRows, >= ld]
+// rows a.ld apart.
 // Scalar math: y_j[d] += W[j][0] a_0[d], then W[j][1] a_1[d], ... (rows in order).
 template <class scalar_t>
-void add_outer(scalar_t* y, const scalar_t* W, const scalar_t* a, int64_t ld, int64_t n) {
+void add_outer(scalar_t* y, const scalar_t* W, SliceRows<scalar_t> a, int64_t ld, int64_t n) {
   for (int64_t d0 = 0; d0 < ld; d0 += kBlock) {
     scalar_t a_r[kRows][kBlock];
-    for (int64_t r = 0; r < kRows; ++r) std::copy(a + r * ld + d0, a + r * ld + d0 + kBlock, a_r[r]);
+    for (int64_t r = 0; r < kRows; ++r) std::copy(a.p + r * a.ld + d0, a.p + r * a.ld + d0 + kBlock, a_r[r]);
     for (int64_t j = 0; j < n; ++j) {
       scalar_t* y_j = y + j * ld + d0;
       scalar_t acc[kBlock];  // y_j's block, in registers while the rows add to it
@@ -232,11 +250,10 @@ void causal_attention_forward(const Heads<scalar_t>& O, scalar_t* lse, scalar_t*
     for (int64_t bh = bh0; bh < bh1; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       copy_slice<scalar_t>(nullptr, qt.data(), q, b, h, dims);
-      copy_slice<scalar_t>(k_rows.data(), nullptr, k, b, h, dims);
-      copy_slice<scalar_t>(v_rows.data(), nullptr, v, b, h, dims);
+      const SliceRows<scalar_t> k_r = slice_rows(k_rows, k, b, h, dims), v_r = slice_rows(v_rows, v, b, h, dims);
       for (int64_t i0 = 0; i0 < T; i0 += kRows) {
         const int64_t n = i0 + kRows, rows = std::min(kRows, T - i0);  // keys j < n; rows i0 + r < T
-        scores(St.data(), qt.data() + i0, Tp, k_rows.data(), hdp, n, hd, scalar_t(scale));
+        scores(St.data(), qt.data() + i0, Tp, k_r.p, k_r.ld, n, hd, scalar_t(scale));
         mask_group(St.data(), i0);
         if (logits)
           for (int64_t r = 0; r < rows; ++r) {
@@ -245,7 +262,7 @@ void causal_attention_forward(const Heads<scalar_t>& O, scalar_t* lse, scalar_t*
               row[j] = j < n ? St[size_t(j * kRows + r)] : -std::numeric_limits<scalar_t>::infinity();
           }
         softmax_group(St.data(), lse_r.data(), n);
-        combine(O_rows.data(), St.data(), v_rows.data(), hdp, n);
+        combine(O_rows.data(), St.data(), v_r, hdp, n);
         for (int64_t r = 0; r < rows; ++r) {
           lse[bh * T + i0 + r] = lse_r[size_t(r)];
           std::copy(O_rows.begin() + r * hdp, O_rows.begin() + r * hdp + hd, O.row(b, h, i0 + r));
@@ -283,9 +300,9 @@ void causal_attention_backward(const Heads<scalar_t>& dq, const Heads<scalar_t>&
     for (int64_t bh = bh0; bh < bh1; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       copy_slice<scalar_t>(sq_rows.data(), qt.data(), q, b, h, dims, s);  // scale q_i, and q^T
-      copy_slice<scalar_t>(dO_rows.data(), dOt.data(), dO, b, h, dims);
-      copy_slice<scalar_t>(k_rows.data(), nullptr, k, b, h, dims);
-      copy_slice<scalar_t>(v_rows.data(), nullptr, v, b, h, dims);
+      copy_slice<scalar_t>(nullptr, dOt.data(), dO, b, h, dims);
+      const SliceRows<scalar_t> dO_r = slice_rows(dO_rows, dO, b, h, dims), k_r = slice_rows(k_rows, k, b, h, dims),
+                                v_r = slice_rows(v_rows, v, b, h, dims);
       std::fill(dk_rows.begin(), dk_rows.end(), scalar_t(0));
       std::fill(dv_rows.begin(), dv_rows.end(), scalar_t(0));
       for (int64_t i0 = 0; i0 < T; i0 += kRows) {
@@ -297,11 +314,11 @@ void causal_attention_backward(const Heads<scalar_t>& dq, const Heads<scalar_t>&
         const scalar_t* O_0 = O.row(b, h, i0);
         for (int64_t d = 0; d < hd; ++d)
           for (int64_t r = 0; r < rows; ++r)
-            D_acc[r] += double(dO_rows[size_t((i0 + r) * hdp + d)]) * double(O_0[r * O.t + d]);
+            D_acc[r] += double(dO_r.p[(i0 + r) * dO_r.ld + d]) * double(O_0[r * O.t + d]);
         for (int64_t r = 0; r < kRows; ++r) D[size_t(r)] = scalar_t(D_acc[r]);
         for (int64_t r = 0; r < rows; ++r) lse_r[size_t(r)] = lse[bh * T + i0 + r];
-        scores(Pt.data(), qt.data() + i0, Tp, k_rows.data(), hdp, n, hd, s);             // S
-        scores(dSt.data(), dOt.data() + i0, Tp, v_rows.data(), hdp, n, hd, scalar_t(1));  // dP
+        scores(Pt.data(), qt.data() + i0, Tp, k_r.p, k_r.ld, n, hd, s);             // S
+        scores(dSt.data(), dOt.data() + i0, Tp, v_r.p, v_r.ld, n, hd, scalar_t(1));  // dP
         mask_group(Pt.data(), i0);
         // Scalar math: P_rj = exp(S_rj - lse_r);  dS_rj = P_rj (dP_rj - D_r)  (0 where masked)
         for (int64_t j = 0; j < n; ++j)
@@ -311,14 +328,14 @@ void causal_attention_backward(const Heads<scalar_t>& dq, const Heads<scalar_t>&
             Pt[size_t(j * kRows + r)] = P;
             dSt[size_t(j * kRows + r)] = P * (dSt[size_t(j * kRows + r)] - D[size_t(r)]);
           }
-        combine(dq_rows.data(), dSt.data(), k_rows.data(), hdp, n);
+        combine(dq_rows.data(), dSt.data(), k_r, hdp, n);
         for (int64_t r = 0; r < rows; ++r) {
           scalar_t* dq_i = dq.row(b, h, i0 + r);
           for (int64_t d = 0; d < hd; ++d) dq_i[d] = s * dq_rows[size_t(r * hdp + d)];
         }
         // Rows past T have q = dO = 0, so they add nothing to dk, dv.
-        add_outer(dk_rows.data(), dSt.data(), sq_rows.data() + i0 * hdp, hdp, n);
-        add_outer(dv_rows.data(), Pt.data(), dO_rows.data() + i0 * hdp, hdp, n);
+        add_outer(dk_rows.data(), dSt.data(), SliceRows<scalar_t>{sq_rows.data() + i0 * hdp, hdp}, hdp, n);
+        add_outer(dv_rows.data(), Pt.data(), SliceRows<scalar_t>{dO_r.p + i0 * dO_r.ld, dO_r.ld}, hdp, n);
       }
       for (int64_t j = 0; j < T; ++j) {
         std::copy(dk_rows.begin() + j * hdp, dk_rows.begin() + j * hdp + hd, dk.row(b, h, j));
