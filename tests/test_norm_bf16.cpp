@@ -2,7 +2,8 @@
 // each output (y, dx, dgamma, dbeta) is the f32 kernel's on the bf16 values widened to f32, rounded
 // once to bf16 (same bits), with the statistics kept in f32 (same bits as the f32 kernel's); the
 // same outputs against the f64 kernel on the same widened values, within the bound of one bf16
-// rounding; the same bits for any thread count; the autograd node and Modules on bf16; bad input.
+// rounding; add_layer_norm and add_rms_norm (h = x + r rounded to bf16, then the norm of h); the
+// same bits for any thread count; the autograd nodes and Modules on bf16; bad input.
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
@@ -15,6 +16,7 @@
 
 #include "framework/parallel.h"
 #include "framework/simd.h"
+#include "norm/fused_add_norm/fused_add_norm.h"
 #include "norm/layer_norm/layer_norm.h"
 #include "norm/rms_norm/rms_norm.h"
 #include "tests/norm_test_util.h"
@@ -87,7 +89,9 @@ void check_stat_bits(const Tensor& s, const Tensor& s32, const std::string& labe
 }
 
 // A bf16 parameter ~ N(mean, std) of n values.
-Tensor bf16_param(int64_t n, Generator& gen, double mean, double std) { return randn({n}, gen, kF64, mean, std).to(kBf16); }
+Tensor bf16_param(int64_t n, Generator& gen, double mean, double std) {
+  return randn({n}, gen, kF64, mean, std).to(kBf16);
+}
 
 }  // namespace
 
@@ -207,6 +211,53 @@ BOOST_AUTO_TEST_CASE(rms_norm_is_the_f32_kernel_rounded_once) {
         worst = std::max(worst, check_bf16_outputs(outs, "rms_norm " + label));
       }
   std::printf("rms_norm bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", worst);
+}
+
+BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
+  // h = x + r in f32, rounded to bf16 (as the unfused add); then the norm of that h, as above.
+  Generator gen(46);
+  for (const Shape& s : std::vector<Shape>{{3, 7}, {64, 128}, {300, 17}}) {
+    const std::string label = to_string(s);
+    const int64_t N = s[1];
+    const Tensor x = randn(s, gen, kF64, 2.0, 1.0).to(kBf16), r = randn(s, gen, kF64).to(kBf16);
+    const Tensor dh = randn(s, gen, kF64).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
+    const Tensor gamma32 = gamma.to(kF32), beta32 = beta.to(kF32);
+    const AddLayerNormStats a = add_layer_norm_forward(x, r, gamma, beta, 1e-5);
+    const AddLayerNormGrads g = add_layer_norm_backward(dh, dy, a.h, gamma, a.mean, a.rstd, true, true, true);
+    const AddRMSNormStats ar = add_rms_norm_forward(x, r, gamma, 1e-6, true);
+    const AddRMSNormGrads gr = add_rms_norm_backward(dh, dy, ar.h, gamma, ar.rrms, true, true, true);
+    // The f32 kernels on the widened values.
+    const Tensor h32 = add_layer_norm_forward(x.to(kF32), r.to(kF32), gamma32, beta32, 1e-5).h;
+    BOOST_CHECK_MESSAGE(same_bits(a.h, h32.to(kBf16)) && same_bits(ar.h, h32.to(kBf16)), label << " h");
+    const Tensor hw = a.h.to(kF32);
+    const LayerNormStats ln = layer_norm_forward(hw, gamma32, beta32, 1e-5);
+    const AddLayerNormGrads g32 = add_layer_norm_backward(dh.to(kF32), dy.to(kF32), hw, gamma32, ln.mean, ln.rstd,
+                                                          true, true, true);
+    const RMSNormStats rms = rms_norm_forward(hw, gamma32, 1e-6, true);
+    const AddRMSNormGrads gr32 = add_rms_norm_backward(dh.to(kF32), dy.to(kF32), hw, gamma32, rms.rrms, true, true,
+                                                       true);
+    check_stat_bits(a.mean, ln.mean, label, "add_layer_norm mean");
+    check_stat_bits(a.rstd, ln.rstd, label, "add_layer_norm rstd");
+    check_stat_bits(ar.rrms, rms.rrms, label, "add_rms_norm rrms");
+    const std::pair<Tensor, Tensor> outs[] = {{a.y, ln.y},
+                                              {g.dh_total, g32.dh_total},
+                                              {g.dgamma, g32.dgamma},
+                                              {g.dbeta, g32.dbeta},
+                                              {ar.y, rms.y},
+                                              {gr.dh_total, gr32.dh_total},
+                                              {gr.dgamma, gr32.dgamma}};
+    for (size_t i = 0; i < std::size(outs); ++i)
+      BOOST_CHECK_MESSAGE(same_bits(outs[i].first, outs[i].second.to(kBf16)), label << " output " << i);
+  }
+  // The Modules' forward_add (one fused node) on bf16: the norm of the bf16 sum.
+  const Tensor x = randn({4, 16}, gen, kF64).to(kBf16), r = randn({4, 16}, gen, kF64).to(kBf16);
+  LayerNorm ln(16, 1e-5, true, true, kBf16);
+  RMSNorm rms(16, 1e-6, true, false, kBf16);
+  const auto [h, y] = ln.forward_add(Variable(x), Variable(r));
+  const auto [h2, y2] = rms.forward_add(Variable(x), Variable(r));
+  BOOST_CHECK(same_bits(y.data(), ln.forward(h).data()));
+  BOOST_CHECK(same_bits(y2.data(), rms.forward(h2).data()));
 }
 
 BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
