@@ -15,6 +15,14 @@
 
 namespace normlab {
 
+// A per-thread buffer of at least n values of T, kept between calls.
+template <class T>
+T* thread_scratch(int64_t n) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < size_t(n)) buf.resize(size_t(n));
+  return buf.data();
+}
+
 // Scalar math: layer_norm_forward (norm/layer_norm/layer_norm.cpp). S is the storage type of x and
 // y, T = math_t<S> the type of the math, the statistics and gamma/beta (a bf16 row widens to f32
 // as it loads, so each value is what the f32 kernel gives on the widened row, rounded once to
@@ -31,26 +39,42 @@ namespace normlab {
 // vectorizes. Each row's
 // values are the same in any group (the same operations in the same order).
 // params(i) returns {gamma, beta} of row i: N values each, never null.
+// A bf16 group widens once, in the first pass, into f32 rows (a per-thread buffer of one group, in
+// L1) that the other two passes read: the same values as widening in each pass.
 template <class S, class Params>
 void layer_norm_rows(S* y, math_t<S>* mean, math_t<S>* rstd, const S* x, int64_t M, int64_t N, double eps,
                      const Params& params) {
   using T = math_t<S>;
   using V = simd::Vec<T>;
   constexpr int64_t G = simd::kRowGroup;
+  constexpr bool kWiden = !std::is_same_v<S, T>;
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) { simd::with_row_length(N, [&](auto N) {
-    simd::for_row_groups(r0, r1, simd::group_rows<T>(N), [&](int64_t i0, int64_t n) {
+    const int64_t rows = simd::group_rows<T>(N);
+    [[maybe_unused]] T* wide = nullptr;
+    if constexpr (kWiden) wide = thread_scratch<T>(rows * N);
+    simd::for_row_groups(r0, r1, rows, [&](int64_t i0, int64_t n) {
+      // Row k of the group as the last two passes read it: x's row, or its widened copy.
+      auto row = [&](int64_t k) {
+        if constexpr (kWiden) return static_cast<const T*>(wide + k * N);
+        else return x + (i0 + k) * N;
+      };
       // Per row k of the group (rows past n: zeros, never stored): x0, m, the centred sums, rstd, m + dm.
       T x0[G] = {}, m[G] = {}, s0[G] = {}, s1[G] = {}, rs[G], shift[G];
       double mu[G];
       for (int64_t k = 0; k < n; ++k) {
         const S* xi = x + (i0 + k) * N;
+        [[maybe_unused]] T* const wk = kWiden ? wide + k * N : nullptr;
         x0[k] = T(xi[0]);
         const V x0v = simd::splat(x0[k]);
-        m[k] = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* acc) { acc[0] += at(xi + j) - x0v; }).v[0];
+        m[k] = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* acc) {
+                 const V v = at(xi + j);
+                 if constexpr (kWiden) at.store(wk + j, v);
+                 acc[0] += v - x0v;
+               }).v[0];
       }
       for (int64_t k = 0; k < G; ++k) m[k] /= T(N);
       for (int64_t k = 0; k < n; ++k) {
-        const S* xi = x + (i0 + k) * N;
+        const auto xi = row(k);
         const V x0v = simd::splat(x0[k]), mv = simd::splat(m[k]);
         const auto s = simd::row_sums<T, 2>(N, [&](int64_t j, auto at, V* acc) {
           const V c = (at(xi + j) - x0v) - mv;
@@ -71,7 +95,7 @@ void layer_norm_rows(S* y, math_t<S>* mean, math_t<S>* rstd, const S* x, int64_t
         mean[i0 + k] = T(mu[k]);
         rstd[i0 + k] = rs[k];
         const auto [gp, bp] = params(i0 + k);
-        const S* xi = x + (i0 + k) * N;
+        const auto xi = row(k);
         S* yi = y + (i0 + k) * N;
         const V x0v = simd::splat(x0[k]), sv = simd::splat(shift[k]), rsv = simd::splat(rs[k]);
         simd::row_for<T>(N, [&](int64_t j, auto at) {
