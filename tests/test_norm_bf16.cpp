@@ -148,33 +148,38 @@ BOOST_AUTO_TEST_CASE(layer_norm_is_the_f32_kernel_rounded_once) {
   double worst = 0;
   Generator gen(41);
   for (const Shape& s : kernel_shapes)
-    for (const Bf16Input& in : bf16_inputs(s, gen)) {
-      const std::string label = to_string(s) + " " + in.name;
-      const int64_t N = s[1];
-      const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
-      const Tensor dy = randn(s, gen, kF64).to(kBf16);
-      const LayerNormStats st = layer_norm_forward(in.x, gamma, beta, eps);
-      const LayerNormGrads g = layer_norm_backward(dy, in.x, gamma, st.mean, st.rstd, true, true, true);
-      // The f32 kernel and the f64 one on the same widened values.
-      Tensor x_[2], dy_[2], gamma_[2], beta_[2];
-      LayerNormStats st_[2];
-      LayerNormGrads g_[2];
-      for (int v = 0; v < 2; ++v) {
-        const DType d = v == 0 ? kF32 : kF64;
-        x_[v] = in.x.to(d), dy_[v] = dy.to(d), gamma_[v] = gamma.to(d), beta_[v] = beta.to(d);
-        st_[v] = layer_norm_forward(x_[v], gamma_[v], beta_[v], eps);
-        g_[v] = layer_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].mean, st_[v].rstd, true, true, true);
+    for (const Bf16Input& in : bf16_inputs(s, gen))
+      for (int variant = 0; variant < 3; ++variant) {  // gamma and beta, gamma alone, neither
+        const bool has_gamma = variant < 2, has_beta = variant == 0;
+        const std::string label =
+            to_string(s) + " " + in.name + (has_beta ? "" : has_gamma ? " no bias" : " no affine");
+        const int64_t N = s[1];
+        const Tensor gamma = has_gamma ? bf16_param(N, gen, 1.0, 0.5) : Tensor();
+        const Tensor beta = has_beta ? bf16_param(N, gen, 0.0, 1.0) : Tensor();
+        const Tensor dy = randn(s, gen, kF64).to(kBf16);
+        const LayerNormStats st = layer_norm_forward(in.x, gamma, beta, eps);
+        const LayerNormGrads g = layer_norm_backward(dy, in.x, gamma, st.mean, st.rstd, true, has_gamma, has_beta);
+        // The f32 kernel and the f64 one on the same widened values.
+        Tensor x_[2], dy_[2], gamma_[2], beta_[2];
+        LayerNormStats st_[2];
+        LayerNormGrads g_[2];
+        for (int v = 0; v < 2; ++v) {
+          const DType d = v == 0 ? kF32 : kF64;
+          x_[v] = in.x.to(d), dy_[v] = dy.to(d);
+          gamma_[v] = has_gamma ? gamma.to(d) : Tensor(), beta_[v] = has_beta ? beta.to(d) : Tensor();
+          st_[v] = layer_norm_forward(x_[v], gamma_[v], beta_[v], eps);
+          g_[v] = layer_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].mean, st_[v].rstd, true, has_gamma, has_beta);
+        }
+        check_stat_bits(st.mean, st_[0].mean, label, "mean");
+        check_stat_bits(st.rstd, st_[0].rstd, label, "rstd");
+        // dx cancels terms of size |dy| rstd (|gamma| + 1).
+        const double g_max = has_gamma ? max_abs(gamma_[1]) : 1.0;
+        const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rstd) * (g_max + 1);
+        std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
+        if (has_gamma) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
+        if (has_beta) outs.push_back({"dbeta", g.dbeta, g_[0].dbeta, g_[1].dbeta});
+        worst = std::max(worst, check_bf16_outputs(outs, "layer_norm " + label));
       }
-      check_stat_bits(st.mean, st_[0].mean, label, "mean");
-      check_stat_bits(st.rstd, st_[0].rstd, label, "rstd");
-      // dx cancels terms of size |dy| rstd (|gamma| + 1).
-      const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rstd) * (max_abs(gamma_[1]) + 1);
-      worst = std::max(worst, check_bf16_outputs({{"y", st.y, st_[0].y, st_[1].y},
-                                                  {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale},
-                                                  {"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma},
-                                                  {"dbeta", g.dbeta, g_[0].dbeta, g_[1].dbeta}},
-                                                 "layer_norm " + label));
-    }
   std::printf("layer_norm bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", worst);
 }
 
