@@ -88,6 +88,19 @@ void check_stat_bits(const Tensor& s, const Tensor& s32, const std::string& labe
   BOOST_CHECK_MESSAGE(same_bits(s, s32), label << " " << name << ": not the f32 kernel's");
 }
 
+// Calls f(shape, input, variant, gen) for every kernel shape, bf16 input and variant 0..2 (the
+// test's parameter sets), drawing from one generator; f returns its worst ratio to the bound. Prints
+// the worst of all.
+template <class F>
+void for_each_bf16_case(const char* name, uint64_t seed, const F& f) {
+  Generator gen(seed);
+  double worst = 0;
+  for (const Shape& s : kernel_shapes)
+    for (const Bf16Input& in : bf16_inputs(s, gen))
+      for (int variant = 0; variant < 3; ++variant) worst = std::max(worst, f(s, in, variant, gen));
+  std::printf("%s bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", name, worst);
+}
+
 // A bf16 parameter ~ N(mean, std) of n values.
 Tensor bf16_param(int64_t n, Generator& gen, double mean, double std) {
   return randn({n}, gen, kF64, mean, std).to(kBf16);
@@ -145,77 +158,68 @@ BOOST_AUTO_TEST_CASE(simd_conversions_match_the_scalar_ones) {
 
 BOOST_AUTO_TEST_CASE(layer_norm_is_the_f32_kernel_rounded_once) {
   const double eps = 1e-5;
-  double worst = 0;
-  Generator gen(41);
-  for (const Shape& s : kernel_shapes)
-    for (const Bf16Input& in : bf16_inputs(s, gen))
-      for (int variant = 0; variant < 3; ++variant) {  // gamma and beta, gamma alone, neither
-        const bool has_gamma = variant < 2, has_beta = variant == 0;
-        const std::string label =
-            to_string(s) + " " + in.name + (has_beta ? "" : has_gamma ? " no bias" : " no affine");
-        const int64_t N = s[1];
-        const Tensor gamma = has_gamma ? bf16_param(N, gen, 1.0, 0.5) : Tensor();
-        const Tensor beta = has_beta ? bf16_param(N, gen, 0.0, 1.0) : Tensor();
-        const Tensor dy = randn(s, gen, kF64).to(kBf16);
-        const LayerNormStats st = layer_norm_forward(in.x, gamma, beta, eps);
-        const LayerNormGrads g = layer_norm_backward(dy, in.x, gamma, st.mean, st.rstd, true, has_gamma, has_beta);
-        // The f32 kernel and the f64 one on the same widened values.
-        Tensor x_[2], dy_[2], gamma_[2], beta_[2];
-        LayerNormStats st_[2];
-        LayerNormGrads g_[2];
-        for (int v = 0; v < 2; ++v) {
-          const DType d = v == 0 ? kF32 : kF64;
-          x_[v] = in.x.to(d), dy_[v] = dy.to(d);
-          gamma_[v] = has_gamma ? gamma.to(d) : Tensor(), beta_[v] = has_beta ? beta.to(d) : Tensor();
-          st_[v] = layer_norm_forward(x_[v], gamma_[v], beta_[v], eps);
-          g_[v] = layer_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].mean, st_[v].rstd, true, has_gamma, has_beta);
-        }
-        check_stat_bits(st.mean, st_[0].mean, label, "mean");
-        check_stat_bits(st.rstd, st_[0].rstd, label, "rstd");
-        // dx cancels terms of size |dy| rstd (|gamma| + 1).
-        const double g_max = has_gamma ? max_abs(gamma_[1]) : 1.0;
-        const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rstd) * (g_max + 1);
-        std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
-        if (has_gamma) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
-        if (has_beta) outs.push_back({"dbeta", g.dbeta, g_[0].dbeta, g_[1].dbeta});
-        worst = std::max(worst, check_bf16_outputs(outs, "layer_norm " + label));
-      }
-  std::printf("layer_norm bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", worst);
+  // Variants: gamma and beta, gamma alone, neither.
+  for_each_bf16_case("layer_norm", 41, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const bool has_gamma = variant < 2, has_beta = variant == 0;
+    const std::string label = to_string(s) + " " + in.name + (has_beta ? "" : has_gamma ? " no bias" : " no affine");
+    const int64_t N = s[1];
+    const Tensor gamma = has_gamma ? bf16_param(N, gen, 1.0, 0.5) : Tensor();
+    const Tensor beta = has_beta ? bf16_param(N, gen, 0.0, 1.0) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const LayerNormStats st = layer_norm_forward(in.x, gamma, beta, eps);
+    const LayerNormGrads g = layer_norm_backward(dy, in.x, gamma, st.mean, st.rstd, true, has_gamma, has_beta);
+    // The f32 kernel and the f64 one on the same widened values.
+    Tensor x_[2], dy_[2], gamma_[2], beta_[2];
+    LayerNormStats st_[2];
+    LayerNormGrads g_[2];
+    for (int v = 0; v < 2; ++v) {
+      const DType d = v == 0 ? kF32 : kF64;
+      x_[v] = in.x.to(d), dy_[v] = dy.to(d);
+      gamma_[v] = has_gamma ? gamma.to(d) : Tensor(), beta_[v] = has_beta ? beta.to(d) : Tensor();
+      st_[v] = layer_norm_forward(x_[v], gamma_[v], beta_[v], eps);
+      g_[v] = layer_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].mean, st_[v].rstd, true, has_gamma, has_beta);
+    }
+    check_stat_bits(st.mean, st_[0].mean, label, "mean");
+    check_stat_bits(st.rstd, st_[0].rstd, label, "rstd");
+    // dx cancels terms of size |dy| rstd (|gamma| + 1).
+    const double g_max = has_gamma ? max_abs(gamma_[1]) : 1.0;
+    const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rstd) * (g_max + 1);
+    std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
+    if (has_gamma) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
+    if (has_beta) outs.push_back({"dbeta", g.dbeta, g_[0].dbeta, g_[1].dbeta});
+    return check_bf16_outputs(outs, "layer_norm " + label);
+  });
 }
 
 BOOST_AUTO_TEST_CASE(rms_norm_is_the_f32_kernel_rounded_once) {
   const double eps = 1e-6;
-  double worst = 0;
-  Generator gen(42);
-  for (const Shape& s : kernel_shapes)
-    for (const Bf16Input& in : bf16_inputs(s, gen))
-      for (int variant = 0; variant < 3; ++variant) {  // weight, unit offset, no weight
-        const bool unit_offset = variant == 1, has_weight = variant != 2;
-        const std::string label = to_string(s) + " " + in.name + (unit_offset ? " unit_offset" : "") +
-                                  (has_weight ? "" : " no weight");
-        const int64_t N = s[1];
-        const Tensor gamma = has_weight ? bf16_param(N, gen, unit_offset ? 0.0 : 1.0, 0.5) : Tensor();
-        const Tensor dy = randn(s, gen, kF64).to(kBf16);
-        const RMSNormStats st = rms_norm_forward(in.x, gamma, eps, unit_offset);
-        const RMSNormGrads g = rms_norm_backward(dy, in.x, gamma, st.rrms, unit_offset, true, has_weight);
-        Tensor x_[2], dy_[2], gamma_[2];
-        RMSNormStats st_[2];
-        RMSNormGrads g_[2];
-        for (int v = 0; v < 2; ++v) {
-          const DType d = v == 0 ? kF32 : kF64;
-          x_[v] = in.x.to(d), dy_[v] = dy.to(d), gamma_[v] = has_weight ? gamma.to(d) : Tensor();
-          st_[v] = rms_norm_forward(x_[v], gamma_[v], eps, unit_offset);
-          g_[v] = rms_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].rrms, unit_offset, true, has_weight);
-        }
-        check_stat_bits(st.rrms, st_[0].rrms, label, "rrms");
-        // dx cancels terms of size |dy| rrms |g| (tests/test_norm_rms_norm.cpp).
-        const double g_max = has_weight ? max_abs(gamma_[1]) + (unit_offset ? 1.0 : 0.0) : 1.0;
-        const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rrms) * g_max;
-        std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
-        if (has_weight) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
-        worst = std::max(worst, check_bf16_outputs(outs, "rms_norm " + label));
-      }
-  std::printf("rms_norm bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", worst);
+  // Variants: weight, unit offset, no weight.
+  for_each_bf16_case("rms_norm", 42, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const bool unit_offset = variant == 1, has_weight = variant != 2;
+    const std::string label =
+        to_string(s) + " " + in.name + (unit_offset ? " unit_offset" : "") + (has_weight ? "" : " no weight");
+    const int64_t N = s[1];
+    const Tensor gamma = has_weight ? bf16_param(N, gen, unit_offset ? 0.0 : 1.0, 0.5) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const RMSNormStats st = rms_norm_forward(in.x, gamma, eps, unit_offset);
+    const RMSNormGrads g = rms_norm_backward(dy, in.x, gamma, st.rrms, unit_offset, true, has_weight);
+    Tensor x_[2], dy_[2], gamma_[2];
+    RMSNormStats st_[2];
+    RMSNormGrads g_[2];
+    for (int v = 0; v < 2; ++v) {
+      const DType d = v == 0 ? kF32 : kF64;
+      x_[v] = in.x.to(d), dy_[v] = dy.to(d), gamma_[v] = has_weight ? gamma.to(d) : Tensor();
+      st_[v] = rms_norm_forward(x_[v], gamma_[v], eps, unit_offset);
+      g_[v] = rms_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].rrms, unit_offset, true, has_weight);
+    }
+    check_stat_bits(st.rrms, st_[0].rrms, label, "rrms");
+    // dx cancels terms of size |dy| rrms |g| (tests/test_norm_rms_norm.cpp).
+    const double g_max = has_weight ? max_abs(gamma_[1]) + (unit_offset ? 1.0 : 0.0) : 1.0;
+    const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rrms) * g_max;
+    std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
+    if (has_weight) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
+    return check_bf16_outputs(outs, "rms_norm " + label);
+  });
 }
 
 BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
