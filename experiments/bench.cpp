@@ -252,6 +252,47 @@ void bench_norms() {
   }
 }
 
+// LayerNorm and RMSNorm on bf16 storage beside f32 on the same values, timed in turn: the same
+// kernels reading and writing bf16 rows (f32 math and statistics). GB/s count each dtype's own
+// bytes of the [M, N] tensors; f32/bf16 is the f32 kernel's time over the bf16 kernel's.
+void bench_norms_bf16() {
+  std::printf("\nnorm kernels, bf16 storage beside f32, %d threads (GB/s of each dtype's bytes: forward x, y; "
+              "backward x, dy, dx; f32/bf16: the f32 kernel's time over the bf16 kernel's)\n",
+              num_threads());
+  Generator gen(5);
+  const double eps = 1e-5;
+  for (const Shape& s : {Shape{4096, 1024}, Shape{65536, 128}}) {
+    const int64_t M = s[0], N = s[1];
+    const Tensor x = randn(s, gen), dy = randn(s, gen), gamma = randn({N}, gen), beta = randn({N}, gen);
+    const DType b16 = DType::bf16;
+    const Tensor xb = x.to(b16), dyb = dy.to(b16), gammab = gamma.to(b16), betab = beta.to(b16);
+    const LayerNormStats ln = layer_norm_forward(x, gamma, beta, eps), lnb = layer_norm_forward(xb, gammab, betab, eps);
+    const RMSNormStats rms = rms_norm_forward(x, gamma, 1e-6), rmsb = rms_norm_forward(xb, gammab, 1e-6);
+    struct Case {
+      const char* name;
+      int tensors;
+      std::function<void()> f32, bf16;
+    };
+    const Case cases[] = {
+        {"LayerNorm fwd", 2, [&] { layer_norm_forward(x, gamma, beta, eps); },
+         [&] { layer_norm_forward(xb, gammab, betab, eps); }},
+        {"LayerNorm bwd", 3, [&] { layer_norm_backward(dy, x, gamma, ln.mean, ln.rstd, true, true, true); },
+         [&] { layer_norm_backward(dyb, xb, gammab, lnb.mean, lnb.rstd, true, true, true); }},
+        {"RMSNorm fwd", 2, [&] { rms_norm_forward(x, gamma, 1e-6); }, [&] { rms_norm_forward(xb, gammab, 1e-6); }},
+        {"RMSNorm bwd", 3, [&] { rms_norm_backward(dy, x, gamma, rms.rrms, false, true, true); },
+         [&] { rms_norm_backward(dyb, xb, gammab, rmsb.rrms, false, true, true); }},
+    };
+    std::printf("\n%s\n  %-14s %8s %8s %8s\n", to_string(s).c_str(), "", "f32", "bf16", "f32/bf16");
+    for (const Case& c : cases) {
+      const std::vector<double> t = time_interleaved(M * N < (1 << 20) ? 200 : 20, {c.f32, c.bf16});
+      const double values = double(c.tensors) * double(M * N);
+      std::printf("  %-14s %8.1f %8.1f %8.2f\n", c.name, values * 4 / t[0] * 1e-9, values * 2 / t[1] * 1e-9,
+                  t[0] / t[1]);
+      std::fflush(stdout);
+    }
+  }
+}
+
 // LayerNorm composed of autograd ops: the baseline the hand-derived layer_norm is measured against.
 Variable composed_layer_norm(const Variable& x) {
   const Variable centered = x - mean(x, {-1}, true);
@@ -516,7 +557,10 @@ void run_train_bench() {
   bench_deep_step(1000, 128, true);
 }
 
-void run_norm_bench() { bench_norms(); }
+void run_norm_bench() {
+  bench_norms();
+  bench_norms_bf16();
+}
 
 void run_foundation_bench(int depth) {
   std::printf("normlab foundation bench, %d threads\n", num_threads());

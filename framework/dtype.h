@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <ostream>
+#include <type_traits>
 
 namespace normlab {
 
@@ -62,6 +63,23 @@ template <> struct dtype_of<double> { static constexpr DType value = DType::f64;
 template <> struct dtype_of<bf16> { static constexpr DType value = DType::bf16; };
 template <> struct dtype_of<int64_t> { static constexpr DType value = DType::i64; };
 template <class T> inline constexpr DType dtype_v = dtype_of<T>::value;
+
+// The type a CPU kernel computes in for storage type T: T itself, f32 for bf16. A bf16 value
+// widens to f32 exactly (before any square or sum); a result narrows back with one rounding.
+template <class T> struct math_of { using type = T; };
+template <> struct math_of<bf16> { using type = float; };
+template <class T> using math_t = typename math_of<T>::type;
+
+template <class T>
+inline math_t<T> to_math(T v) {
+  return math_t<T>(v);
+}
+// v in storage type T (bf16: rounded to f32, then to nearest even bf16).
+template <class T>
+inline T to_storage(double v) {
+  if constexpr (std::is_same_v<T, bf16>) return bf16(float(v));
+  else return T(v);
+}
 
 enum class DeviceType : uint8_t { cpu, cuda };
 

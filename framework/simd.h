@@ -8,6 +8,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "framework/dtype.h"
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors pass in memory without AVX-512; all inlined
 
@@ -58,17 +60,47 @@ template <class T>
   return v[0];
 }
 
+// bf16 rows: a block of lanes<float> bf16 values widens to a Vec<float> (exact: the 16 bits go on
+// top of zeros) and a Vec<float> narrows with bf16(float)'s rounding (to nearest even; a NaN stays
+// a quiet NaN), lane by lane, so a kernel on Vec<float> reads and writes bf16 rows as f32 rows.
+typedef uint16_t Bf16Bits __attribute__((vector_size(32)));
+typedef uint32_t F32Bits __attribute__((vector_size(64)));
+static_assert(sizeof(bf16) == 2 && sizeof(Bf16Bits) / 2 == lanes<float>);
+
+[[gnu::always_inline]] inline Vec<float> widen(Bf16Bits h) {
+  return reinterpret_cast<Vec<float>>(__builtin_convertvector(h, F32Bits) << 16);
+}
+
+[[gnu::always_inline]] inline Bf16Bits narrow(Vec<float> v) {
+  const F32Bits u = reinterpret_cast<F32Bits>(v);
+  const F32Bits rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const F32Bits quiet = (u >> 16) | 0x40u;
+  const F32Bits nan = reinterpret_cast<F32Bits>((u & 0x7fffffffu) > 0x7f800000u);
+  return __builtin_convertvector((quiet & nan) | (rounded & ~nan), Bf16Bits);
+}
+
 // Access to one lanes-wide block of a row: Full for whole blocks, Part for the row's last n < lanes
 // elements (loads fill the other lanes with 0, stores write only the n). Row loops call their body
 // with either, so one generic lambda serves both.
 struct Full {
   template <class T>
+    requires std::is_floating_point_v<T>
   [[gnu::always_inline]] Vec<T> operator()(const T* p) const {
     return load(p);
   }
   template <class T>
+    requires std::is_floating_point_v<T>
   [[gnu::always_inline]] void store(T* p, Vec<T> v) const {
     simd::store(p, v);
+  }
+  [[gnu::always_inline]] Vec<float> operator()(const bf16* p) const {
+    Bf16Bits h;
+    std::memcpy(&h, p, sizeof h);
+    return widen(h);
+  }
+  [[gnu::always_inline]] void store(bf16* p, Vec<float> v) const {
+    const Bf16Bits h = narrow(v);
+    std::memcpy(static_cast<void*>(p), &h, sizeof h);  // bf16 is trivially copyable
   }
   template <class T>
   [[gnu::always_inline]] Vec<T> mask(Vec<T> v) const {
@@ -78,14 +110,25 @@ struct Full {
 struct Part {
   int64_t n;
   template <class T>
+    requires std::is_floating_point_v<T>
   [[gnu::always_inline]] Vec<T> operator()(const T* p) const {
     Vec<T> v{};
     std::memcpy(&v, p, size_t(n) * sizeof(T));
     return v;
   }
   template <class T>
+    requires std::is_floating_point_v<T>
   [[gnu::always_inline]] void store(T* p, Vec<T> v) const {
     std::memcpy(p, &v, size_t(n) * sizeof(T));
+  }
+  [[gnu::always_inline]] Vec<float> operator()(const bf16* p) const {
+    Bf16Bits h{};
+    std::memcpy(&h, p, size_t(n) * sizeof(bf16));
+    return widen(h);
+  }
+  [[gnu::always_inline]] void store(bf16* p, Vec<float> v) const {
+    const Bf16Bits h = narrow(v);
+    std::memcpy(static_cast<void*>(p), &h, size_t(n) * sizeof(bf16));
   }
   // v with the lanes past n set to 0 (a term computed from the zero-filled lanes).
   template <class T>
@@ -132,9 +175,10 @@ template <class T, int S, class F>
   return out;
 }
 
-// Sum of p[j]^2 over a row of n (row_sums).
-template <class T>
-[[gnu::always_inline]] inline T row_sum_squares(int64_t n, const T* p) {
+// Sum of p[j]^2 over a row of n (row_sums), in math_t<S> (a bf16 row widens before squaring).
+template <class S>
+[[gnu::always_inline]] inline math_t<S> row_sum_squares(int64_t n, const S* p) {
+  using T = math_t<S>;
   return row_sums<T, 1>(n, [&](int64_t j, auto at, Vec<T>* acc) {
            const Vec<T> v = at(p + j);
            acc[0] += v * v;

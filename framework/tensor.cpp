@@ -273,18 +273,11 @@ static decltype(auto) visit_dtype(DType t, F&& f) {
   NL_FAIL("unknown dtype");
 }
 
-template <class T> static double to_double(T v) {
-  if constexpr (std::is_same_v<T, bf16>) return double(float(v));
-  else return double(v);
-}
-template <class T> static T from_double(double v) {
-  if constexpr (std::is_same_v<T, bf16>) return bf16(float(v));
-  else return T(v);
-}
+template <class T> static double to_double(T v) { return double(to_math(v)); }
 
 template <class D, class S> static D convert(S v) {
   if constexpr (std::is_same_v<D, S>) return v;
-  else return from_double<D>(to_double(v));
+  else return to_storage<D>(to_double(v));
 }
 
 // dst[i, j] = src[i, j] for a P x L block where the destination is unit-stride along j and
@@ -364,7 +357,7 @@ void Tensor::fill_(double value) {
   }
   visit_dtype(dtype_, [&]<class T>() {
     T* base = static_cast<T*>(storage_->data()) + offset_;
-    const T v = from_double<T>(value);
+    const T v = to_storage<T>(value);
     for_each_strided<1>(shape_, {strides_}, 1 << 15, [&](std::array<int64_t, 1> off, int64_t n, std::array<int64_t, 1> inc) {
       for (int64_t i = 0; i < n; ++i) base[off[0] + i * inc[0]] = v;
     });
@@ -418,7 +411,7 @@ void Tensor::set(const std::vector<int64_t>& index, double value) {
   const int64_t off = linear_offset(index);
   visit_dtype(dtype_, [&]<class T>() {
     T* p = static_cast<T*>(storage_->data()) + off;
-    const T v = from_double<T>(value);
+    const T v = to_storage<T>(value);
     if (device().type == DeviceType::cpu) *p = v;
     else cuda_memcpy(p, device(), &v, Device::cpu(), sizeof(T));
   });
@@ -474,7 +467,7 @@ Tensor arange(double start, double end, double step, DType dtype) {
   Tensor t = empty({n}, dtype);
   visit_dtype(dtype, [&]<class T>() {
     T* p = t.data<T>();
-    for (int64_t i = 0; i < n; ++i) p[i] = from_double<T>(start + double(i) * step);
+    for (int64_t i = 0; i < n; ++i) p[i] = to_storage<T>(start + double(i) * step);
   });
   return t;
 }
@@ -488,7 +481,7 @@ static Tensor generate(const Shape& shape, Generator& gen, DType dtype, const F&
   visit_dtype(dtype, [&]<class T>() {
     T* p = t.data<T>();
     parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) p[i] = from_double<T>(value_at(first + uint64_t(i)));
+      for (int64_t i = b; i < e; ++i) p[i] = to_storage<T>(value_at(first + uint64_t(i)));
     });
   });
   return t;

@@ -23,7 +23,7 @@ void for_row_blocks(int64_t M, int64_t N, const F& f) {
 template <class T, class F>
 void add_then_norm(T* h, const T* x, const T* r, int64_t M, int64_t N, const F& norm_rows) {
   for_row_blocks(M, N, [&](int64_t i0, int64_t i1) {
-    for (int64_t k = i0 * N; k < i1 * N; ++k) h[k] = x[k] + r[k];
+    for (int64_t k = i0 * N; k < i1 * N; ++k) h[k] = T(to_math(x[k]) + to_math(r[k]));
     norm_rows(i0, i1);
   });
 }
@@ -76,8 +76,8 @@ BackwardArgs backward_args(const Tensor& dh, const Tensor& dy, const Tensor& h, 
 }  // namespace
 
 template <class T>
-void add_layer_norm_forward(T* h, T* y, T* mean, T* rstd, const T* x, const T* r, const T* gamma, const T* beta,
-                            int64_t M, int64_t N, double eps) {
+void add_layer_norm_forward(T* h, T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* r, const T* gamma,
+                            const T* beta, int64_t M, int64_t N, double eps) {
   add_then_norm(h, x, r, M, N, [&](int64_t i0, int64_t i1) {
     layer_norm_forward_cpu<T>(y + i0 * N, mean + i0, rstd + i0, h + i0 * N, gamma, beta, i1 - i0, N, eps);
   });
@@ -88,13 +88,13 @@ void add_layer_norm_forward(T* h, T* y, T* mean, T* rstd, const T* x, const T* r
 // dgamma, dbeta: layer_norm's, from dy and h.
 template <class T>
 void add_layer_norm_backward(T* dh_total, T* dgamma, T* dbeta, const T* dh, const T* dy, const T* h, const T* gamma,
-                             const T* mean, const T* rstd, int64_t M, int64_t N) {
+                             const math_t<T>* mean, const math_t<T>* rstd, int64_t M, int64_t N) {
   // One pass: dx of the norm plus dh into dh_total, and the dgamma/dbeta partials.
   layer_norm_backward_cpu<T>(dh_total, dgamma, dbeta, dy, h, gamma, mean, rstd, M, N, dh);
 }
 
 template <class T>
-void add_rms_norm_forward(T* h, T* y, T* rrms, const T* x, const T* r, const T* gamma, int64_t M, int64_t N,
+void add_rms_norm_forward(T* h, T* y, math_t<T>* rrms, const T* x, const T* r, const T* gamma, int64_t M, int64_t N,
                           double eps, bool unit_offset) {
   add_then_norm(h, x, r, M, N, [&](int64_t i0, int64_t i1) {
     rms_norm_forward_cpu<T>(y + i0 * N, rrms + i0, h + i0 * N, gamma, i1 - i0, N, eps, unit_offset);
@@ -106,7 +106,7 @@ void add_rms_norm_forward(T* h, T* y, T* rrms, const T* x, const T* r, const T* 
 // dgamma: rms_norm's, from dy and h.
 template <class T>
 void add_rms_norm_backward(T* dh_total, T* dgamma, const T* dh, const T* dy, const T* h, const T* gamma,
-                           const T* rrms, int64_t M, int64_t N, bool unit_offset) {
+                           const math_t<T>* rrms, int64_t M, int64_t N, bool unit_offset) {
   // One pass: dx of the norm plus dh into dh_total, and the dgamma partials.
   rms_norm_backward_cpu<T>(dh_total, dgamma, dy, h, gamma, rrms, M, N, unit_offset, dh);
 }
@@ -128,6 +128,14 @@ template void add_rms_norm_backward<float>(float*, float*, const float*, const f
                                            const float*, int64_t, int64_t, bool);
 template void add_rms_norm_backward<double>(double*, double*, const double*, const double*, const double*,
                                             const double*, const double*, int64_t, int64_t, bool);
+template void add_layer_norm_forward<bf16>(bf16*, bf16*, float*, float*, const bf16*, const bf16*, const bf16*,
+                                           const bf16*, int64_t, int64_t, double);
+template void add_layer_norm_backward<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
+                                            const float*, const float*, int64_t, int64_t);
+template void add_rms_norm_forward<bf16>(bf16*, bf16*, float*, const bf16*, const bf16*, const bf16*, int64_t, int64_t,
+                                         double, bool);
+template void add_rms_norm_backward<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
+                                          const float*, int64_t, int64_t, bool);
 
 AddLayerNormStats add_layer_norm_forward(const Tensor& x_in, const Tensor& r_in, const Tensor& gamma_in,
                                          const Tensor& beta_in, double eps) {
@@ -142,11 +150,13 @@ AddLayerNormStats add_layer_norm_forward(const Tensor& x_in, const Tensor& r_in,
   check_vector(beta_in, N, x_in.dtype(), "add_layer_norm", "beta");
   const Tensor x = x_in.contiguous(), r = r_in.contiguous();
   const Tensor gamma = contiguous_or_undefined(gamma_in), beta = contiguous_or_undefined(beta_in);
-  AddLayerNormStats out{empty(x.shape(), x.dtype()), empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype()),
-                        empty(leading_shape(x), x.dtype())};
-  NL_DISPATCH_FLOATING(x.dtype(), "add_layer_norm", [&] {
-    add_layer_norm_forward<scalar_t>(out.h.data<scalar_t>(), out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
-                                     out.rstd.data<scalar_t>(), x.data<scalar_t>(), r.data<scalar_t>(),
+  const DType sd = norm_stat_dtype(x.dtype());
+  AddLayerNormStats out{empty(x.shape(), x.dtype()), empty(x.shape(), x.dtype()), empty(leading_shape(x), sd),
+                        empty(leading_shape(x), sd)};
+  dispatch_norm_dtype(x.dtype(), "add_layer_norm", [&]<class scalar_t>(scalar_t) {
+    using S = math_t<scalar_t>;
+    add_layer_norm_forward<scalar_t>(out.h.data<scalar_t>(), out.y.data<scalar_t>(), out.mean.data<S>(),
+                                     out.rstd.data<S>(), x.data<scalar_t>(), r.data<scalar_t>(),
                                      ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), M, N, eps);
   });
   return out;
@@ -164,11 +174,14 @@ AddLayerNormGrads add_layer_norm_backward(const Tensor& dh, const Tensor& dy, co
   if (want_dh_total) g.dh_total = empty(h.shape(), h.dtype());
   if (want_dgamma) g.dgamma = empty({a.N}, h.dtype());
   if (want_dbeta) g.dbeta = empty({a.N}, h.dtype());
-  NL_DISPATCH_FLOATING(h.dtype(), "add_layer_norm_backward", [&] {
+  check_stat(mean, a.M, h.dtype(), "add_layer_norm_backward", "mean");
+  check_stat(rstd, a.M, h.dtype(), "add_layer_norm_backward", "rstd");
+  dispatch_norm_dtype(h.dtype(), "add_layer_norm_backward", [&]<class scalar_t>(scalar_t) {
+    using S = math_t<scalar_t>;
     add_layer_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dh_total), ptr_or_null<scalar_t>(g.dgamma),
                                       ptr_or_null<scalar_t>(g.dbeta), ptr_or_null<scalar_t>(a.dh),
                                       a.dy.data<scalar_t>(), a.h.data<scalar_t>(), ptr_or_null<scalar_t>(a.gamma),
-                                      mean.contiguous().data<scalar_t>(), rstd.contiguous().data<scalar_t>(), a.M, a.N);
+                                      mean.contiguous().data<S>(), rstd.contiguous().data<S>(), a.M, a.N);
   });
   return g;
 }
@@ -185,9 +198,10 @@ AddRMSNormStats add_rms_norm_forward(const Tensor& x_in, const Tensor& r_in, con
   check_vector(gamma_in, N, x_in.dtype(), "add_rms_norm", "gamma");
   const Tensor x = x_in.contiguous(), r = r_in.contiguous();
   const Tensor gamma = contiguous_or_undefined(gamma_in);
-  AddRMSNormStats out{empty(x.shape(), x.dtype()), empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
-  NL_DISPATCH_FLOATING(x.dtype(), "add_rms_norm", [&] {
-    add_rms_norm_forward<scalar_t>(out.h.data<scalar_t>(), out.y.data<scalar_t>(), out.rrms.data<scalar_t>(),
+  AddRMSNormStats out{empty(x.shape(), x.dtype()), empty(x.shape(), x.dtype()),
+                      empty(leading_shape(x), norm_stat_dtype(x.dtype()))};
+  dispatch_norm_dtype(x.dtype(), "add_rms_norm", [&]<class scalar_t>(scalar_t) {
+    add_rms_norm_forward<scalar_t>(out.h.data<scalar_t>(), out.y.data<scalar_t>(), out.rrms.data<math_t<scalar_t>>(),
                                    x.data<scalar_t>(), r.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), M, N, eps,
                                    unit_offset);
   });
@@ -204,11 +218,12 @@ AddRMSNormGrads add_rms_norm_backward(const Tensor& dh, const Tensor& dy, const 
   AddRMSNormGrads g;
   if (want_dh_total) g.dh_total = empty(h.shape(), h.dtype());
   if (want_dgamma) g.dgamma = empty({a.N}, h.dtype());
-  NL_DISPATCH_FLOATING(h.dtype(), "add_rms_norm_backward", [&] {
+  check_stat(rrms, a.M, h.dtype(), "add_rms_norm_backward", "rrms");
+  dispatch_norm_dtype(h.dtype(), "add_rms_norm_backward", [&]<class scalar_t>(scalar_t) {
     add_rms_norm_backward<scalar_t>(ptr_or_null<scalar_t>(g.dh_total), ptr_or_null<scalar_t>(g.dgamma),
                                     ptr_or_null<scalar_t>(a.dh), a.dy.data<scalar_t>(), a.h.data<scalar_t>(),
-                                    ptr_or_null<scalar_t>(a.gamma), rrms.contiguous().data<scalar_t>(), a.M, a.N,
-                                    unit_offset);
+                                    ptr_or_null<scalar_t>(a.gamma), rrms.contiguous().data<math_t<scalar_t>>(), a.M,
+                                    a.N, unit_offset);
   });
   return g;
 }

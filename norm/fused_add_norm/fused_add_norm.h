@@ -11,25 +11,27 @@
 
 namespace normlab {
 
-// ---- Reference kernels: M rows of N features, row-major; T is float or double. ----
+// ---- Reference kernels: M rows of N features, row-major; T is float, double or bf16 (statistics
+// in math_t<T>, f32 for bf16, as layer_norm_forward_cpu and rms_norm_forward_cpu). ----
 // h = x + r (rounded to T, as the unfused add), then y, mean, rstd = layer_norm(h).
 template <class T>
-void add_layer_norm_forward(T* h, T* y, T* mean, T* rstd, const T* x, const T* r, const T* gamma, const T* beta,
-                            int64_t M, int64_t N, double eps);
+void add_layer_norm_forward(T* h, T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* r, const T* gamma,
+                            const T* beta, int64_t M, int64_t N, double eps);
 // dh_total = dh + dx of layer_norm's backward from dy; it is both dx and dr. dh may be null
 // (no gradient at h); each output may be null when not wanted.
 template <class T>
 void add_layer_norm_backward(T* dh_total, T* dgamma, T* dbeta, const T* dh, const T* dy, const T* h, const T* gamma,
-                             const T* mean, const T* rstd, int64_t M, int64_t N);
+                             const math_t<T>* mean, const math_t<T>* rstd, int64_t M, int64_t N);
 // h = x + r, then y, rrms = rms_norm(h).
 template <class T>
-void add_rms_norm_forward(T* h, T* y, T* rrms, const T* x, const T* r, const T* gamma, int64_t M, int64_t N,
+void add_rms_norm_forward(T* h, T* y, math_t<T>* rrms, const T* x, const T* r, const T* gamma, int64_t M, int64_t N,
                           double eps, bool unit_offset);
 template <class T>
 void add_rms_norm_backward(T* dh_total, T* dgamma, const T* dh, const T* dy, const T* h, const T* gamma,
-                           const T* rrms, int64_t M, int64_t N, bool unit_offset);
+                           const math_t<T>* rrms, int64_t M, int64_t N, bool unit_offset);
 
-// ---- Tensor level: x, r [..., N] of one shape and dtype; statistics have the leading shape. ----
+// ---- Tensor level: x, r [..., N] of one shape and dtype (f32, f64 or bf16); statistics have the
+// leading shape, in norm_stat_dtype (f32 for bf16). ----
 struct AddLayerNormStats {
   Tensor h, y, mean, rstd;
 };

@@ -85,28 +85,30 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 
 // Scalar math: layer_norm_forward above, by layer_norm_rows (layer_norm_rows.h).
 template <class T>
-void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t M, int64_t N,
-                            double eps) {
-  const std::vector<T> g = as_values<T>(gamma, N, 1.0), b = as_values<T>(beta, N, 0.0);
-  const T* gp = g.data();
-  const T* bp = b.data();
+void layer_norm_forward_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
+                            int64_t M, int64_t N, double eps) {
+  using A = math_t<T>;
+  const std::vector<A> g = as_values<A>(gamma, N, 1.0), b = as_values<A>(beta, N, 0.0);
+  const A* gp = g.data();
+  const A* bp = b.data();
   layer_norm_rows(y, mean, rstd, x, M, N, eps, [&](int64_t) { return std::pair{gp, bp}; });
 }
 
 // Scalar math: layer_norm_backward above, by layer_norm_rows_backward (layer_norm_rows.h), its
 // partials [0, N): dgamma, [N, 2N): dbeta.
 template <class T>
-void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t M, int64_t N, const T* dx_add) {
-  const std::vector<T> g = as_values<T>(gamma, N, 1.0);
-  const T* gp = g.data();
+void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
+                             const math_t<T>* mean, const math_t<T>* rstd, int64_t M, int64_t N, const T* dx_add) {
+  using A = math_t<T>;
+  const std::vector<A> g = as_values<A>(gamma, N, 1.0);
+  const A* gp = g.data();
   const std::vector<double> acc = layer_norm_rows_backward(dx, dy, x, mean, rstd, M, N, dx_add,
                                                            dgamma || dbeta ? 2 * N : 0,
                                                            [&](int64_t) { return std::pair{gp, int64_t(0)}; });
   if (acc.empty()) return;
   for (int64_t j = 0; j < N; ++j) {
-    if (dgamma) dgamma[j] = T(acc[size_t(j)]);
-    if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);
+    if (dgamma) dgamma[j] = to_storage<T>(acc[size_t(j)]);
+    if (dbeta) dbeta[j] = to_storage<T>(acc[size_t(N + j)]);
   }
 }
 
@@ -127,6 +129,10 @@ template void layer_norm_backward_cpu<float>(float*, float*, float*, const float
 template void layer_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
                                               const double*, const double*, const double*, int64_t, int64_t,
                                               const double*);
+template void layer_norm_forward_cpu<bf16>(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int64_t,
+                                           int64_t, double);
+template void layer_norm_backward_cpu<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*,
+                                            const float*, int64_t, int64_t, const bf16*);
 
 LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in, double eps) {
 #ifdef NORMLAB_WITH_CUDA
@@ -142,12 +148,13 @@ LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
   const Tensor x = x_in.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
   const Tensor beta = beta_in.defined() ? beta_in.contiguous() : Tensor();
-  LayerNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype()),
-                     empty(leading_shape(x), x.dtype())};
-  NL_DISPATCH_FLOATING(x.dtype(), "layer_norm", [&] {
-    layer_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
-                                 x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), M, N,
-                                 eps);
+  const DType sd = norm_stat_dtype(x.dtype());
+  LayerNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), sd), empty(leading_shape(x), sd)};
+  dispatch_norm_dtype(x.dtype(), "layer_norm", [&]<class scalar_t>(scalar_t) {
+    using S = math_t<scalar_t>;
+    layer_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<S>(), out.rstd.data<S>(),
+                                     x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), M,
+                                     N, eps);
   });
   return out;
 }
@@ -162,17 +169,20 @@ LayerNormGrads layer_norm_backward(const Tensor& dy_in, const Tensor& x, const T
   const int64_t M = x.numel() / N;
   NL_CHECK(dy_in.shape() == x.shape(), "layer_norm_backward: dy has shape ", to_string(dy_in.shape()),
            " but x has ", to_string(x.shape()));
+  check_stat(mean, M, x.dtype(), "layer_norm_backward", "mean");
+  check_stat(rstd, M, x.dtype(), "layer_norm_backward", "rstd");
   const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
   LayerNormGrads g;
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
   if (want_dgamma) g.dgamma = empty({N}, x.dtype());
   if (want_dbeta) g.dbeta = empty({N}, x.dtype());
-  NL_DISPATCH_FLOATING(x.dtype(), "layer_norm_backward", [&] {
+  dispatch_norm_dtype(x.dtype(), "layer_norm_backward", [&]<class scalar_t>(scalar_t) {
+    using S = math_t<scalar_t>;
     layer_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
-                                  ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(), xc.data<scalar_t>(),
-                                  ptr_or_null<scalar_t>(gamma), mean.contiguous().data<scalar_t>(),
-                                  rstd.contiguous().data<scalar_t>(), M, N);
+                                      ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(), xc.data<scalar_t>(),
+                                      ptr_or_null<scalar_t>(gamma), mean.contiguous().data<S>(),
+                                      rstd.contiguous().data<S>(), M, N);
   });
   return g;
 }

@@ -16,19 +16,24 @@ template <class T>
 void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
                          const T* rstd, int64_t M, int64_t N);
 
-// ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of T
-// (framework/simd.h), a centred two-pass variance; the backward computes dx and the dgamma/dbeta
-// partials in one pass over the rows. Checked against the reference kernels on large-mean and
-// near-constant rows; the Tensor level below runs these. ----
+// ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of
+// math_t<T> (framework/simd.h), a centred two-pass variance; the backward computes dx and the
+// dgamma/dbeta partials in one pass over the rows. Checked against the reference kernels on
+// large-mean and near-constant rows; the Tensor level below runs these. T is float, double or
+// bf16: bf16 rows widen to f32 as they load (before any square or sum), the math, the saved
+// mean and rstd and the dgamma/dbeta sums are f32's, and each output is rounded once to bf16;
+// the results are bit for bit the f32 kernel's on the widened values, rounded to bf16. ----
 template <class T>
-void layer_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t M, int64_t N,
-                            double eps);
+void layer_norm_forward_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
+                            int64_t M, int64_t N, double eps);
 // dx_add, when given, is added to dx in the same pass (add_layer_norm's dh).
 template <class T>
-void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t M, int64_t N, const T* dx_add = nullptr);
+void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
+                             const math_t<T>* mean, const math_t<T>* rstd, int64_t M, int64_t N,
+                             const T* dx_add = nullptr);
 
-// ---- Tensor level: x [..., N]; mean and rstd have x's leading shape. ----
+// ---- Tensor level: x [..., N] in f32, f64 or bf16 (gamma, beta, dy and the gradients in x's
+// dtype); mean and rstd have x's leading shape, in f32 for bf16 (norm_stat_dtype). ----
 struct LayerNormStats {
   Tensor y, mean, rstd;
 };

@@ -77,9 +77,10 @@ void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma
 // Scalar math: rms_norm_forward above; the sum of squares in vector accumulators of T
 // (simd::row_sums), then y from the row, still in L1. Rows go in groups (simd::group_rows) as in
 // layer_norm_forward_cpu: the sums of the group, then its rrms in one loop that vectorizes, then y.
-template <class T>
-void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps,
+template <class S>
+void rms_norm_forward_cpu(S* y, math_t<S>* rrms, const S* x, const S* gamma, int64_t M, int64_t N, double eps,
                           bool unit_offset) {
+  using T = math_t<S>;
   using V = simd::Vec<T>;
   constexpr int64_t G = simd::kRowGroup;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
@@ -91,8 +92,8 @@ void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, 
       for (int64_t k = 0; k < G; ++k) rr[k] = T(1.0 / std::sqrt(double(ss[k]) / double(N) + eps));
       for (int64_t k = 0; k < n; ++k) {
         rrms[i0 + k] = rr[k];
-        const T* xi = x + (i0 + k) * N;
-        T* yi = y + (i0 + k) * N;
+        const S* xi = x + (i0 + k) * N;
+        S* yi = y + (i0 + k) * N;
         const V rrv = simd::splat(rr[k]);
         simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(yi + j, at(xi + j) * rrv * at(gp + j)); });
       }
@@ -102,18 +103,20 @@ void rms_norm_forward_cpu(T* y, T* rrms, const T* x, const T* gamma, int64_t M, 
 
 // Scalar math: rms_norm_backward above. One pass over the rows: per row, the sum of
 // dxhat * xhat (vector accumulators of T) and, in the same pass, dy * xhat into the block's
-// dgamma partial (sum_rows: T partials per block, added in double in block order); then dx.
-template <class T>
-void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const T* rrms, int64_t M,
-                           int64_t N, bool unit_offset, const T* dx_add) {
+// dgamma partial (sum_rows: T partials per block, added in double in block order); then dx. S is
+// the storage type of the rows and gamma, T = math_t<S> that of the math (layer_norm_rows.h).
+template <class S>
+void rms_norm_backward_cpu(S* dx, S* dgamma, const S* dy, const S* x, const S* gamma, const math_t<S>* rrms,
+                           int64_t M, int64_t N, bool unit_offset, const S* dx_add) {
+  using T = math_t<S>;
   using V = simd::Vec<T>;
   const std::vector<T> g = as_values<T>(gamma, N, 1.0, unit_offset ? 1.0 : 0.0);
   const T* gp = g.data();
   // has_acc (a std::bool_constant): whether acc takes the row's dgamma terms; N: the row length, a
   // constant for the short rows (simd::with_row_length).
   auto row = [&](int64_t i, T* acc, auto has_acc, auto N) {
-    const T* xi = x + i * N;
-    const T* dyi = dy + i * N;
+    const S* xi = x + i * N;
+    const S* dyi = dy + i * N;
     const V rr = simd::splat(rrms[i]);
     if (!dx) {
       if constexpr (decltype(has_acc)::value)
@@ -128,8 +131,8 @@ void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* g
                   if constexpr (decltype(has_acc)::value) at.store(acc + j, at(acc + j) + d * xhat);
                 }).v[0];
     const V mean_dxhat_xhat = simd::splat(T(double(s) / double(N)));
-    T* dxi = dx + i * N;
-    const T* addi = dx_add ? dx_add + i * N : nullptr;
+    S* dxi = dx + i * N;
+    const S* addi = dx_add ? dx_add + i * N : nullptr;
     auto dx_of = [&](int64_t j, auto at) {
       const V xhat = at(xi + j) * rr, dxhat = at(dyi + j) * at(gp + j);
       return rr * (dxhat - xhat * mean_dxhat_xhat);
@@ -152,7 +155,7 @@ void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* g
       for (int64_t i = i0; i < i1; ++i) row(i, a, std::true_type{}, n);
     });
   });
-  for (int64_t j = 0; j < N; ++j) dgamma[j] = T(acc[size_t(j)]);
+  for (int64_t j = 0; j < N; ++j) dgamma[j] = to_storage<S>(acc[size_t(j)]);
 }
 
 template void rms_norm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t, double, bool);
@@ -169,6 +172,9 @@ template void rms_norm_backward_cpu<float>(float*, float*, const float*, const f
                                            int64_t, int64_t, bool, const float*);
 template void rms_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
                                             const double*, int64_t, int64_t, bool, const double*);
+template void rms_norm_forward_cpu<bf16>(bf16*, float*, const bf16*, const bf16*, int64_t, int64_t, double, bool);
+template void rms_norm_backward_cpu<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*, int64_t,
+                                          int64_t, bool, const bf16*);
 
 RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double eps, bool unit_offset) {
 #ifdef NORMLAB_WITH_CUDA
@@ -182,10 +188,10 @@ RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double
   check_vector(gamma_in, N, x_in.dtype(), "rms_norm", "gamma");
   const Tensor x = x_in.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
-  RMSNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
-  NL_DISPATCH_FLOATING(x.dtype(), "rms_norm", [&] {
-    rms_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.rrms.data<scalar_t>(), x.data<scalar_t>(),
-                               ptr_or_null<scalar_t>(gamma), M, N, eps, unit_offset);
+  RMSNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), norm_stat_dtype(x.dtype()))};
+  dispatch_norm_dtype(x.dtype(), "rms_norm", [&]<class scalar_t>(scalar_t) {
+    rms_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.rrms.data<math_t<scalar_t>>(), x.data<scalar_t>(),
+                                   ptr_or_null<scalar_t>(gamma), M, N, eps, unit_offset);
   });
   return out;
 }
@@ -200,15 +206,16 @@ RMSNormGrads rms_norm_backward(const Tensor& dy_in, const Tensor& x, const Tenso
   const int64_t M = x.numel() / N;
   NL_CHECK(dy_in.shape() == x.shape(), "rms_norm_backward: dy has shape ", to_string(dy_in.shape()), " but x has ",
            to_string(x.shape()));
+  check_stat(rrms, M, x.dtype(), "rms_norm_backward", "rrms");
   const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
   RMSNormGrads g;
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
   if (want_dgamma) g.dgamma = empty({N}, x.dtype());
-  NL_DISPATCH_FLOATING(x.dtype(), "rms_norm_backward", [&] {
-    rms_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma), dy.data<scalar_t>(),
-                                xc.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), rrms.contiguous().data<scalar_t>(),
-                                M, N, unit_offset);
+  dispatch_norm_dtype(x.dtype(), "rms_norm_backward", [&]<class scalar_t>(scalar_t) {
+    rms_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dgamma),
+                                    dy.data<scalar_t>(), xc.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
+                                    rrms.contiguous().data<math_t<scalar_t>>(), M, N, unit_offset);
   });
   return g;
 }

@@ -1,0 +1,350 @@
+// bf16 storage for LayerNorm and RMSNorm on the CPU: the simd conversions against bf16(float);
+// each output (y, dx, dgamma, dbeta) is the f32 kernel's on the bf16 values widened to f32, rounded
+// once to bf16 (same bits), with the statistics kept in f32 (same bits as the f32 kernel's); the
+// same outputs against the f64 kernel on the same widened values, within the bound of one bf16
+// rounding; add_layer_norm and add_rms_norm (h = x + r rounded to bf16, then the norm of h); the
+// same bits for any thread count; the autograd nodes and Modules on bf16; bad input.
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "framework/parallel.h"
+#include "framework/simd.h"
+#include "norm/fused_add_norm/fused_add_norm.h"
+#include "norm/layer_norm/layer_norm.h"
+#include "norm/rms_norm/rms_norm.h"
+#include "tests/norm_test_util.h"
+#include "tests/test_util.h"
+#include "tests/train_test_util.h"
+
+using namespace normlab;
+using namespace normlab::testing;
+
+namespace {
+
+constexpr DType kBf16 = DType::bf16, kF32 = DType::f32, kF64 = DType::f64;
+
+// The inputs of the bf16 cases: the four hard kinds (rounded to bf16: at 1e4 the bf16 step is 64,
+// so the large-mean rows round to a few distinct values, and the near-constant rows at 3 to
+// constant or nearly constant rows) and a large mean whose spread survives the rounding.
+struct Bf16Input {
+  std::string name;
+  Tensor x;  // bf16
+};
+std::vector<Bf16Input> bf16_inputs(const Shape& s, Generator& gen) {
+  std::vector<Bf16Input> out;
+  for (Input k : all_inputs) out.push_back({input_name(k), make_input(s, k, gen).to(kBf16)});
+  out.push_back({"1e4 + 300 N(0, 1)", randn(s, gen, kF64, 1e4, 300.0).to(kBf16)});
+  return out;
+}
+
+// The bound of a bf16 output against the f64 result r on the same widened inputs, elementwise:
+// the f32 kernel is within 2e-6 * scale of r (the fast kernels' bound against the reference,
+// tests/test_norm_layer_norm.cpp; scale is max|r|, or for dx the size of the terms it cancels
+// when larger),
+// and rounding to bf16 (8 significant bits, to nearest) moves a value v by at most 2^-8 |v|:
+//   |out - r| <= 2^-8 (|r| + 2e-6 scale) + 2e-6 scale  <  2^-8 |r| + 4e-6 scale.
+// Returns the worst |out - r| / bound (<= 1 passes).
+double worst_over_bound(const Tensor& out, const Tensor& ref, double scale) {
+  const std::vector<double> o = out.to(kF64).to_vector<double>(), r = ref.to(kF64).to_vector<double>();
+  double worst = 0;
+  for (size_t i = 0; i < o.size(); ++i)
+    worst = std::max(worst, std::abs(o[i] - r[i]) / (0x1p-8 * std::abs(r[i]) + 4e-6 * scale));
+  return worst;
+}
+
+// One output of a bf16 case: bf16 result, the f32 kernel's on the widened inputs, the f64 result,
+// and the scale of its bound (at least max|f64|; dx: the size of the terms it cancels, when larger).
+struct Bf16Output {
+  const char* name;
+  Tensor out, f32, f64;
+  double scale = 0;
+};
+
+// Checks each output: dtype bf16 and the same bits as the f32 kernel's rounded to bf16, and within
+// worst_over_bound of the f64 result. Returns the worst ratio to the bound.
+double check_bf16_outputs(const std::vector<Bf16Output>& outs, const std::string& label) {
+  double worst = 0;
+  for (const Bf16Output& o : outs) {
+    BOOST_CHECK_MESSAGE(o.out.dtype() == kBf16, label << " " << o.name << ": dtype " << o.out.dtype());
+    BOOST_CHECK_MESSAGE(same_bits(o.out, o.f32.to(kBf16)), label << " " << o.name
+                                                                 << ": not the f32 kernel's result rounded to bf16");
+    const double w = worst_over_bound(o.out, o.f64, std::max(o.scale, max_abs(o.f64.to(kF64))));
+    BOOST_CHECK_MESSAGE(w <= 1.0, label << " " << o.name << ": " << w << " x the bf16 bound against f64");
+    worst = std::max(worst, w);
+  }
+  return worst;
+}
+
+// Checks that a saved statistic is f32 with the bits of the f32 kernel's on the widened input.
+void check_stat_bits(const Tensor& s, const Tensor& s32, const std::string& label, const char* name) {
+  BOOST_CHECK_MESSAGE(s.dtype() == kF32, label << " " << name << ": dtype " << s.dtype() << ", expected f32");
+  BOOST_CHECK_MESSAGE(same_bits(s, s32), label << " " << name << ": not the f32 kernel's");
+}
+
+// Calls f(shape, input, variant, gen) for every kernel shape, bf16 input and variant 0..2 (the
+// test's parameter sets), drawing from one generator; f returns its worst ratio to the bound. Prints
+// the worst of all.
+template <class F>
+void for_each_bf16_case(const char* name, uint64_t seed, const F& f) {
+  Generator gen(seed);
+  double worst = 0;
+  for (const Shape& s : kernel_shapes)
+    for (const Bf16Input& in : bf16_inputs(s, gen))
+      for (int variant = 0; variant < 3; ++variant) worst = std::max(worst, f(s, in, variant, gen));
+  std::printf("%s bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", name, worst);
+}
+
+// A bf16 parameter ~ N(mean, std) of n values.
+Tensor bf16_param(int64_t n, Generator& gen, double mean, double std) {
+  return randn({n}, gen, kF64, mean, std).to(kBf16);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(norm_bf16_suite)
+
+BOOST_AUTO_TEST_CASE(simd_conversions_match_the_scalar_ones) {
+  // Widening: every bf16 bit pattern (the top 16 bits of its f32).
+  std::vector<bf16> all(65536);
+  for (uint32_t b = 0; b < 65536; ++b) all[b].bits = uint16_t(b);
+  int bad_widen = 0;
+  for (size_t j = 0; j < all.size(); j += simd::lanes<float>) {
+    const simd::Vec<float> v = simd::Full{}(all.data() + j);
+    for (int64_t l = 0; l < simd::lanes<float>; ++l) {
+      uint32_t u;
+      const float f = v[l];
+      std::memcpy(&u, &f, 4);
+      bad_widen += u != uint32_t(all[j + size_t(l)].bits) << 16;
+    }
+  }
+  BOOST_CHECK_EQUAL(bad_widen, 0);
+  // Narrowing: ties to even both ways, just above and below a tie, the largest finite floats
+  // (one rounds to inf), infinities, NaNs (signalling too), zeros, subnormals, and a sweep of low
+  // halves; through Full and a Part tail of 5.
+  std::vector<uint32_t> bits{0x3f808000u, 0x3f818000u, 0x3f808001u, 0x3f807fffu, 0xbf808000u, 0xbf818000u,
+                             0x7f7fffffu, 0x7f7f7fffu, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
+                             0xffa00000u, 0x00000000u, 0x80000000u, 0x00008000u, 0x00018000u, 0x007fffffu,
+                             0x00000001u, 0x80008001u};
+  for (uint32_t low = 0; low < 65536; low += 257) bits.push_back(0x40490000u | low);
+  while (bits.size() % size_t(simd::lanes<float>) != 0) bits.push_back(0x3f800000u + uint32_t(bits.size()));
+  int bad_narrow = 0;
+  for (size_t j = 0; j < bits.size(); j += simd::lanes<float>) {
+    simd::Vec<float> v;
+    std::memcpy(&v, bits.data() + j, sizeof v);
+    bf16 full[simd::lanes<float>], part[simd::lanes<float>];
+    for (bf16& b : part) b.bits = 0xffff;
+    simd::Full{}.store(full, v);
+    simd::Part{5}.store(part, v);
+    for (int64_t l = 0; l < simd::lanes<float>; ++l) {
+      float f;
+      std::memcpy(&f, bits.data() + j + size_t(l), 4);
+      const uint16_t want = bf16(f).bits;
+      bad_narrow += full[l].bits != want;
+      bad_narrow += part[l].bits != (l < 5 ? want : uint16_t(0xffff));
+    }
+  }
+  BOOST_CHECK_EQUAL(bad_narrow, 0);
+  // A Part load fills the lanes past n with zeros.
+  const simd::Vec<float> tail = simd::Part{3}(all.data() + 0x3f80);
+  BOOST_CHECK(tail[0] == 1.0f && tail[3] == 0.0f && tail[15] == 0.0f);
+}
+
+BOOST_AUTO_TEST_CASE(layer_norm_is_the_f32_kernel_rounded_once) {
+  const double eps = 1e-5;
+  // Variants: gamma and beta, gamma alone, neither.
+  for_each_bf16_case("layer_norm", 41, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const bool has_gamma = variant < 2, has_beta = variant == 0;
+    const std::string label = to_string(s) + " " + in.name + (has_beta ? "" : has_gamma ? " no bias" : " no affine");
+    const int64_t N = s[1];
+    const Tensor gamma = has_gamma ? bf16_param(N, gen, 1.0, 0.5) : Tensor();
+    const Tensor beta = has_beta ? bf16_param(N, gen, 0.0, 1.0) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const LayerNormStats st = layer_norm_forward(in.x, gamma, beta, eps);
+    const LayerNormGrads g = layer_norm_backward(dy, in.x, gamma, st.mean, st.rstd, true, has_gamma, has_beta);
+    // The f32 kernel and the f64 one on the same widened values.
+    Tensor x_[2], dy_[2], gamma_[2], beta_[2];
+    LayerNormStats st_[2];
+    LayerNormGrads g_[2];
+    for (int v = 0; v < 2; ++v) {
+      const DType d = v == 0 ? kF32 : kF64;
+      x_[v] = in.x.to(d), dy_[v] = dy.to(d);
+      gamma_[v] = has_gamma ? gamma.to(d) : Tensor(), beta_[v] = has_beta ? beta.to(d) : Tensor();
+      st_[v] = layer_norm_forward(x_[v], gamma_[v], beta_[v], eps);
+      g_[v] = layer_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].mean, st_[v].rstd, true, has_gamma, has_beta);
+    }
+    check_stat_bits(st.mean, st_[0].mean, label, "mean");
+    check_stat_bits(st.rstd, st_[0].rstd, label, "rstd");
+    // dx cancels terms of size |dy| rstd (|gamma| + 1).
+    const double g_max = has_gamma ? max_abs(gamma_[1]) : 1.0;
+    const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rstd) * (g_max + 1);
+    std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
+    if (has_gamma) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
+    if (has_beta) outs.push_back({"dbeta", g.dbeta, g_[0].dbeta, g_[1].dbeta});
+    return check_bf16_outputs(outs, "layer_norm " + label);
+  });
+}
+
+BOOST_AUTO_TEST_CASE(rms_norm_is_the_f32_kernel_rounded_once) {
+  const double eps = 1e-6;
+  // Variants: weight, unit offset, no weight.
+  for_each_bf16_case("rms_norm", 42, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const bool unit_offset = variant == 1, has_weight = variant != 2;
+    const std::string label =
+        to_string(s) + " " + in.name + (unit_offset ? " unit_offset" : "") + (has_weight ? "" : " no weight");
+    const int64_t N = s[1];
+    const Tensor gamma = has_weight ? bf16_param(N, gen, unit_offset ? 0.0 : 1.0, 0.5) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const RMSNormStats st = rms_norm_forward(in.x, gamma, eps, unit_offset);
+    const RMSNormGrads g = rms_norm_backward(dy, in.x, gamma, st.rrms, unit_offset, true, has_weight);
+    Tensor x_[2], dy_[2], gamma_[2];
+    RMSNormStats st_[2];
+    RMSNormGrads g_[2];
+    for (int v = 0; v < 2; ++v) {
+      const DType d = v == 0 ? kF32 : kF64;
+      x_[v] = in.x.to(d), dy_[v] = dy.to(d), gamma_[v] = has_weight ? gamma.to(d) : Tensor();
+      st_[v] = rms_norm_forward(x_[v], gamma_[v], eps, unit_offset);
+      g_[v] = rms_norm_backward(dy_[v], x_[v], gamma_[v], st_[v].rrms, unit_offset, true, has_weight);
+    }
+    check_stat_bits(st.rrms, st_[0].rrms, label, "rrms");
+    // dx cancels terms of size |dy| rrms |g| (tests/test_norm_rms_norm.cpp).
+    const double g_max = has_weight ? max_abs(gamma_[1]) + (unit_offset ? 1.0 : 0.0) : 1.0;
+    const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rrms) * g_max;
+    std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
+    if (has_weight) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
+    return check_bf16_outputs(outs, "rms_norm " + label);
+  });
+}
+
+BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
+  // h = x + r in f32, rounded to bf16 (as the unfused add); then the norm of that h, as above.
+  Generator gen(46);
+  for (const Shape& s : std::vector<Shape>{{3, 7}, {64, 128}, {300, 17}}) {
+    const std::string label = to_string(s);
+    const int64_t N = s[1];
+    const Tensor x = randn(s, gen, kF64, 2.0, 1.0).to(kBf16), r = randn(s, gen, kF64).to(kBf16);
+    const Tensor dh = randn(s, gen, kF64).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
+    const Tensor gamma32 = gamma.to(kF32), beta32 = beta.to(kF32);
+    const AddLayerNormStats a = add_layer_norm_forward(x, r, gamma, beta, 1e-5);
+    const AddLayerNormGrads g = add_layer_norm_backward(dh, dy, a.h, gamma, a.mean, a.rstd, true, true, true);
+    const AddRMSNormStats ar = add_rms_norm_forward(x, r, gamma, 1e-6, true);
+    const AddRMSNormGrads gr = add_rms_norm_backward(dh, dy, ar.h, gamma, ar.rrms, true, true, true);
+    // The f32 kernels on the widened values.
+    const Tensor h32 = add_layer_norm_forward(x.to(kF32), r.to(kF32), gamma32, beta32, 1e-5).h;
+    BOOST_CHECK_MESSAGE(same_bits(a.h, h32.to(kBf16)) && same_bits(ar.h, h32.to(kBf16)), label << " h");
+    const Tensor hw = a.h.to(kF32);
+    const LayerNormStats ln = layer_norm_forward(hw, gamma32, beta32, 1e-5);
+    const AddLayerNormGrads g32 = add_layer_norm_backward(dh.to(kF32), dy.to(kF32), hw, gamma32, ln.mean, ln.rstd,
+                                                          true, true, true);
+    const RMSNormStats rms = rms_norm_forward(hw, gamma32, 1e-6, true);
+    const AddRMSNormGrads gr32 = add_rms_norm_backward(dh.to(kF32), dy.to(kF32), hw, gamma32, rms.rrms, true, true,
+                                                       true);
+    check_stat_bits(a.mean, ln.mean, label, "add_layer_norm mean");
+    check_stat_bits(a.rstd, ln.rstd, label, "add_layer_norm rstd");
+    check_stat_bits(ar.rrms, rms.rrms, label, "add_rms_norm rrms");
+    const std::pair<Tensor, Tensor> outs[] = {{a.y, ln.y},
+                                              {g.dh_total, g32.dh_total},
+                                              {g.dgamma, g32.dgamma},
+                                              {g.dbeta, g32.dbeta},
+                                              {ar.y, rms.y},
+                                              {gr.dh_total, gr32.dh_total},
+                                              {gr.dgamma, gr32.dgamma}};
+    for (size_t i = 0; i < std::size(outs); ++i)
+      BOOST_CHECK_MESSAGE(same_bits(outs[i].first, outs[i].second.to(kBf16)), label << " output " << i);
+  }
+  // The Modules' forward_add (one fused node) on bf16: the norm of the bf16 sum.
+  const Tensor x = randn({4, 16}, gen, kF64).to(kBf16), r = randn({4, 16}, gen, kF64).to(kBf16);
+  LayerNorm ln(16, 1e-5, true, true, kBf16);
+  RMSNorm rms(16, 1e-6, true, false, kBf16);
+  const auto [h, y] = ln.forward_add(Variable(x), Variable(r));
+  const auto [h2, y2] = rms.forward_add(Variable(x), Variable(r));
+  BOOST_CHECK(same_bits(y.data(), ln.forward(h).data()));
+  BOOST_CHECK(same_bits(y2.data(), rms.forward(h2).data()));
+}
+
+BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
+  // Several parallel chunks and dgamma blocks at 2 threads; N = 32 and 128 take the unrolled loops.
+  for (const Shape& s : std::vector<Shape>{{1001, 32}, {300, 17}, {37, 128}}) {
+    Generator gen(43);
+    const int64_t N = s[1];
+    const Tensor x = randn(s, gen, kF64).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
+    auto run = [&](int threads) {
+      const int prev = num_threads();
+      set_num_threads(threads);
+      const LayerNormStats ln = layer_norm_forward(x, gamma, beta, 1e-5);
+      const LayerNormGrads lg = layer_norm_backward(dy, x, gamma, ln.mean, ln.rstd, true, true, true);
+      const RMSNormStats rms = rms_norm_forward(x, gamma, 1e-6);
+      const RMSNormGrads rg = rms_norm_backward(dy, x, gamma, rms.rrms, false, true, true);
+      set_num_threads(prev);
+      return std::vector<Tensor>{ln.y, ln.mean, ln.rstd, lg.dx, lg.dgamma, lg.dbeta, rms.y, rms.rrms, rg.dx, rg.dgamma};
+    };
+    const std::vector<Tensor> one = run(1), two = run(2);
+    for (size_t i = 0; i < one.size(); ++i)
+      BOOST_CHECK_MESSAGE(same_bits(one[i], two[i]), to_string(s) << " output " << i);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
+  Generator gen(44);
+  const Shape s{6, 24};
+  const Tensor x = randn(s, gen, kF64, 2.0, 1.0).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
+  {
+    LayerNorm ln(24, 1e-5, true, true, kBf16);
+    ln.weight.data().copy_from(bf16_param(24, gen, 1.0, 0.5));
+    ln.bias.data().copy_from(bf16_param(24, gen, 0.0, 1.0));
+    const Variable xv(x, true);
+    const Variable y = ln.forward(xv);
+    auto* node = dynamic_cast<LayerNormNode*>(y.grad_fn().get());
+    BOOST_REQUIRE(node);
+    BOOST_CHECK(node->mean.dtype() == kF32 && node->rstd.dtype() == kF32);
+    y.backward(dy);
+    const LayerNormStats st = layer_norm_forward(x, ln.weight.data(), ln.bias.data(), 1e-5);
+    const LayerNormGrads g = layer_norm_backward(dy, x, ln.weight.data(), st.mean, st.rstd, true, true, true);
+    BOOST_CHECK(same_bits(y.data(), st.y));
+    BOOST_CHECK(same_bits(xv.grad(), g.dx));
+    BOOST_CHECK(same_bits(ln.weight.grad(), g.dgamma));
+    BOOST_CHECK(same_bits(ln.bias.grad(), g.dbeta));
+  }
+  {
+    RMSNorm rms(24, 1e-6, true, true, kBf16);
+    rms.weight.data().copy_from(bf16_param(24, gen, 0.0, 0.5));
+    const Variable xv(x, true);
+    const Variable y = rms.forward(xv);
+    auto* node = dynamic_cast<RMSNormNode*>(y.grad_fn().get());
+    BOOST_REQUIRE(node);
+    BOOST_CHECK(node->rrms.dtype() == kF32);
+    y.backward(dy);
+    const RMSNormStats st = rms_norm_forward(x, rms.weight.data(), 1e-6, true);
+    const RMSNormGrads g = rms_norm_backward(dy, x, rms.weight.data(), st.rrms, true, true, true);
+    BOOST_CHECK(same_bits(y.data(), st.y));
+    BOOST_CHECK(same_bits(xv.grad(), g.dx));
+    BOOST_CHECK(same_bits(rms.weight.grad(), g.dgamma));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_is_named) {
+  Generator gen(45);
+  const Tensor x = randn({2, 4}, gen, kF64).to(kBf16);
+  BOOST_CHECK(contains(error_of([&] { layer_norm_forward(x, randn({4}, gen), Tensor(), 1e-5); }),
+                       "gamma has dtype f32 but the input has bf16"));
+  BOOST_CHECK(contains(error_of([&] { rms_norm_forward(x, randn({4}, gen), 1e-6); }),
+                       "gamma has dtype f32 but the input has bf16"));
+  const LayerNormStats st = layer_norm_forward(x, Tensor(), Tensor(), 1e-5);
+  BOOST_CHECK(contains(error_of([&] {
+                         layer_norm_backward(x, x, Tensor(), st.mean.to(kBf16), st.rstd, true, false, false);
+                       }),
+                       "mean has dtype bf16, expected f32 for a bf16 input"));
+  const RMSNormStats rs = rms_norm_forward(x, Tensor(), 1e-6);
+  BOOST_CHECK(contains(error_of([&] { rms_norm_backward(x, x, Tensor(), rs.rrms.to(kF64), false, true, false); }),
+                       "rrms has dtype f64, expected f32 for a bf16 input"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
