@@ -1,9 +1,10 @@
-// bf16 storage for LayerNorm and RMSNorm on the CPU: the simd conversions against bf16(float);
-// each output (y, dx, dgamma, dbeta) is the f32 kernel's on the bf16 values widened to f32, rounded
-// once to bf16 (same bits), with the statistics kept in f32 (same bits as the f32 kernel's); the
-// same outputs against the f64 kernel on the same widened values, within the bound of one bf16
-// rounding; add_layer_norm and add_rms_norm (h = x + r rounded to bf16, then the norm of h); the
-// same bits for any thread count; the autograd nodes and Modules on bf16; bad input.
+// bf16 storage for the CPU norms (LayerNorm, RMSNorm and ScaleNorm):
+// the simd conversions against bf16(float); each output (y, dx and the parameters' gradients) is
+// the f32 kernel's on the bf16 values widened to f32, rounded once to bf16 (same bits), with the
+// statistics kept in f32 (same bits as the f32 kernel's); the same outputs against the f64 kernel
+// on the same widened values, within the bound of one bf16 rounding; add_layer_norm and
+// add_rms_norm (h = x + r rounded to bf16, then the norm of h); the same bits for any thread
+// count; the autograd nodes and Modules on bf16; bad input.
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <algorithm>
+#include <array>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,7 @@
 #include "norm/fused_add_norm/fused_add_norm.h"
 #include "norm/layer_norm/layer_norm.h"
 #include "norm/rms_norm/rms_norm.h"
+#include "norm/scale_norm/scale_norm.h"
 #include "tests/norm_test_util.h"
 #include "tests/test_util.h"
 #include "tests/train_test_util.h"
@@ -101,9 +104,35 @@ void for_each_bf16_case(const char* name, uint64_t seed, const F& f) {
   std::printf("%s bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", name, worst);
 }
 
+// {run(f32), run(f64)}: the f32 kernel's and the f64 kernel's results on the bf16 inputs widened
+// to run's dtype.
+template <class F>
+auto on_widened(const F& run) {
+  return std::array<decltype(run(kF32)), 2>{run(kF32), run(kF64)};
+}
+
 // A bf16 parameter ~ N(mean, std) of n values.
 Tensor bf16_param(int64_t n, Generator& gen, double mean, double std) {
   return randn({n}, gen, kF64, mean, std).to(kBf16);
+}
+
+// Checks that each pair, a Module's or node's result and the Tensor-level function's, has the same bits.
+void check_same_bits(const std::vector<std::pair<Tensor, Tensor>>& pairs, const std::string& name) {
+  for (size_t i = 0; i < pairs.size(); ++i)
+    BOOST_CHECK_MESSAGE(same_bits(pairs[i].first, pairs[i].second), name << " output " << i);
+}
+
+// y = norm.forward(x) on a leaf x; checks that y's node is a NodeT whose saved statistics
+// (stats(node)) are f32, then runs y.backward(dy). Returns {y, x's gradient}.
+template <class NodeT, class Stats>
+std::pair<Tensor, Tensor> run_node(const Tensor& x, const Tensor& dy, NormLayer& norm, const Stats& stats) {
+  const Variable xv(x, true);
+  const Variable y = norm.forward(xv);
+  auto* node = dynamic_cast<NodeT*>(y.grad_fn().get());
+  BOOST_REQUIRE(node);
+  for (const Tensor& t : stats(*node)) BOOST_CHECK(t.dtype() == kF32);
+  y.backward(dy);
+  return {y.data(), xv.grad()};
 }
 
 }  // namespace
@@ -222,6 +251,35 @@ BOOST_AUTO_TEST_CASE(rms_norm_is_the_f32_kernel_rounded_once) {
   });
 }
 
+BOOST_AUTO_TEST_CASE(scale_norm_is_the_f32_kernel_rounded_once) {
+  // Variants: a gain, no gain, a gain with eps = 100 (the rows of a norm below it clamp).
+  for_each_bf16_case("scale_norm", 47, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const bool has_g = variant != 1;
+    const double eps = variant == 2 ? 100.0 : 1e-5;
+    const std::string label =
+        to_string(s) + " " + in.name + (has_g ? "" : " no gain") + (variant == 2 ? " eps 100" : "");
+    const Tensor g = has_g ? bf16_param(1, gen, 1.7, 0.5) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const ScaleNormStats st = scale_norm_forward(in.x, g, eps);
+    const ScaleNormGrads gr = scale_norm_backward(dy, in.x, g, st.norm, eps, true, has_g);
+    const auto w = on_widened([&](DType d) {
+      const Tensor xd = in.x.to(d), gd = has_g ? g.to(d) : Tensor();
+      const ScaleNormStats sd = scale_norm_forward(xd, gd, eps);
+      return std::pair{sd, scale_norm_backward(dy.to(d), xd, gd, sd.norm, eps, true, has_g)};
+    });
+    check_stat_bits(st.norm, w[0].first.norm, label, "norm");
+    // dx cancels terms of size |g| |dy| / d; dg sums |dy| |xhat| <= |dy| over every row
+    // (tests/test_norm_scale_norm.cpp).
+    double min_d = 1e300;
+    for (double v : w[1].first.norm.to_vector<double>()) min_d = std::min(min_d, std::max(v, eps));
+    const double dy_max = max_abs(dy.to(kF64)), dx_scale = dy_max * (has_g ? max_abs(g.to(kF64)) : 1.0) / min_d;
+    std::vector<Bf16Output> outs{{"y", st.y, w[0].first.y, w[1].first.y},
+                                 {"dx", gr.dx, w[0].second.dx, w[1].second.dx, dx_scale}};
+    if (has_g) outs.push_back({"dg", gr.dg, w[0].second.dg, w[1].second.dg, dy_max * double(s[0])});
+    return check_bf16_outputs(outs, "scale_norm " + label);
+  });
+}
+
 BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
   // h = x + r in f32, rounded to bf16 (as the unfused add); then the norm of that h, as above.
   Generator gen(46);
@@ -276,6 +334,7 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
     const int64_t N = s[1];
     const Tensor x = randn(s, gen, kF64).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
     const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
+    const Tensor g = bf16_param(1, gen, 1.7, 0.5);
     auto run = [&](int threads) {
       const int prev = num_threads();
       set_num_threads(threads);
@@ -283,12 +342,16 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
       const LayerNormGrads lg = layer_norm_backward(dy, x, gamma, ln.mean, ln.rstd, true, true, true);
       const RMSNormStats rms = rms_norm_forward(x, gamma, 1e-6);
       const RMSNormGrads rg = rms_norm_backward(dy, x, gamma, rms.rrms, false, true, true);
+      const ScaleNormStats sn = scale_norm_forward(x, g, 1e-5);
+      const ScaleNormGrads sg = scale_norm_backward(dy, x, g, sn.norm, 1e-5, true, true);
       set_num_threads(prev);
-      return std::vector<Tensor>{ln.y, ln.mean, ln.rstd, lg.dx, lg.dgamma, lg.dbeta, rms.y, rms.rrms, rg.dx, rg.dgamma};
+      return std::vector<Tensor>{ln.y,     ln.mean,   ln.rstd,  lg.dx,   lg.dgamma, lg.dbeta, rms.y,
+                                 rms.rrms, rg.dx,     rg.dgamma, sn.y,    sn.norm,   sg.dx,    sg.dg};
     };
     const std::vector<Tensor> one = run(1), two = run(2);
-    for (size_t i = 0; i < one.size(); ++i)
-      BOOST_CHECK_MESSAGE(same_bits(one[i], two[i]), to_string(s) << " output " << i);
+    std::vector<std::pair<Tensor, Tensor>> pairs;
+    for (size_t i = 0; i < one.size(); ++i) pairs.emplace_back(one[i], two[i]);
+    check_same_bits(pairs, to_string(s));
   }
 }
 
@@ -300,33 +363,31 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
     LayerNorm ln(24, 1e-5, true, true, kBf16);
     ln.weight.data().copy_from(bf16_param(24, gen, 1.0, 0.5));
     ln.bias.data().copy_from(bf16_param(24, gen, 0.0, 1.0));
-    const Variable xv(x, true);
-    const Variable y = ln.forward(xv);
-    auto* node = dynamic_cast<LayerNormNode*>(y.grad_fn().get());
-    BOOST_REQUIRE(node);
-    BOOST_CHECK(node->mean.dtype() == kF32 && node->rstd.dtype() == kF32);
-    y.backward(dy);
+    const auto [y, dx] = run_node<LayerNormNode>(x, dy, ln, [](const LayerNormNode& n) {
+      return std::vector<Tensor>{n.mean, n.rstd};
+    });
     const LayerNormStats st = layer_norm_forward(x, ln.weight.data(), ln.bias.data(), 1e-5);
     const LayerNormGrads g = layer_norm_backward(dy, x, ln.weight.data(), st.mean, st.rstd, true, true, true);
-    BOOST_CHECK(same_bits(y.data(), st.y));
-    BOOST_CHECK(same_bits(xv.grad(), g.dx));
-    BOOST_CHECK(same_bits(ln.weight.grad(), g.dgamma));
-    BOOST_CHECK(same_bits(ln.bias.grad(), g.dbeta));
+    check_same_bits({{y, st.y}, {dx, g.dx}, {ln.weight.grad(), g.dgamma}, {ln.bias.grad(), g.dbeta}}, "LayerNorm");
   }
   {
     RMSNorm rms(24, 1e-6, true, true, kBf16);
     rms.weight.data().copy_from(bf16_param(24, gen, 0.0, 0.5));
-    const Variable xv(x, true);
-    const Variable y = rms.forward(xv);
-    auto* node = dynamic_cast<RMSNormNode*>(y.grad_fn().get());
-    BOOST_REQUIRE(node);
-    BOOST_CHECK(node->rrms.dtype() == kF32);
-    y.backward(dy);
+    const auto [y, dx] = run_node<RMSNormNode>(x, dy, rms, [](const RMSNormNode& n) {
+      return std::vector<Tensor>{n.rrms};
+    });
     const RMSNormStats st = rms_norm_forward(x, rms.weight.data(), 1e-6, true);
     const RMSNormGrads g = rms_norm_backward(dy, x, rms.weight.data(), st.rrms, true, true, true);
-    BOOST_CHECK(same_bits(y.data(), st.y));
-    BOOST_CHECK(same_bits(xv.grad(), g.dx));
-    BOOST_CHECK(same_bits(rms.weight.grad(), g.dgamma));
+    check_same_bits({{y, st.y}, {dx, g.dx}, {rms.weight.grad(), g.dgamma}}, "RMSNorm");
+  }
+  {
+    ScaleNorm sn(24, 1e-5, kBf16);
+    const auto [y, dx] = run_node<ScaleNormNode>(x, dy, sn, [](const ScaleNormNode& n) {
+      return std::vector<Tensor>{n.norm};
+    });
+    const ScaleNormStats st = scale_norm_forward(x, sn.g.data(), 1e-5);
+    const ScaleNormGrads g = scale_norm_backward(dy, x, sn.g.data(), st.norm, 1e-5, true, true);
+    check_same_bits({{y, st.y}, {dx, g.dx}, {sn.g.grad(), g.dg}}, "ScaleNorm");
   }
 }
 
@@ -345,6 +406,11 @@ BOOST_AUTO_TEST_CASE(bad_input_is_named) {
   const RMSNormStats rs = rms_norm_forward(x, Tensor(), 1e-6);
   BOOST_CHECK(contains(error_of([&] { rms_norm_backward(x, x, Tensor(), rs.rrms.to(kF64), false, true, false); }),
                        "rrms has dtype f64, expected f32 for a bf16 input"));
+  const ScaleNormStats sn = scale_norm_forward(x, Tensor(), 1e-5);
+  BOOST_CHECK(contains(error_of([&] { scale_norm_backward(x, x, Tensor(), sn.norm.to(kBf16), 1e-5, true, false); }),
+                       "norm has dtype bf16, expected f32 for a bf16 input"));
+  BOOST_CHECK(contains(error_of([&] { scale_norm_forward(x, randn({1}, gen), 1e-5); }),
+                       "g has dtype f32 but the input has bf16"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -63,18 +63,20 @@ void scale_norm_backward(T* dx, T* dg, const T* dy, const T* x, const T* g, cons
 }
 
 // Scalar math: scale_norm_forward above; the sum of squares in vector accumulators of T
-// (simd::row_sums), then y = x * (g / d) from the row, still in L1.
-template <class T>
-void scale_norm_forward_cpu(T* y, T* norm, const T* x, const T* g, int64_t M, int64_t N, double eps) {
+// (simd::row_sums), then y = x * (g / d) from the row, still in L1. S is the storage type of the
+// rows and g, T = math_t<S> that of the math (layer_norm_rows.h).
+template <class S>
+void scale_norm_forward_cpu(S* y, math_t<S>* norm, const S* x, const S* g, int64_t M, int64_t N, double eps) {
+  using T = math_t<S>;
   using V = simd::Vec<T>;
-  const double gain = g ? double(g[0]) : 1.0;
+  const double gain = g ? double(to_math(g[0])) : 1.0;
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * N;
+      const S* xi = x + i * N;
       const T ss = simd::row_sum_squares(N, xi);
       norm[i] = T(std::sqrt(double(ss)));
       const V scale = simd::splat(T(gain / std::max(double(norm[i]), eps)));
-      T* yi = y + i * N;
+      S* yi = y + i * N;
       simd::row_for<T>(N, [&](int64_t j, auto at) { at.store(yi + j, at(xi + j) * scale); });
     }
   });
@@ -82,15 +84,16 @@ void scale_norm_forward_cpu(T* y, T* norm, const T* x, const T* g, int64_t M, in
 
 // Scalar math: scale_norm_backward above. Per row: sum(dy * x) (vector accumulators of T), then
 // dx = (g / d) * (dy - xhat * sum(dy * xhat)); the row's sum(dy * xhat) also goes into the
-// block's dg partial (sum_rows: deterministic).
-template <class T>
-void scale_norm_backward_cpu(T* dx, T* dg, const T* dy, const T* x, const T* g, const T* norm, int64_t M, int64_t N,
-                             double eps) {
+// block's dg partial (sum_rows: deterministic). S and T as in scale_norm_forward_cpu.
+template <class S>
+void scale_norm_backward_cpu(S* dx, S* dg, const S* dy, const S* x, const S* g, const math_t<S>* norm, int64_t M,
+                             int64_t N, double eps) {
+  using T = math_t<S>;
   using V = simd::Vec<T>;
-  const double gain = g ? double(g[0]) : 1.0;
+  const double gain = g ? double(to_math(g[0])) : 1.0;
   auto row = [&](int64_t i, T* acc) {
-    const T* xi = x + i * N;
-    const T* dyi = dy + i * N;
+    const S* xi = x + i * N;
+    const S* dyi = dy + i * N;
     const bool clamped = double(norm[i]) < eps;
     const double d = clamped ? eps : double(norm[i]);
     const double sum_dy_x = simd::row_sums<T, 1>(N, [&](int64_t j, auto at, V* sums) {
@@ -100,7 +103,7 @@ void scale_norm_backward_cpu(T* dx, T* dg, const T* dy, const T* x, const T* g, 
     if (!dx) return;
     const V inv_d = simd::splat(T(1.0 / d)), scale = simd::splat(T(gain / d));
     const V sum_dy_xhat = simd::splat(T(clamped ? 0.0 : sum_dy_x / d));
-    T* dxi = dx + i * N;
+    S* dxi = dx + i * N;
     simd::row_for<T>(N, [&](int64_t j, auto at) {
       at.store(dxi + j, scale * (at(dyi + j) - at(xi + j) * inv_d * sum_dy_xhat));
     });
@@ -111,7 +114,7 @@ void scale_norm_backward_cpu(T* dx, T* dg, const T* dy, const T* x, const T* g, 
     });
     return;
   }
-  dg[0] = T(sum_rows<T>(M, 1, row)[0]);
+  dg[0] = to_storage<S>(sum_rows<T>(M, 1, row)[0]);
 }
 
 template void scale_norm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t, double);
@@ -127,6 +130,9 @@ template void scale_norm_backward_cpu<float>(float*, float*, const float*, const
                                              int64_t, int64_t, double);
 template void scale_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
                                               const double*, int64_t, int64_t, double);
+template void scale_norm_forward_cpu<bf16>(bf16*, float*, const bf16*, const bf16*, int64_t, int64_t, double);
+template void scale_norm_backward_cpu<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*,
+                                            int64_t, int64_t, double);
 
 ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double eps) {
 #ifdef NORMLAB_WITH_CUDA
@@ -139,10 +145,10 @@ ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double
   const int64_t M = rows_of(x_in, N, "scale_norm");
   check_vector(g_in, 1, x_in.dtype(), "scale_norm", "g");
   const Tensor x = x_in.contiguous();
-  ScaleNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), x.dtype())};
-  NL_DISPATCH_FLOATING(x.dtype(), "scale_norm", [&] {
-    scale_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.norm.data<scalar_t>(), x.data<scalar_t>(),
-                                 ptr_or_null<scalar_t>(g_in), M, N, eps);
+  ScaleNormStats out{empty(x.shape(), x.dtype()), empty(leading_shape(x), norm_stat_dtype(x.dtype()))};
+  dispatch_norm_dtype(x.dtype(), "scale_norm", [&]<class scalar_t>(scalar_t) {
+    scale_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.norm.data<math_t<scalar_t>>(), x.data<scalar_t>(),
+                                     ptr_or_null<scalar_t>(g_in), M, N, eps);
   });
   return out;
 }
@@ -157,14 +163,15 @@ ScaleNormGrads scale_norm_backward(const Tensor& dy_in, const Tensor& x, const T
   const int64_t M = x.numel() / N;
   NL_CHECK(dy_in.shape() == x.shape(), "scale_norm_backward: dy has shape ", to_string(dy_in.shape()),
            " but x has ", to_string(x.shape()));
+  check_stat(norm, M, x.dtype(), "scale_norm_backward", "norm");
   const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
   ScaleNormGrads grads;
   if (want_dx) grads.dx = empty(x.shape(), x.dtype());
   if (want_dg) grads.dg = empty({1}, x.dtype());
-  NL_DISPATCH_FLOATING(x.dtype(), "scale_norm_backward", [&] {
+  dispatch_norm_dtype(x.dtype(), "scale_norm_backward", [&]<class scalar_t>(scalar_t) {
     scale_norm_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(grads.dx), ptr_or_null<scalar_t>(grads.dg),
-                                  dy.data<scalar_t>(), xc.data<scalar_t>(), ptr_or_null<scalar_t>(g),
-                                  norm.contiguous().data<scalar_t>(), M, N, eps);
+                                      dy.data<scalar_t>(), xc.data<scalar_t>(), ptr_or_null<scalar_t>(g),
+                                      norm.contiguous().data<math_t<scalar_t>>(), M, N, eps);
   });
   return grads;
 }
