@@ -1,4 +1,4 @@
-// bf16 storage for the CPU norms (LayerNorm, RMSNorm and ScaleNorm):
+// bf16 storage for the CPU norms (LayerNorm, RMSNorm, ScaleNorm and DyT):
 // the simd conversions against bf16(float); each output (y, dx and the parameters' gradients) is
 // the f32 kernel's on the bf16 values widened to f32, rounded once to bf16 (same bits), with the
 // statistics kept in f32 (same bits as the f32 kernel's); the same outputs against the f64 kernel
@@ -18,6 +18,7 @@
 
 #include "framework/parallel.h"
 #include "framework/simd.h"
+#include "norm/dyt/dyt.h"
 #include "norm/fused_add_norm/fused_add_norm.h"
 #include "norm/layer_norm/layer_norm.h"
 #include "norm/rms_norm/rms_norm.h"
@@ -101,7 +102,7 @@ void for_each_bf16_case(const char* name, uint64_t seed, const F& f) {
   for (const Shape& s : kernel_shapes)
     for (const Bf16Input& in : bf16_inputs(s, gen))
       for (int variant = 0; variant < 3; ++variant) worst = std::max(worst, f(s, in, variant, gen));
-  std::printf("%s bf16: worst error against f64 %.2f x the bound 2^-8 |ref| + 4e-6 scale\n", name, worst);
+  std::printf("%s bf16: worst error against f64 %.3f x the bound 2^-8 |ref| + 4e-6 scale\n", name, worst);
 }
 
 // {run(f32), run(f64)}: the f32 kernel's and the f64 kernel's results on the bf16 inputs widened
@@ -280,6 +281,36 @@ BOOST_AUTO_TEST_CASE(scale_norm_is_the_f32_kernel_rounded_once) {
   });
 }
 
+BOOST_AUTO_TEST_CASE(dyt_is_the_f32_kernel_rounded_once) {
+  // Variants: tanh with alpha 0.5, the identity ablation, tanh with alpha 1.5 (more rows saturate).
+  for_each_bf16_case("dyt", 48, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const bool identity = variant == 1;
+    const std::string label = to_string(s) + " " + in.name + (identity ? " identity" : "") +
+                              (variant == 2 ? " alpha 1.5" : "");
+    const int64_t M = s[0], N = s[1];
+    const Tensor alpha = full({1}, variant == 2 ? 1.5 : 0.5, kBf16);
+    const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
+    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor y = dyt_forward(in.x, alpha, gamma, beta, identity);
+    const DyTGrads g = dyt_backward(dy, in.x, alpha, gamma, identity, true, true, true, true);
+    const auto w = on_widened([&](DType d) {
+      const Tensor xd = in.x.to(d), ad = alpha.to(d), gd = gamma.to(d);
+      return std::pair{dyt_forward(xd, ad, gd, beta.to(d), identity),
+                       dyt_backward(dy.to(d), xd, ad, gd, identity, true, true, true, true)};
+    });
+    // dalpha sums du * x over every element: its scale is the size of those terms
+    // (tests/test_norm_dyt.cpp).
+    const double dalpha_scale = max_abs(dy.to(kF64)) * max_abs(gamma.to(kF64)) * max_abs(in.x.to(kF64)) *
+                                alpha.item() * double(M * N);
+    const std::vector<Bf16Output> outs{{"y", y, w[0].first, w[1].first},
+                                       {"dx", g.dx, w[0].second.dx, w[1].second.dx},
+                                       {"dalpha", g.dalpha, w[0].second.dalpha, w[1].second.dalpha, dalpha_scale},
+                                       {"dgamma", g.dgamma, w[0].second.dgamma, w[1].second.dgamma},
+                                       {"dbeta", g.dbeta, w[0].second.dbeta, w[1].second.dbeta}};
+    return check_bf16_outputs(outs, "dyt " + label);
+  });
+}
+
 BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
   // h = x + r in f32, rounded to bf16 (as the unfused add); then the norm of that h, as above.
   Generator gen(46);
@@ -344,9 +375,12 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
       const RMSNormGrads rg = rms_norm_backward(dy, x, gamma, rms.rrms, false, true, true);
       const ScaleNormStats sn = scale_norm_forward(x, g, 1e-5);
       const ScaleNormGrads sg = scale_norm_backward(dy, x, g, sn.norm, 1e-5, true, true);
+      const Tensor dyt_y = dyt_forward(x, g, gamma, beta);
+      const DyTGrads dg = dyt_backward(dy, x, g, gamma, false, true, true, true, true);
       set_num_threads(prev);
       return std::vector<Tensor>{ln.y,     ln.mean,   ln.rstd,  lg.dx,   lg.dgamma, lg.dbeta, rms.y,
-                                 rms.rrms, rg.dx,     rg.dgamma, sn.y,    sn.norm,   sg.dx,    sg.dg};
+                                 rms.rrms, rg.dx,     rg.dgamma, sn.y,    sn.norm,   sg.dx,    sg.dg,
+                                 dyt_y,    dg.dx,     dg.dalpha, dg.dgamma, dg.dbeta};
     };
     const std::vector<Tensor> one = run(1), two = run(2);
     std::vector<std::pair<Tensor, Tensor>> pairs;
@@ -388,6 +422,20 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
     const ScaleNormStats st = scale_norm_forward(x, sn.g.data(), 1e-5);
     const ScaleNormGrads g = scale_norm_backward(dy, x, sn.g.data(), st.norm, 1e-5, true, true);
     check_same_bits({{y, st.y}, {dx, g.dx}, {sn.g.grad(), g.dg}}, "ScaleNorm");
+  }
+  {
+    DyT dyt_module(24, 0.5, false, kBf16);
+    dyt_module.weight.data().copy_from(bf16_param(24, gen, 1.0, 0.5));
+    dyt_module.bias.data().copy_from(bf16_param(24, gen, 0.0, 1.0));
+    const auto [y, dx] = run_node<DyTNode>(x, dy, dyt_module, [](const DyTNode&) { return std::vector<Tensor>{}; });
+    const Tensor alpha = dyt_module.alpha.data(), gamma = dyt_module.weight.data();
+    const DyTGrads g = dyt_backward(dy, x, alpha, gamma, false, true, true, true, true);
+    check_same_bits({{y, dyt_forward(x, alpha, gamma, dyt_module.bias.data())},
+                     {dx, g.dx},
+                     {dyt_module.alpha.grad(), g.dalpha},
+                     {dyt_module.weight.grad(), g.dgamma},
+                     {dyt_module.bias.grad(), g.dbeta}},
+                    "DyT");
   }
 }
 

@@ -85,19 +85,24 @@ inline T tanh_slope(T u, T t) {
 }  // namespace
 
 // Scalar math: dyt_forward above, in T with fast_tanh (framework/fast_math.h): a plain loop the
-// compiler vectorizes.
-template <class T>
-void dyt_forward_cpu(T* y, const T* x, double alpha, const T* gamma, const T* beta, int64_t M, int64_t N,
+// compiler vectorizes. S is the storage type of the rows and parameters, T = math_t<S> that of the
+// math (layer_norm_rows.h): a bf16 value widens to f32 as it loads, y is rounded once as it is stored.
+template <class S>
+void dyt_forward_cpu(S* y, const S* x, double alpha, const S* gamma, const S* beta, int64_t M, int64_t N,
                      bool identity) {
+  using T = math_t<S>;
   const T a = T(alpha);
+  const std::vector<T> gv = as_values<T>(gamma, N, 1.0), bv = as_values<T>(beta, N, 0.0);
+  const T* g = gv.data();
+  const T* b = bv.data();
   parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * N;
-      T* yi = y + i * N;
+      const S* xi = x + i * N;
+      S* yi = y + i * N;
       if (identity)
-        for (int64_t j = 0; j < N; ++j) yi[j] = gamma[j] * (a * xi[j]) + beta[j];
+        for (int64_t j = 0; j < N; ++j) yi[j] = S(g[j] * (a * T(xi[j])) + b[j]);
       else
-        for (int64_t j = 0; j < N; ++j) yi[j] = gamma[j] * fast_tanh(a * xi[j]) + beta[j];
+        for (int64_t j = 0; j < N; ++j) yi[j] = S(g[j] * fast_tanh(a * T(xi[j])) + b[j]);
     }
   });
 }
@@ -105,33 +110,36 @@ void dyt_forward_cpu(T* y, const T* x, double alpha, const T* gamma, const T* be
 // Scalar math: dyt_backward above, in T. One pass over the rows: dx, and into the block's
 // partials (sum_rows: T partials per block, added in double in block order) dy * t, dy and
 // du * x per feature (dalpha is the sum of the last over the features): elementwise loops the
-// compiler vectorizes.
-template <class T>
-void dyt_backward_cpu(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x, double alpha, const T* gamma,
+// compiler vectorizes. S and T as in dyt_forward_cpu.
+template <class S>
+void dyt_backward_cpu(S* dx, S* dalpha, S* dgamma, S* dbeta, const S* dy, const S* x, double alpha, const S* gamma,
                       int64_t M, int64_t N, bool identity) {
+  using T = math_t<S>;
   const T a = T(alpha);
+  const std::vector<T> gv = as_values<T>(gamma, N, 1.0);
   // The row loop for each combination of the flags, so that each one is a straight loop that
   // vectorizes (no branch or possible aliasing inside).
   auto row = [&](int64_t i, T* __restrict acc, auto want_dx, auto want_acc, auto ident) {
-    const T* __restrict xi = x + i * N;
-    const T* __restrict dyi = dy + i * N;
-    const T* __restrict g = gamma;
-    T* __restrict dxi = want_dx ? dx + i * N : nullptr;
+    const S* __restrict xi = x + i * N;
+    const S* __restrict dyi = dy + i * N;
+    const T* __restrict g = gv.data();
+    S* __restrict dxi = want_dx ? dx + i * N : nullptr;
     for (int64_t j = 0; j < N; ++j) {
-      const T u = a * xi[j];
+      const T xj = T(xi[j]), dyj = T(dyi[j]);
+      const T u = a * xj;
       T t, du;
       if constexpr (decltype(ident)::value) {
         t = u;
-        du = dyi[j] * g[j];
+        du = dyj * g[j];
       } else {
         t = fast_tanh(u);
-        du = dyi[j] * g[j] * tanh_slope(u, t);
+        du = dyj * g[j] * tanh_slope(u, t);
       }
-      if constexpr (decltype(want_dx)::value) dxi[j] = du * a;
+      if constexpr (decltype(want_dx)::value) dxi[j] = S(du * a);
       if constexpr (decltype(want_acc)::value) {
-        acc[j] += dyi[j] * t;
-        acc[N + j] += dyi[j];
-        acc[2 * N + j] += du * xi[j];
+        acc[j] += dyj * t;
+        acc[N + j] += dyj;
+        acc[2 * N + j] += du * xj;
       }
     }
   };
@@ -157,11 +165,11 @@ void dyt_backward_cpu(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const 
   });
   double sum_dalpha = 0;
   for (int64_t j = 0; j < N; ++j) {
-    if (dgamma) dgamma[j] = T(acc[size_t(j)]);
-    if (dbeta) dbeta[j] = T(acc[size_t(N + j)]);
+    if (dgamma) dgamma[j] = to_storage<S>(acc[size_t(j)]);
+    if (dbeta) dbeta[j] = to_storage<S>(acc[size_t(N + j)]);
     sum_dalpha += acc[size_t(2 * N + j)];
   }
-  if (dalpha) dalpha[0] = T(sum_dalpha);
+  if (dalpha) dalpha[0] = to_storage<S>(sum_dalpha);
 }
 
 template void dyt_forward<float>(float*, const float*, double, const float*, const float*, int64_t, int64_t, bool);
@@ -179,6 +187,9 @@ template void dyt_backward_cpu<float>(float*, float*, float*, float*, const floa
                                       const float*, int64_t, int64_t, bool);
 template void dyt_backward_cpu<double>(double*, double*, double*, double*, const double*, const double*, double,
                                        const double*, int64_t, int64_t, bool);
+template void dyt_forward_cpu<bf16>(bf16*, const bf16*, double, const bf16*, const bf16*, int64_t, int64_t, bool);
+template void dyt_backward_cpu<bf16>(bf16*, bf16*, bf16*, bf16*, const bf16*, const bf16*, double, const bf16*,
+                                     int64_t, int64_t, bool);
 
 namespace {
 // Checks alpha ([1], x's dtype, finite) and returns its value.
@@ -206,9 +217,9 @@ Tensor dyt_forward(const Tensor& x_in, const Tensor& alpha, const Tensor& gamma_
   check_vector(beta_in, N, x_in.dtype(), "dyt", "beta");
   const Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous(), beta = beta_in.contiguous();
   Tensor y = empty(x.shape(), x.dtype());
-  NL_DISPATCH_FLOATING(x.dtype(), "dyt", [&] {
-    dyt_forward_cpu<scalar_t>(y.data<scalar_t>(), x.data<scalar_t>(), a, gamma.data<scalar_t>(), beta.data<scalar_t>(),
-                          M, N, identity);
+  dispatch_norm_dtype(x.dtype(), "dyt", [&]<class scalar_t>(scalar_t) {
+    dyt_forward_cpu<scalar_t>(y.data<scalar_t>(), x.data<scalar_t>(), a, gamma.data<scalar_t>(),
+                              beta.data<scalar_t>(), M, N, identity);
   });
   return y;
 }
@@ -230,10 +241,10 @@ DyTGrads dyt_backward(const Tensor& dy_in, const Tensor& x_in, const Tensor& alp
   if (want_dalpha) g.dalpha = empty({1}, x.dtype());
   if (want_dgamma) g.dgamma = empty({N}, x.dtype());
   if (want_dbeta) g.dbeta = empty({N}, x.dtype());
-  NL_DISPATCH_FLOATING(x.dtype(), "dyt_backward", [&] {
+  dispatch_norm_dtype(x.dtype(), "dyt_backward", [&]<class scalar_t>(scalar_t) {
     dyt_backward_cpu<scalar_t>(ptr_or_null<scalar_t>(g.dx), ptr_or_null<scalar_t>(g.dalpha),
-                           ptr_or_null<scalar_t>(g.dgamma), ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(),
-                           x.data<scalar_t>(), a, gamma.data<scalar_t>(), M, N, identity);
+                               ptr_or_null<scalar_t>(g.dgamma), ptr_or_null<scalar_t>(g.dbeta), dy.data<scalar_t>(),
+                               x.data<scalar_t>(), a, gamma.data<scalar_t>(), M, N, identity);
   });
   return g;
 }
