@@ -62,9 +62,10 @@ inline void check_vector(const Tensor& t, int64_t n, DType dtype, const char* wh
 // (math_t: bf16 rows are normalized in f32).
 inline DType norm_stat_dtype(DType x) { return x == DType::bf16 ? DType::f32 : x; }
 
-// Throws unless the saved statistic s has M elements of norm_stat_dtype(x_dtype).
-inline void check_stat(const Tensor& s, int64_t M, DType x_dtype, const char* who, const char* name) {
-  NL_CHECK(s.defined() && s.numel() == M, who, ": ", name, " must have one value per row (", M, ")");
+// Throws unless the saved statistic s has M elements (one per `per`) of norm_stat_dtype(x_dtype).
+inline void check_stat(const Tensor& s, int64_t M, DType x_dtype, const char* who, const char* name,
+                       const char* per = "row") {
+  NL_CHECK(s.defined() && s.numel() == M, who, ": ", name, " must have one value per ", per, " (", M, ")");
   NL_CHECK(s.dtype() == norm_stat_dtype(x_dtype), who, ": ", name, " has dtype ", dtype_name(s.dtype()),
            ", expected ", dtype_name(norm_stat_dtype(x_dtype)), " for a ", dtype_name(x_dtype), " input");
 }

@@ -1,4 +1,4 @@
-// bf16 storage for the CPU norms (LayerNorm, RMSNorm, ScaleNorm and DyT):
+// bf16 storage for the CPU norms (LayerNorm, RMSNorm, ScaleNorm, DyT, GroupNorm and InstanceNorm):
 // the simd conversions against bf16(float); each output (y, dx and the parameters' gradients) is
 // the f32 kernel's on the bf16 values widened to f32, rounded once to bf16 (same bits), with the
 // statistics kept in f32 (same bits as the f32 kernel's); the same outputs against the f64 kernel
@@ -13,6 +13,7 @@
 #include <cstring>
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "framework/simd.h"
 #include "norm/dyt/dyt.h"
 #include "norm/fused_add_norm/fused_add_norm.h"
+#include "norm/group_norm/group_norm.h"
 #include "norm/layer_norm/layer_norm.h"
 #include "norm/rms_norm/rms_norm.h"
 #include "norm/scale_norm/scale_norm.h"
@@ -115,6 +117,12 @@ auto on_widened(const F& run) {
 // A bf16 parameter ~ N(mean, std) of n values.
 Tensor bf16_param(int64_t n, Generator& gen, double mean, double std) {
   return randn({n}, gen, kF64, mean, std).to(kBf16);
+}
+
+// A kernel shape [M, F] as GroupNorm's [M, C, S]: [M, 8, F / 8] where 8 divides F, else [M, F, 1]
+// (tests/test_norm_group_norm.cpp).
+Shape channel_shape(const Shape& s) {
+  return s[1] % 8 == 0 ? Shape{s[0], 8, s[1] / 8} : Shape{s[0], s[1], 1};
 }
 
 // Checks that each pair, a Module's or node's result and the Tensor-level function's, has the same bits.
@@ -311,6 +319,39 @@ BOOST_AUTO_TEST_CASE(dyt_is_the_f32_kernel_rounded_once) {
   });
 }
 
+BOOST_AUTO_TEST_CASE(group_norm_is_the_f32_kernel_rounded_once) {
+  const double eps = 1e-5;
+  // Variants: gamma and beta in 4 groups (1 where 8 does not divide F), gamma alone with one group
+  // per channel (InstanceNorm), neither in one group (LayerNorm over (C, *)).
+  for_each_bf16_case("group_norm", 49, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const bool has_gamma = variant < 2, has_beta = variant == 0;
+    const Tensor x = in.x.reshape(channel_shape(s));
+    const int64_t C = x.size(1), G = variant == 1 ? C : variant == 2 || C != 8 ? 1 : 4;
+    const std::string label = to_string(x.shape()) + " G=" + std::to_string(G) + " " + in.name +
+                              (has_beta ? "" : has_gamma ? " no bias" : " no affine");
+    const Tensor gamma = has_gamma ? bf16_param(C, gen, 1.0, 0.5) : Tensor();
+    const Tensor beta = has_beta ? bf16_param(C, gen, 0.0, 1.0) : Tensor();
+    const Tensor dy = randn(x.shape(), gen, kF64).to(kBf16);
+    const GroupNormStats st = group_norm_forward(x, gamma, beta, G, eps);
+    const GroupNormGrads g = group_norm_backward(dy, x, gamma, st.mean, st.rstd, true, has_gamma, has_beta);
+    const auto w = on_widened([&](DType d) {
+      const Tensor xd = x.to(d), gd = has_gamma ? gamma.to(d) : Tensor();
+      const GroupNormStats sd = group_norm_forward(xd, gd, has_beta ? beta.to(d) : Tensor(), G, eps);
+      return std::pair{sd, group_norm_backward(dy.to(d), xd, gd, sd.mean, sd.rstd, true, has_gamma, has_beta)};
+    });
+    check_stat_bits(st.mean, w[0].first.mean, label, "mean");
+    check_stat_bits(st.rstd, w[0].first.rstd, label, "rstd");
+    // dx cancels terms of size |dy| rstd (|gamma| + 1), as LayerNorm's.
+    const double g_max = has_gamma ? max_abs(gamma.to(kF64)) : 1.0;
+    const double dx_scale = max_abs(dy.to(kF64)) * max_abs(w[1].first.rstd) * (g_max + 1);
+    std::vector<Bf16Output> outs{{"y", st.y, w[0].first.y, w[1].first.y},
+                                 {"dx", g.dx, w[0].second.dx, w[1].second.dx, dx_scale}};
+    if (has_gamma) outs.push_back({"dgamma", g.dgamma, w[0].second.dgamma, w[1].second.dgamma});
+    if (has_beta) outs.push_back({"dbeta", g.dbeta, w[0].second.dbeta, w[1].second.dbeta});
+    return check_bf16_outputs(outs, "group_norm " + label);
+  });
+}
+
 BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
   // h = x + r in f32, rounded to bf16 (as the unfused add); then the norm of that h, as above.
   Generator gen(46);
@@ -366,6 +407,9 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
     const Tensor x = randn(s, gen, kF64).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
     const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
     const Tensor g = bf16_param(1, gen, 1.7, 0.5);
+    // GroupNorm: [M, 8, N / 8] in 4 groups, or [M, N, 1] in one.
+    const Tensor xc = x.reshape(channel_shape(s)), dyc = dy.reshape(xc.shape());
+    const Tensor gc = bf16_param(xc.size(1), gen, 1.0, 0.5), bc = bf16_param(xc.size(1), gen, 0.0, 1.0);
     auto run = [&](int threads) {
       const int prev = num_threads();
       set_num_threads(threads);
@@ -377,10 +421,13 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
       const ScaleNormGrads sg = scale_norm_backward(dy, x, g, sn.norm, 1e-5, true, true);
       const Tensor dyt_y = dyt_forward(x, g, gamma, beta);
       const DyTGrads dg = dyt_backward(dy, x, g, gamma, false, true, true, true, true);
+      const GroupNormStats gn = group_norm_forward(xc, gc, bc, xc.size(1) == 8 ? 4 : 1, 1e-5);
+      const GroupNormGrads gg = group_norm_backward(dyc, xc, gc, gn.mean, gn.rstd, true, true, true);
       set_num_threads(prev);
       return std::vector<Tensor>{ln.y,     ln.mean,   ln.rstd,  lg.dx,   lg.dgamma, lg.dbeta, rms.y,
                                  rms.rrms, rg.dx,     rg.dgamma, sn.y,    sn.norm,   sg.dx,    sg.dg,
-                                 dyt_y,    dg.dx,     dg.dalpha, dg.dgamma, dg.dbeta};
+                                 dyt_y,    dg.dx,     dg.dalpha, dg.dgamma, dg.dbeta, gn.y,    gn.mean,
+                                 gn.rstd,  gg.dx,     gg.dgamma, gg.dbeta};
     };
     const std::vector<Tensor> one = run(1), two = run(2);
     std::vector<std::pair<Tensor, Tensor>> pairs;
@@ -437,6 +484,20 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
                      {dyt_module.bias.grad(), g.dbeta}},
                     "DyT");
   }
+  for (const int64_t G : {2, 6}) {  // GroupNorm, and InstanceNorm (one group per channel)
+    std::unique_ptr<GroupNorm> gn = G == 6 ? std::make_unique<InstanceNorm>(6, 1e-5, true, kBf16)
+                                           : std::make_unique<GroupNorm>(G, 6, 1e-5, true, kBf16);
+    gn->weight.data().copy_from(bf16_param(6, gen, 1.0, 0.5));
+    gn->bias.data().copy_from(bf16_param(6, gen, 0.0, 1.0));
+    const Tensor xc = x.reshape({6, 6, 4}), dyc = dy.reshape({6, 6, 4});
+    const auto [y, dx] = run_node<GroupNormNode>(xc, dyc, *gn, [](const GroupNormNode& n) {
+      return std::vector<Tensor>{n.mean, n.rstd};
+    });
+    const GroupNormStats st = group_norm_forward(xc, gn->weight.data(), gn->bias.data(), G, 1e-5);
+    const GroupNormGrads g = group_norm_backward(dyc, xc, gn->weight.data(), st.mean, st.rstd, true, true, true);
+    check_same_bits({{y, st.y}, {dx, g.dx}, {gn->weight.grad(), g.dgamma}, {gn->bias.grad(), g.dbeta}},
+                    "GroupNorm G=" + std::to_string(G));
+  }
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_is_named) {
@@ -459,6 +520,10 @@ BOOST_AUTO_TEST_CASE(bad_input_is_named) {
                        "norm has dtype bf16, expected f32 for a bf16 input"));
   BOOST_CHECK(contains(error_of([&] { scale_norm_forward(x, randn({1}, gen), 1e-5); }),
                        "g has dtype f32 but the input has bf16"));
+  const GroupNormStats gs = group_norm_forward(x, Tensor(), Tensor(), 2, 1e-5);
+  BOOST_CHECK(contains(error_of([&] { group_norm_backward(x, x, Tensor(), gs.mean, gs.rstd.to(kBf16), true, false,
+                                                          false); }),
+                       "rstd has dtype bf16, expected f32 for a bf16 input"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

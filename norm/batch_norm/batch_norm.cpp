@@ -454,6 +454,11 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
   const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
+  // One statistic per channel (BatchNorm) or per (sample, group) (GroupNorm), in f32 for bf16.
+  const int64_t stats = map.per_sample == 0 ? C / map.channels_per_stat : N * map.per_sample;
+  const char* per = map.per_sample == 0 ? "channel" : "(sample, group)";
+  check_stat(mean, stats, x.dtype(), who, "mean", per);
+  check_stat(rstd, stats, x.dtype(), who, "rstd", per);
   const Tensor mean_c = mean.contiguous(), rstd_c = rstd.contiguous();
   NormGrads g;
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
@@ -463,22 +468,25 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
   // sample and group): its row kernels (group_norm_backward_cpu).
   const bool columns = S == 1 && map.per_sample == 0 && map.channels_per_stat == 1;
   const bool groups = map.per_sample > 0 && !fixed_stats;
-  NL_DISPATCH_FLOATING(x.dtype(), who, [&] {
+  dispatch_norm_dtype(x.dtype(), who, [&]<class scalar_t>(scalar_t) {
     scalar_t* dx = ptr_or_null<scalar_t>(g.dx);
     scalar_t* dgamma = ptr_or_null<scalar_t>(g.dgamma);
     scalar_t* dbeta = ptr_or_null<scalar_t>(g.dbeta);
     const scalar_t* gp = ptr_or_null<scalar_t>(gamma);
-    const scalar_t* mp = mean_c.data<scalar_t>();
-    const scalar_t* rp = rstd_c.data<scalar_t>();
-    if (columns)
-      batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, 1,
-                              !fixed_stats);
-    else if (groups)
+    const math_t<scalar_t>* mp = mean_c.data<math_t<scalar_t>>();
+    const math_t<scalar_t>* rp = rstd_c.data<math_t<scalar_t>>();
+    if (groups) {
       group_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S,
                               map.per_sample);
-    else
+    } else if constexpr (std::is_same_v<scalar_t, bf16>) {
+      NL_FAIL(who, ": dtype bf16 is not supported (expected f32 or f64)");
+    } else if (columns) {
+      batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, 1,
+                              !fixed_stats);
+    } else {
       channel_norm_backward(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S, map,
                             fixed_stats);
+    }
   });
   return g;
 }

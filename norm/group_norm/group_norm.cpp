@@ -37,30 +37,33 @@ void group_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
 }
 
 namespace {
-// gamma and beta spread over one sample's C * S values (gamma_c repeated S times), so that each
-// (sample, group) is a row of K = C/G * S values with its own gamma and beta, starting at
-// (k % G) * K for row k = n * G + g.
-template <class T>
-std::pair<std::vector<T>, std::vector<T>> spread_over_positions(const T* gamma, const T* beta, int64_t C, int64_t S) {
-  std::vector<T> g(size_t(C * S)), b(size_t(C * S));
+// gamma and beta spread over one sample's C * S values (gamma_c repeated S times) in A, so that
+// each (sample, group) is a row of K = C/G * S values with its own gamma and beta, starting at
+// (k % G) * K for row k = n * G + g. T may be bf16 (widened).
+template <class A, class T>
+std::pair<std::vector<A>, std::vector<A>> spread_over_positions(const T* gamma, const T* beta, int64_t C, int64_t S) {
+  const std::vector<A> gc = as_values<A>(gamma, C, 1.0), bc = as_values<A>(beta, C, 0.0);
+  std::vector<A> g(size_t(C * S)), b(size_t(C * S));
   for (int64_t c = 0; c < C; ++c)
     for (int64_t s = 0; s < S; ++s) {
-      g[size_t(c * S + s)] = gamma ? gamma[c] : T(1);
-      b[size_t(c * S + s)] = beta ? beta[c] : T(0);
+      g[size_t(c * S + s)] = gc[size_t(c)];
+      b[size_t(c * S + s)] = bc[size_t(c)];
     }
   return {std::move(g), std::move(b)};
 }
 }  // namespace
 
 // Scalar math: group_norm_forward above. Each (sample, group) is a row of K = C/G * S values that
-// layer_norm_rows normalizes, with gamma and beta spread over the row (spread_over_positions).
+// layer_norm_rows normalizes, with gamma and beta spread over the row (spread_over_positions). S
+// is the storage type (float, double or bf16), math_t<S> that of the math and statistics.
 template <class T>
-void group_norm_forward_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t N, int64_t C,
-                            int64_t S, int64_t G, double eps) {
+void group_norm_forward_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
+                            int64_t N, int64_t C, int64_t S, int64_t G, double eps) {
+  using A = math_t<T>;
   const int64_t K = C / G * S;
-  const auto [g, b] = spread_over_positions(gamma, beta, C, S);
-  const T* gp = g.data();
-  const T* bp = b.data();
+  const auto [g, b] = spread_over_positions<A>(gamma, beta, C, S);
+  const A* gp = g.data();
+  const A* bp = b.data();
   layer_norm_rows(y, mean, rstd, x, N * G, K, eps, [&](int64_t k) {
     const int64_t off = (k % G) * K;
     return std::pair{gp + off, bp + off};
@@ -82,11 +85,13 @@ void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 // of one sample's C * S positions ([0, CS): dy * xhat, [CS, 2 CS): dy; row k at (k % G) * K),
 // then each channel sums its S positions in double.
 template <class T>
-void group_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t N, int64_t C, int64_t S, int64_t G) {
+void group_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
+                             const math_t<T>* mean, const math_t<T>* rstd, int64_t N, int64_t C, int64_t S,
+                             int64_t G) {
+  using A = math_t<T>;
   const int64_t K = C / G * S, CS = C * S;
-  const std::vector<T> g = spread_over_positions<T>(gamma, nullptr, C, S).first;
-  const T* gp = g.data();
+  const std::vector<A> g = spread_over_positions<A>(gamma, static_cast<const T*>(nullptr), C, S).first;
+  const A* gp = g.data();
   const std::vector<double> acc =
       layer_norm_rows_backward(dx, dy, x, mean, rstd, N * G, K, static_cast<const T*>(nullptr),
                                dgamma || dbeta ? 2 * CS : 0, [&](int64_t k) {
@@ -100,8 +105,8 @@ void group_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
       sum_dy_xhat += acc[size_t(c * S + s)];
       sum_dy += acc[size_t(CS + c * S + s)];
     }
-    if (dgamma) dgamma[c] = T(sum_dy_xhat);
-    if (dbeta) dbeta[c] = T(sum_dy);
+    if (dgamma) dgamma[c] = to_storage<T>(sum_dy_xhat);
+    if (dbeta) dbeta[c] = to_storage<T>(sum_dy);
   }
 }
 
@@ -118,6 +123,10 @@ template void group_norm_backward_cpu<float>(float*, float*, float*, const float
 template void group_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
                                               const double*, const double*, const double*, int64_t, int64_t, int64_t,
                                               int64_t);
+template void group_norm_forward_cpu<bf16>(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int64_t,
+                                           int64_t, int64_t, int64_t, double);
+template void group_norm_backward_cpu<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*,
+                                            const float*, int64_t, int64_t, int64_t, int64_t);
 template void group_norm_backward<float>(float*, float*, float*, const float*, const float*, const float*,
                                          const float*, const float*, int64_t, int64_t, int64_t, int64_t);
 template void group_norm_backward<double>(double*, double*, double*, const double*, const double*, const double*,
@@ -154,11 +163,13 @@ GroupNormStats group_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
   const Tensor x = x_in.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
   const Tensor beta = beta_in.defined() ? beta_in.contiguous() : Tensor();
-  GroupNormStats out{empty(x.shape(), x.dtype()), empty({N, G}, x.dtype()), empty({N, G}, x.dtype())};
-  NL_DISPATCH_FLOATING(x.dtype(), "group_norm", [&] {
-    group_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
-                                     out.rstd.data<scalar_t>(), x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
-                                     ptr_or_null<scalar_t>(beta), N, C, S, G, eps);
+  const DType sd = norm_stat_dtype(x.dtype());
+  GroupNormStats out{empty(x.shape(), x.dtype()), empty({N, G}, sd), empty({N, G}, sd)};
+  dispatch_norm_dtype(x.dtype(), "group_norm", [&]<class scalar_t>(scalar_t) {
+    using A = math_t<scalar_t>;
+    group_norm_forward_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<A>(), out.rstd.data<A>(),
+                                     x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), N,
+                                     C, S, G, eps);
   });
   return out;
 }
