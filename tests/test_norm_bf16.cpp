@@ -1,4 +1,4 @@
-// bf16 storage for the CPU norms (LayerNorm, RMSNorm, ScaleNorm, DyT, GroupNorm and InstanceNorm):
+// bf16 storage for the CPU norms (LayerNorm, RMSNorm, ScaleNorm, DyT, GroupNorm, InstanceNorm, BatchNorm):
 // the simd conversions against bf16(float); each output (y, dx and the parameters' gradients) is
 // the f32 kernel's on the bf16 values widened to f32, rounded once to bf16 (same bits), with the
 // statistics kept in f32 (same bits as the f32 kernel's); the same outputs against the f64 kernel
@@ -19,6 +19,7 @@
 
 #include "framework/parallel.h"
 #include "framework/simd.h"
+#include "norm/batch_norm/batch_norm.h"
 #include "norm/dyt/dyt.h"
 #include "norm/fused_add_norm/fused_add_norm.h"
 #include "norm/group_norm/group_norm.h"
@@ -352,6 +353,52 @@ BOOST_AUTO_TEST_CASE(group_norm_is_the_f32_kernel_rounded_once) {
   });
 }
 
+BOOST_AUTO_TEST_CASE(batch_norm_is_the_f32_kernel_rounded_once) {
+  const double eps = 1e-5, momentum = 0.25;
+  // Variants: training on [N, C] with gamma, beta and running statistics (the fast column kernels);
+  // training on [N, C, L] without affine or running statistics (L > 1: the reference kernels, double
+  // math); eval on [N, C] with gamma alone. Training needs N L > 1; eval stands in where it is not.
+  for_each_bf16_case("batch_norm", 50, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+    const Tensor x = variant == 1 ? in.x.reshape(channel_shape(s)) : in.x;
+    const int64_t C = x.size(1);
+    const bool training = variant < 2 && x.numel() / C > 1, has_gamma = variant != 1, has_beta = variant == 0;
+    const bool has_running = variant != 1 || !training;
+    const std::string label = to_string(x.shape()) + " " + in.name + (training ? " training" : " eval") +
+                              (has_beta ? "" : has_gamma ? " no bias" : " no affine");
+    const Tensor gamma = has_gamma ? bf16_param(C, gen, 1.0, 0.5) : Tensor();
+    const Tensor beta = has_beta ? bf16_param(C, gen, 0.0, 1.0) : Tensor();
+    const Tensor rm = has_running ? bf16_param(C, gen, 0.0, 1.0) : Tensor();
+    const Tensor rv = has_running ? uniform({C}, gen, 0.5, 2.0, kF64).to(kBf16) : Tensor();
+    const Tensor dy = randn(x.shape(), gen, kF64).to(kBf16);
+    // The running statistics are updated in place: each run gets its own copy, in its dtype.
+    auto copy = [](const Tensor& t, DType d) { return t.defined() ? t.to(d).clone() : Tensor(); };
+    auto run = [&](DType d) {
+      const Tensor xd = x.to(d), gd = has_gamma ? gamma.to(d) : Tensor(), rmd = copy(rm, d), rvd = copy(rv, d);
+      const BatchNormStats st =
+          batch_norm_forward(xd, gd, has_beta ? beta.to(d) : Tensor(), rmd, rvd, training, momentum, eps);
+      const BatchNormGrads g =
+          batch_norm_backward(dy.to(d), xd, gd, st.mean, st.rstd, training, true, has_gamma, has_beta);
+      return std::tuple{st, g, rmd, rvd};
+    };
+    const auto [st, g, rm16, rv16] = run(kBf16);
+    const auto w = on_widened(run);
+    check_stat_bits(st.mean, std::get<0>(w[0]).mean, label, "mean");
+    check_stat_bits(st.rstd, std::get<0>(w[0]).rstd, label, "rstd");
+    // dx cancels terms of size |dy| rstd (|gamma| + 1), as LayerNorm's.
+    const double g_max = has_gamma ? max_abs(gamma.to(kF64)) : 1.0;
+    const double dx_scale = max_abs(dy.to(kF64)) * max_abs(std::get<0>(w[1]).rstd) * (g_max + 1);
+    std::vector<Bf16Output> outs{{"y", st.y, std::get<0>(w[0]).y, std::get<0>(w[1]).y},
+                                 {"dx", g.dx, std::get<1>(w[0]).dx, std::get<1>(w[1]).dx, dx_scale}};
+    if (has_gamma) outs.push_back({"dgamma", g.dgamma, std::get<1>(w[0]).dgamma, std::get<1>(w[1]).dgamma});
+    if (has_beta) outs.push_back({"dbeta", g.dbeta, std::get<1>(w[0]).dbeta, std::get<1>(w[1]).dbeta});
+    if (has_running && training) {
+      outs.push_back({"running_mean", rm16, std::get<2>(w[0]), std::get<2>(w[1])});
+      outs.push_back({"running_var", rv16, std::get<3>(w[0]), std::get<3>(w[1])});
+    }
+    return check_bf16_outputs(outs, "batch_norm " + label);
+  });
+}
+
 BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
   // h = x + r in f32, rounded to bf16 (as the unfused add); then the norm of that h, as above.
   Generator gen(46);
@@ -423,11 +470,15 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
       const DyTGrads dg = dyt_backward(dy, x, g, gamma, false, true, true, true, true);
       const GroupNormStats gn = group_norm_forward(xc, gc, bc, xc.size(1) == 8 ? 4 : 1, 1e-5);
       const GroupNormGrads gg = group_norm_backward(dyc, xc, gc, gn.mean, gn.rstd, true, true, true);
+      const Tensor rm = zeros({N}, kBf16), rv = ones({N}, kBf16);  // updated in place
+      const BatchNormStats bn = batch_norm_forward(x, gamma, beta, rm, rv, true, 0.1, 1e-5);
+      const BatchNormGrads bg = batch_norm_backward(dy, x, gamma, bn.mean, bn.rstd, true, true, true, true);
       set_num_threads(prev);
       return std::vector<Tensor>{ln.y,     ln.mean,   ln.rstd,  lg.dx,   lg.dgamma, lg.dbeta, rms.y,
                                  rms.rrms, rg.dx,     rg.dgamma, sn.y,    sn.norm,   sg.dx,    sg.dg,
                                  dyt_y,    dg.dx,     dg.dalpha, dg.dgamma, dg.dbeta, gn.y,    gn.mean,
-                                 gn.rstd,  gg.dx,     gg.dgamma, gg.dbeta};
+                                 gn.rstd,  gg.dx,     gg.dgamma, gg.dbeta, bn.y,     bn.mean,   bn.rstd,
+                                 rm,       rv,        bg.dx,     bg.dgamma, bg.dbeta};
     };
     const std::vector<Tensor> one = run(1), two = run(2);
     std::vector<std::pair<Tensor, Tensor>> pairs;
@@ -498,6 +549,24 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
     check_same_bits({{y, st.y}, {dx, g.dx}, {gn->weight.grad(), g.dgamma}, {gn->bias.grad(), g.dbeta}},
                     "GroupNorm G=" + std::to_string(G));
   }
+  {
+    BatchNorm bn(24, 1e-5, 0.1, true, kBf16);
+    bn.weight.data().copy_from(bf16_param(24, gen, 1.0, 0.5));
+    bn.bias.data().copy_from(bf16_param(24, gen, 0.0, 1.0));
+    const Tensor rm = bn.running_mean().clone(), rv = bn.running_var().clone();
+    const auto [y, dx] = run_node<BatchNormNode>(x, dy, bn, [](const BatchNormNode& n) {
+      return std::vector<Tensor>{n.mean, n.rstd};
+    });
+    const BatchNormStats st = batch_norm_forward(x, bn.weight.data(), bn.bias.data(), rm, rv, true, 0.1, 1e-5);
+    const BatchNormGrads g = batch_norm_backward(dy, x, bn.weight.data(), st.mean, st.rstd, true, true, true, true);
+    check_same_bits({{y, st.y},
+                     {dx, g.dx},
+                     {bn.weight.grad(), g.dgamma},
+                     {bn.bias.grad(), g.dbeta},
+                     {bn.running_mean(), rm},
+                     {bn.running_var(), rv}},
+                    "BatchNorm");
+  }
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_is_named) {
@@ -524,6 +593,10 @@ BOOST_AUTO_TEST_CASE(bad_input_is_named) {
   BOOST_CHECK(contains(error_of([&] { group_norm_backward(x, x, Tensor(), gs.mean, gs.rstd.to(kBf16), true, false,
                                                           false); }),
                        "rstd has dtype bf16, expected f32 for a bf16 input"));
+  BOOST_CHECK(contains(error_of([&] {
+                         batch_norm_forward(x, Tensor(), Tensor(), zeros({4}), ones({4}, kBf16), true, 0.1, 1e-5);
+                       }),
+                       "running_mean has dtype f32 but the input has bf16"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -18,10 +18,10 @@ void channel_norm_apply(T* y, const T* x, const T* gamma, const T* beta, const d
     for (int64_t i = r0; i < r1; ++i) {
       const int64_t n = i / C, c = i % C, k = map(n, c);
       const double mu = mean[k], rs = rstd[k];
-      const double g = gamma ? double(gamma[c]) : 1.0, b = beta ? double(beta[c]) : 0.0;
+      const double g = gamma ? double(to_math(gamma[c])) : 1.0, b = beta ? double(to_math(beta[c])) : 0.0;
       const T* xi = x + i * S;
       T* yi = y + i * S;
-      for (int64_t s = 0; s < S; ++s) yi[s] = T((double(xi[s]) - mu) * rs * g + b);
+      for (int64_t s = 0; s < S; ++s) yi[s] = to_storage<T>((double(to_math(xi[s])) - mu) * rs * g + b);
     }
   });
 }
@@ -35,8 +35,9 @@ void channel_norm_apply(T* y, const T* x, const T* gamma, const T* beta, const d
 // batch statistics: dx = rstd_k * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
 // fixed statistics: dx = rstd_k * dxhat   (mean and rstd do not depend on x)
 template <class T>
-void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                           const T* rstd, int64_t N, int64_t C, int64_t S, ChannelStatMap map, bool fixed_stats) {
+void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
+                           const math_t<T>* mean, const math_t<T>* rstd, int64_t N, int64_t C, int64_t S,
+                           ChannelStatMap map, bool fixed_stats) {
   const int64_t rows = N * C;
   const bool shared = map.per_sample == 0;  // one statistic spans every sample (BatchNorm)
   const bool dx_sums = dx && !fixed_stats;
@@ -53,8 +54,8 @@ void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, 
         const T* dyi = dy + i * S;
         double sum_dy = 0, sum_dy_xhat = 0;
         for (int64_t s = 0; s < S; ++s) {
-          sum_dy += double(dyi[s]);
-          sum_dy_xhat += double(dyi[s]) * (double(xi[s]) - mu) * rs;
+          sum_dy += double(to_math(dyi[s]));
+          sum_dy_xhat += double(to_math(dyi[s])) * (double(to_math(xi[s])) - mu) * rs;
         }
         row_dy[size_t(i)] = sum_dy;
         row_dy_xhat[size_t(i)] = sum_dy_xhat;
@@ -71,8 +72,8 @@ void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, 
       }
     });
     for (int64_t c = 0; c < C; ++c) {
-      if (dgamma) dgamma[c] = T(col[size_t(c)]);
-      if (dbeta) dbeta[c] = T(col[size_t(C + c)]);
+      if (dgamma) dgamma[c] = to_storage<T>(col[size_t(c)]);
+      if (dbeta) dbeta[c] = to_storage<T>(col[size_t(C + c)]);
     }
   }
   if (!dx) return;
@@ -88,7 +89,7 @@ void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, 
     for (int64_t n = 0; n < src_rows; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t k = map(n, c);
-        const double g = gamma ? double(gamma[c]) : 1.0;
+        const double g = gamma ? double(to_math(gamma[c])) : 1.0;
         sum_dxhat[size_t(k)] += g * src_dy[n * C + c];
         sum_dxhat_xhat[size_t(k)] += g * src_dy_xhat[n * C + c];
       }
@@ -98,16 +99,16 @@ void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, 
     for (int64_t i = r0; i < r1; ++i) {
       const int64_t c = i % C, k = map(i / C, c);
       const double mu = double(mean[k]), rs = double(rstd[k]);
-      const double g = gamma ? double(gamma[c]) : 1.0;
+      const double g = gamma ? double(to_math(gamma[c])) : 1.0;
       const double mean_dxhat = dx_sums ? sum_dxhat[size_t(k)] / count : 0.0;
       const double mean_dxhat_xhat = dx_sums ? sum_dxhat_xhat[size_t(k)] / count : 0.0;
       const T* xi = x + i * S;
       const T* dyi = dy + i * S;
       T* dxi = dx + i * S;
       for (int64_t s = 0; s < S; ++s) {
-        const double xhat = (double(xi[s]) - mu) * rs;
-        const double dxhat = double(dyi[s]) * g;
-        dxi[s] = T(rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+        const double xhat = (double(to_math(xi[s])) - mu) * rs;
+        const double dxhat = double(to_math(dyi[s])) * g;
+        dxi[s] = to_storage<T>(rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
       }
     }
   });
@@ -117,18 +118,33 @@ void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, 
 
 namespace {
 constexpr ChannelStatMap per_channel{0, 1};
+
+// Channel c's batch statistics of a training step: the saved mean and rstd (in math_t<T>), and the
+// running ones (when not null) moved towards mu and the unbiased variance var * count / (count - 1).
+template <class T>
+void update_statistics(math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var, int64_t c, double mu,
+                       double rs, double var, double count, double momentum) {
+  mean[c] = math_t<T>(mu);
+  rstd[c] = math_t<T>(rs);
+  if (running_mean)
+    running_mean[c] = to_storage<T>((1 - momentum) * double(to_math(running_mean[c])) + momentum * mu);
+  if (running_var)
+    running_var[c] =
+        to_storage<T>((1 - momentum) * double(to_math(running_var[c])) + momentum * var * count / (count - 1));
 }
+}  // namespace
 
 // Two passes over the batch (mean, then the centered sum of squares), each a deterministic
 // sum_rows over the N*C rows of L values: exact for channels with a large mean.
 template <class T>
-void batch_norm_forward_train(T* y, T* mean, T* rstd, T* running_mean, T* running_var, const T* x, const T* gamma,
-                              const T* beta, int64_t N, int64_t C, int64_t L, double eps, double momentum) {
+void batch_norm_forward_train(T* y, math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var, const T* x,
+                              const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L, double eps,
+                              double momentum) {
   const double count = double(N * L);  // >= 2 (checked by the Tensor level)
   const std::vector<double> sum = sum_rows(N * C, C, [&](int64_t i, double* a) {
     const T* xi = x + i * L;
     double s = 0;
-    for (int64_t l = 0; l < L; ++l) s += double(xi[l]);
+    for (int64_t l = 0; l < L; ++l) s += double(to_math(xi[l]));
     a[i % C] += s;
   });
   std::vector<double> mu(static_cast<size_t>(C)), rs(static_cast<size_t>(C));
@@ -137,17 +153,13 @@ void batch_norm_forward_train(T* y, T* mean, T* rstd, T* running_mean, T* runnin
     const T* xi = x + i * L;
     const double m = mu[size_t(i % C)];
     double s = 0;
-    for (int64_t l = 0; l < L; ++l) s += (double(xi[l]) - m) * (double(xi[l]) - m);
+    for (int64_t l = 0; l < L; ++l) s += (double(to_math(xi[l])) - m) * (double(to_math(xi[l])) - m);
     a[i % C] += s;
   });
   for (int64_t c = 0; c < C; ++c) {
     const double var = ss[size_t(c)] / count;
     rs[size_t(c)] = 1.0 / std::sqrt(var + eps);
-    mean[c] = T(mu[size_t(c)]);
-    rstd[c] = T(rs[size_t(c)]);
-    if (running_mean) running_mean[c] = T((1 - momentum) * double(running_mean[c]) + momentum * mu[size_t(c)]);
-    if (running_var)
-      running_var[c] = T((1 - momentum) * double(running_var[c]) + momentum * var * count / (count - 1));
+    update_statistics(mean, rstd, running_mean, running_var, c, mu[size_t(c)], rs[size_t(c)], var, count, momentum);
   }
   channel_norm_apply(y, x, gamma, beta, mu.data(), rs.data(), N, C, L, per_channel);
 }
@@ -156,15 +168,15 @@ namespace {
 // The statistics of eval mode: mu = running_mean and rs = 1 / sqrt(running_var + eps) in double,
 // also written to mean and rstd for the backward.
 template <class T>
-void eval_statistics(std::vector<double>& mu, std::vector<double>& rs, T* mean, T* rstd, const T* running_mean,
-                     const T* running_var, int64_t C, double eps) {
+void eval_statistics(std::vector<double>& mu, std::vector<double>& rs, math_t<T>* mean, math_t<T>* rstd,
+                     const T* running_mean, const T* running_var, int64_t C, double eps) {
   mu.resize(size_t(C));
   rs.resize(size_t(C));
   for (int64_t c = 0; c < C; ++c) {
-    mu[size_t(c)] = double(running_mean[c]);
-    rs[size_t(c)] = 1.0 / std::sqrt(double(running_var[c]) + eps);
-    mean[c] = running_mean[c];
-    rstd[c] = T(rs[size_t(c)]);
+    mean[c] = to_math(running_mean[c]);
+    mu[size_t(c)] = double(mean[c]);
+    rs[size_t(c)] = 1.0 / std::sqrt(double(to_math(running_var[c])) + eps);
+    rstd[c] = math_t<T>(rs[size_t(c)]);
   }
 }
 }  // namespace
@@ -172,7 +184,7 @@ void eval_statistics(std::vector<double>& mu, std::vector<double>& rs, T* mean, 
 // Also writes the statistics it used (mean = running_mean, rstd = 1 / sqrt(running_var + eps))
 // for the backward.
 template <class T>
-void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+void batch_norm_forward_eval(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                              const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
                              double eps) {
   std::vector<double> mu, rs;
@@ -186,8 +198,8 @@ void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma,
 // eval:     dx = rstd * dxhat                                                 (running statistics are constants)
 // dgamma = sum_{n,l} dy * xhat,  dbeta = sum_{n,l} dy
 template <class T>
-void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                         const T* rstd, int64_t N, int64_t C, int64_t L, bool training) {
+void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const math_t<T>* mean,
+                         const math_t<T>* rstd, int64_t N, int64_t C, int64_t L, bool training) {
   channel_norm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, L, per_channel, !training);
 }
 
@@ -201,8 +213,9 @@ namespace {
 // (one update per row: delta = d - mean, mean += delta / n, M2 += delta * (d - mean)); then the
 // blocks merged in block order in double (Chan et al.): one pass over x, and the same result for
 // any thread count.
-template <class T>
-void column_mean_var(std::vector<double>& mean, std::vector<double>& var, const T* x, int64_t N, int64_t C) {
+template <class S>
+void column_mean_var(std::vector<double>& mean, std::vector<double>& var, const S* x, int64_t N, int64_t C) {
+  using T = math_t<S>;
   using V = simd::Vec<T>;
   const int64_t rows = reduction_block_rows(N), blocks = (N + rows - 1) / rows;
   std::vector<T> partial(size_t(blocks * 2 * C), T(0));  // per block: mean of d [0, C), M2 [C, 2C)
@@ -210,10 +223,10 @@ void column_mean_var(std::vector<double>& mean, std::vector<double>& var, const 
     for (int64_t b = b0; b < b1; ++b) {
       T* m = partial.data() + b * 2 * C;
       T* m2 = m + C;
-      const T* x0 = x + b * rows * C;
+      const S* x0 = x + b * rows * C;
       for (int64_t i = b * rows + 1, n = 2, e = std::min(N, (b + 1) * rows); i < e; ++i, ++n) {
         const V inv_n = simd::splat(T(1.0 / double(n)));
-        const T* xi = x + i * C;
+        const S* xi = x + i * C;
         simd::row_for<T>(C, [&](int64_t j, auto at) {
           const V d = at(xi + j) - at(x0 + j), mj = at(m + j), delta = d - mj, mean_new = mj + delta * inv_n;
           at.store(m + j, mean_new);
@@ -228,9 +241,9 @@ void column_mean_var(std::vector<double>& mean, std::vector<double>& var, const 
   for (int64_t b = 0; b < blocks; ++b) {
     const double nb = double(std::min(N, (b + 1) * rows) - b * rows), total = n + nb;
     const T* pm = partial.data() + b * 2 * C;
-    const T* x0 = x + b * rows * C;
+    const S* x0 = x + b * rows * C;
     for (int64_t c = 0; c < C; ++c) {
-      const double delta = (double(x0[c]) + double(pm[c])) - mean[size_t(c)];
+      const double delta = (double(to_math(x0[c])) + double(pm[c])) - mean[size_t(c)];
       mean[size_t(c)] += delta * nb / total;
       m2[size_t(c)] += double(pm[C + c]) + delta * delta * n * nb / total;
     }
@@ -242,21 +255,22 @@ void column_mean_var(std::vector<double>& mean, std::vector<double>& var, const 
 
 // y = ((x - mean_hi) - mean_lo) * rstd * gamma + beta, down the rows: the mean split into two T
 // (mean_hi + mean_lo) keeps y exact for a mean of 1e4 in f32.
-template <class T>
-void column_apply(T* y, const T* x, const T* gamma, const T* beta, const std::vector<double>& mean,
+template <class S>
+void column_apply(S* y, const S* x, const S* gamma, const S* beta, const std::vector<double>& mean,
                   const std::vector<double>& rstd, int64_t N, int64_t C) {
+  using T = math_t<S>;
   using V = simd::Vec<T>;
   std::vector<T> hi(static_cast<size_t>(C)), lo(static_cast<size_t>(C)), scale(static_cast<size_t>(C));
   const std::vector<T> b = as_values<T>(beta, C, 0.0);
   for (int64_t c = 0; c < C; ++c) {
     hi[size_t(c)] = T(mean[size_t(c)]);
     lo[size_t(c)] = T(mean[size_t(c)] - double(hi[size_t(c)]));
-    scale[size_t(c)] = T(rstd[size_t(c)] * (gamma ? double(gamma[c]) : 1.0));
+    scale[size_t(c)] = T(rstd[size_t(c)] * (gamma ? double(to_math(gamma[c])) : 1.0));
   }
   parallel_for(0, N, row_grain(C), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * C;
-      T* yi = y + i * C;
+      const S* xi = x + i * C;
+      S* yi = y + i * C;
       simd::row_for<T>(C, [&](int64_t j, auto at) {
         const V c = (at(xi + j) - at(hi.data() + j)) - at(lo.data() + j);
         at.store(yi + j, c * at(scale.data() + j) + at(b.data() + j));
@@ -270,9 +284,9 @@ void column_apply(T* y, const T* x, const T* gamma, const T* beta, const std::ve
 // Scalar math: batch_norm_forward_train above, for L = 1 (other L run the reference kernel).
 // The statistics in one pass (column_mean_var), then y (column_apply).
 template <class T>
-void batch_norm_forward_train_cpu(T* y, T* mean, T* rstd, T* running_mean, T* running_var, const T* x,
-                                  const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L, double eps,
-                                  double momentum) {
+void batch_norm_forward_train_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var,
+                                  const T* x, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L,
+                                  double eps, double momentum) {
   if (L != 1)
     return batch_norm_forward_train(y, mean, rstd, running_mean, running_var, x, gamma, beta, N, C, L, eps,
                                     momentum);
@@ -282,18 +296,15 @@ void batch_norm_forward_train_cpu(T* y, T* mean, T* rstd, T* running_mean, T* ru
   std::vector<double> rs(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
     rs[size_t(c)] = 1.0 / std::sqrt(var[size_t(c)] + eps);
-    mean[c] = T(mu[size_t(c)]);
-    rstd[c] = T(rs[size_t(c)]);
-    if (running_mean) running_mean[c] = T((1 - momentum) * double(running_mean[c]) + momentum * mu[size_t(c)]);
-    if (running_var)
-      running_var[c] = T((1 - momentum) * double(running_var[c]) + momentum * var[size_t(c)] * count / (count - 1));
+    update_statistics(mean, rstd, running_mean, running_var, c, mu[size_t(c)], rs[size_t(c)], var[size_t(c)], count,
+                      momentum);
   }
   column_apply(y, x, gamma, beta, mu, rs, N, C);
 }
 
 // Scalar math: batch_norm_forward_eval above, for L = 1 (column_apply).
 template <class T>
-void batch_norm_forward_eval_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+void batch_norm_forward_eval_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                                  const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
                                  double eps) {
   if (L != 1)
@@ -306,17 +317,19 @@ void batch_norm_forward_eval_cpu(T* y, T* mean, T* rstd, const T* x, const T* ga
 // Scalar math: batch_norm_backward above, for L = 1 (other L run the reference kernel). Pass 1
 // down the rows: per channel, sum dy and dy * xhat in C-wide vector partials per block of rows
 // (sum_rows: added in double in block order); pass 2: dx, row by row.
-template <class T>
-void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t N, int64_t C, int64_t L, bool training) {
+template <class S>
+void batch_norm_backward_cpu(S* dx, S* dgamma, S* dbeta, const S* dy, const S* x, const S* gamma,
+                             const math_t<S>* mean, const math_t<S>* rstd, int64_t N, int64_t C, int64_t L,
+                             bool training) {
   if (L != 1) return batch_norm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, L, training);
+  using T = math_t<S>;
   using V = simd::Vec<T>;
   const bool dx_sums = dx && training;
   std::vector<double> col;  // [0, C): sum dy * xhat, [C, 2C): sum dy
   if (dgamma || dbeta || dx_sums) {
     col = sum_rows<T>(N, 2 * C, [&](int64_t i, T* acc) {
-      const T* xi = x + i * C;
-      const T* dyi = dy + i * C;
+      const S* xi = x + i * C;
+      const S* dyi = dy + i * C;
       simd::row_for<T>(C, [&](int64_t j, auto at) {
         const V d = at(dyi + j), xhat = (at(xi + j) - at(mean + j)) * at(rstd + j);
         at.store(acc + j, at(acc + j) + d * xhat);
@@ -324,8 +337,8 @@ void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
       });
     });
     for (int64_t c = 0; c < C; ++c) {
-      if (dgamma) dgamma[c] = T(col[size_t(c)]);
-      if (dbeta) dbeta[c] = T(col[size_t(C + c)]);
+      if (dgamma) dgamma[c] = to_storage<S>(col[size_t(c)]);
+      if (dbeta) dbeta[c] = to_storage<S>(col[size_t(C + c)]);
     }
   }
   if (!dx) return;
@@ -339,9 +352,9 @@ void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
     }
   parallel_for(0, N, row_grain(C), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
-      const T* xi = x + i * C;
-      const T* dyi = dy + i * C;
-      T* dxi = dx + i * C;
+      const S* xi = x + i * C;
+      const S* dyi = dy + i * C;
+      S* dxi = dx + i * C;
       simd::row_for<T>(C, [&](int64_t j, auto at) {
         const V rs = at(rstd + j), xhat = (at(xi + j) - at(mean + j)) * rs;
         at.store(dxi + j, rs * (at(dyi + j) * at(g.data() + j) - at(mean_dxhat.data() + j) -
@@ -354,22 +367,23 @@ void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
 #define NL_INSTANTIATE_BATCH_NORM(T)                                                                              \
   template void channel_norm_apply<T>(T*, const T*, const T*, const T*, const double*, const double*, int64_t,     \
                                       int64_t, int64_t, ChannelStatMap);                                           \
-  template void channel_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,    \
-                                         int64_t, int64_t, ChannelStatMap, bool);                                  \
-  template void batch_norm_forward_train<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t,    \
-                                            int64_t, double, double);                                              \
-  template void batch_norm_forward_eval<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,  \
-                                           int64_t, int64_t, double);                                              \
-  template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,      \
-                                       int64_t, int64_t, bool);                                                    \
-  template void batch_norm_forward_train_cpu<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, int64_t,         \
-                                                int64_t, int64_t, double, double);                                 \
-  template void batch_norm_forward_eval_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,       \
-                                               int64_t, int64_t, int64_t, double);                                 \
-  template void batch_norm_backward_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,  \
-                                           int64_t, int64_t, bool);
+  template void channel_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const math_t<T>*,              \
+                                         const math_t<T>*, int64_t, int64_t, int64_t, ChannelStatMap, bool);       \
+  template void batch_norm_forward_train<T>(T*, math_t<T>*, math_t<T>*, T*, T*, const T*, const T*, const T*,      \
+                                            int64_t, int64_t, int64_t, double, double);                            \
+  template void batch_norm_forward_eval<T>(T*, math_t<T>*, math_t<T>*, const T*, const T*, const T*, const T*,     \
+                                           const T*, int64_t, int64_t, int64_t, double);                           \
+  template void batch_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const math_t<T>*,                \
+                                       const math_t<T>*, int64_t, int64_t, int64_t, bool);                         \
+  template void batch_norm_forward_train_cpu<T>(T*, math_t<T>*, math_t<T>*, T*, T*, const T*, const T*, const T*,  \
+                                                int64_t, int64_t, int64_t, double, double);                        \
+  template void batch_norm_forward_eval_cpu<T>(T*, math_t<T>*, math_t<T>*, const T*, const T*, const T*, const T*, \
+                                               const T*, int64_t, int64_t, int64_t, double);                       \
+  template void batch_norm_backward_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const math_t<T>*,            \
+                                           const math_t<T>*, int64_t, int64_t, int64_t, bool);
 NL_INSTANTIATE_BATCH_NORM(float)
 NL_INSTANTIATE_BATCH_NORM(double)
+NL_INSTANTIATE_BATCH_NORM(bf16)
 #undef NL_INSTANTIATE_BATCH_NORM
 
 // ---- Tensor level ----
@@ -424,19 +438,20 @@ BatchNormStats batch_norm_forward(const Tensor& x_in, const Tensor& gamma_in, co
   const Tensor x = x_in.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
   const Tensor beta = beta_in.defined() ? beta_in.contiguous() : Tensor();
-  BatchNormStats out{empty(x.shape(), dtype), empty({C}, dtype), empty({C}, dtype)};
-  NL_DISPATCH_FLOATING(dtype, "batch_norm", [&] {
+  const DType sd = norm_stat_dtype(dtype);
+  BatchNormStats out{empty(x.shape(), dtype), empty({C}, sd), empty({C}, sd)};
+  dispatch_norm_dtype(dtype, "batch_norm", [&]<class scalar_t>(scalar_t) {
+    using A = math_t<scalar_t>;
     if (training)
-      batch_norm_forward_train_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(),
-                                         out.rstd.data<scalar_t>(), ptr_or_null<scalar_t>(running_mean),
-                                         ptr_or_null<scalar_t>(running_var), x.data<scalar_t>(),
-                                         ptr_or_null<scalar_t>(gamma), ptr_or_null<scalar_t>(beta), N, C, L, eps,
-                                         momentum);
+      batch_norm_forward_train_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<A>(), out.rstd.data<A>(),
+                                             ptr_or_null<scalar_t>(running_mean), ptr_or_null<scalar_t>(running_var),
+                                             x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
+                                             ptr_or_null<scalar_t>(beta), N, C, L, eps, momentum);
     else
-      batch_norm_forward_eval_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<scalar_t>(), out.rstd.data<scalar_t>(),
-                                        x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
-                                        ptr_or_null<scalar_t>(beta), running_mean.data<scalar_t>(),
-                                        running_var.data<scalar_t>(), N, C, L, eps);
+      batch_norm_forward_eval_cpu<scalar_t>(out.y.data<scalar_t>(), out.mean.data<A>(), out.rstd.data<A>(),
+                                            x.data<scalar_t>(), ptr_or_null<scalar_t>(gamma),
+                                            ptr_or_null<scalar_t>(beta), running_mean.data<scalar_t>(),
+                                            running_var.data<scalar_t>(), N, C, L, eps);
   });
   return out;
 }
@@ -475,18 +490,15 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
     const scalar_t* gp = ptr_or_null<scalar_t>(gamma);
     const math_t<scalar_t>* mp = mean_c.data<math_t<scalar_t>>();
     const math_t<scalar_t>* rp = rstd_c.data<math_t<scalar_t>>();
-    if (groups) {
-      group_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S,
-                              map.per_sample);
-    } else if constexpr (std::is_same_v<scalar_t, bf16>) {
-      NL_FAIL(who, ": dtype bf16 is not supported (expected f32 or f64)");
-    } else if (columns) {
+    if (columns)
       batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, 1,
                               !fixed_stats);
-    } else {
+    else if (groups)
+      group_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S,
+                              map.per_sample);
+    else
       channel_norm_backward(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S, map,
                             fixed_stats);
-    }
   });
   return g;
 }

@@ -34,8 +34,9 @@ void channel_norm_apply(T* y, const T* x, const T* gamma, const T* beta, const d
 // The backward of channel_norm_apply with the statistics of the batch (fixed_stats = false) or
 // fixed ones (fixed_stats = true, BatchNorm in eval mode). Outputs may be null; gamma may be null.
 template <class T>
-void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                           const T* rstd, int64_t N, int64_t C, int64_t S, ChannelStatMap map, bool fixed_stats);
+void channel_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
+                           const math_t<T>* mean, const math_t<T>* rstd, int64_t N, int64_t C, int64_t S,
+                           ChannelStatMap map, bool fixed_stats);
 
 // Tensor level of channel_norm_backward: x and dy [N, C, *]; gradients only where wanted.
 NormGrads channel_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,
@@ -43,40 +44,49 @@ NormGrads channel_norm_backward(const Tensor& dy, const Tensor& x, const Tensor&
                                 bool want_dgamma, bool want_dbeta, const char* who);
 
 
-// ---- BatchNorm reference kernels: x is (N, C, L) (L = 1 for (N, C)); T is float or double. ----
+// ---- BatchNorm reference kernels: x is (N, C, L) (L = 1 for (N, C)); T is float or double (or
+// bf16: math in double from the widened values, mean and rstd in f32, each output rounded to f32
+// and then to bf16, as the f32 kernel's rounded). ----
 // Training: writes y and the batch mean and rstd per channel; updates running_mean/running_var in
 // place when they are not null. gamma and beta may be null.
 template <class T>
-void batch_norm_forward_train(T* y, T* mean, T* rstd, T* running_mean, T* running_var, const T* x, const T* gamma,
-                              const T* beta, int64_t N, int64_t C, int64_t L, double eps, double momentum);
+void batch_norm_forward_train(T* y, math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var, const T* x,
+                              const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L, double eps,
+                              double momentum);
 // Eval: normalizes with the running statistics, and writes the ones it used for the backward:
 // mean = running_mean, rstd = 1 / sqrt(running_var + eps).
 template <class T>
-void batch_norm_forward_eval(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+void batch_norm_forward_eval(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                              const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
                              double eps);
 // mean and rstd are the batch statistics (training) or the running ones (eval: training = false).
 template <class T>
-void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                         const T* rstd, int64_t N, int64_t C, int64_t L, bool training);
+void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const math_t<T>* mean,
+                         const math_t<T>* rstd, int64_t N, int64_t C, int64_t L, bool training);
 
 // ---- Fast CPU kernels, same signatures: for (N, C) (L = 1) they run down the rows with C-wide
-// vectors of T: Welford statistics per block of rows merged in double (one pass over x), the
-// backward's column sums in per-block partials (deterministic); other L run the reference
-// kernels. Checked against the reference; the Tensor level runs these. ----
+// vectors of math_t<T>: Welford statistics per block of rows merged in double (one pass over x),
+// the backward's column sums in per-block partials (deterministic); other L run the reference
+// kernels. Checked against the reference; the Tensor level runs these. T is float, double or
+// bf16; bf16 as in layer_norm_forward_cpu: widened to f32 as it loads, f32 math, mean, rstd and
+// partials, each output (y, dx, dgamma, dbeta, the running statistics) rounded once to bf16 (bit
+// for bit the f32 kernel's on the widened values, rounded). ----
 template <class T>
-void batch_norm_forward_train_cpu(T* y, T* mean, T* rstd, T* running_mean, T* running_var, const T* x,
-                                  const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L, double eps,
-                                  double momentum);
+void batch_norm_forward_train_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var,
+                                  const T* x, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L,
+                                  double eps, double momentum);
 template <class T>
-void batch_norm_forward_eval_cpu(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+void batch_norm_forward_eval_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                                  const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
                                  double eps);
 template <class T>
-void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma, const T* mean,
-                             const T* rstd, int64_t N, int64_t C, int64_t L, bool training);
+void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* gamma,
+                             const math_t<T>* mean, const math_t<T>* rstd, int64_t N, int64_t C, int64_t L,
+                             bool training);
 
-// ---- Tensor level: x is [N, C] or [N, C, L]; mean and rstd are [C]. ----
+// ---- Tensor level: x is [N, C] or [N, C, L] in f32, f64 or bf16 (gamma, beta, the running
+// statistics, dy and the gradients in x's dtype); mean and rstd are [C], in f32 for bf16
+// (norm_stat_dtype). ----
 // Checks x (rank 2 or 3, C channels, non-empty, more than one value per channel in training) and
 // returns L (1 for [N, C]).
 int64_t batch_norm_check_input(const Tensor& x, int64_t C, bool training, const char* who);
