@@ -81,8 +81,8 @@ Tensor make(const Shape& s, Generator& gen, DType dtype, double mean = 0.0, doub
   return randn(s, gen, DType::f32, mean, std).to(dtype);
 }
 
-// The dtype of the CPU reference for a GPU dtype: f64 for f64, f32 otherwise (the CPU kernels
-// take no bf16: the reference runs on the bf16 values in f32).
+// The dtype of the CPU reference for a GPU dtype: f64 for f64, f32 otherwise (for bf16 the
+// reference runs on the bf16 values widened to f32, unrounded, to bound the GPU's own rounding).
 DType ref_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 
 struct Case {
