@@ -115,11 +115,12 @@ struct SliceRows {
 };
 
 // x's own rows when they need no padding (hd a multiple of kBlock and T of kRows: read in place,
-// with x's row stride), else a zero-padded copy in `buffer` [Tp, hdp].
+// with x's row stride), else a zero-padded copy in `buffer` [Tp, hdp] (sized on first use).
 template <class scalar_t>
 SliceRows<scalar_t> slice_rows(std::vector<scalar_t>& buffer, const Heads<const scalar_t>& x, int64_t b, int64_t h,
                                const SliceDims& dims) {
   if (dims.hd == dims.hdp && dims.T == dims.Tp) return {x.row(b, h, 0), x.t};
+  buffer.resize(size_t(dims.Tp * dims.hdp));
   copy_slice<scalar_t>(buffer.data(), nullptr, x, b, h, dims);
   return {buffer.data(), dims.hdp};
 }
@@ -244,8 +245,7 @@ void causal_attention_forward(const Heads<scalar_t>& O, scalar_t* lse, scalar_t*
   const SliceDims dims(T, hd);
   const int64_t Tp = dims.Tp, hdp = dims.hdp;
   parallel_for(0, B * H, slice_grain(T, hd), [&](int64_t bh0, int64_t bh1) {
-    std::vector<scalar_t> qt = buffer<scalar_t>(hd * Tp), k_rows = buffer<scalar_t>(Tp * hdp),
-                          v_rows = buffer<scalar_t>(Tp * hdp), St = buffer<scalar_t>(Tp * kRows),
+    std::vector<scalar_t> qt = buffer<scalar_t>(hd * Tp), k_rows, v_rows, St = buffer<scalar_t>(Tp * kRows),
                           O_rows = buffer<scalar_t>(kRows * hdp), lse_r = buffer<scalar_t>(kRows);
     for (int64_t bh = bh0; bh < bh1; ++bh) {
       const int64_t b = bh / H, h = bh % H;
@@ -291,8 +291,7 @@ void causal_attention_backward(const Heads<scalar_t>& dq, const Heads<scalar_t>&
   const scalar_t s = scalar_t(scale);
   parallel_for(0, B * H, slice_grain(T, hd), [&](int64_t bh0, int64_t bh1) {
     std::vector<scalar_t> qt = buffer<scalar_t>(hd * Tp), dOt = buffer<scalar_t>(hd * Tp),
-                          sq_rows = buffer<scalar_t>(Tp * hdp), dO_rows = buffer<scalar_t>(Tp * hdp),
-                          k_rows = buffer<scalar_t>(Tp * hdp), v_rows = buffer<scalar_t>(Tp * hdp),
+                          sq_rows = buffer<scalar_t>(Tp * hdp), dO_rows, k_rows, v_rows,
                           dk_rows = buffer<scalar_t>(Tp * hdp), dv_rows = buffer<scalar_t>(Tp * hdp),
                           Pt = buffer<scalar_t>(Tp * kRows), dSt = buffer<scalar_t>(Tp * kRows),
                           dq_rows = buffer<scalar_t>(kRows * hdp), lse_r = buffer<scalar_t>(kRows),

@@ -121,7 +121,7 @@ Experiment quick() {
     return std::vector<Verdict>{
         {"Wang et al. 2022 (DeepNet); Xiong et al. 2020",
          "Post-LN fails to train as depth grows; Pre-LN and DeepNorm train at every depth",
-         measured + " (trained: final eval loss below 10% of chance)", judge(holds, checks)}};
+         measured + " (trained: final eval loss at most 10% of chance)", judge(holds, checks)}};
   };
   return e;
 }

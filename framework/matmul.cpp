@@ -414,8 +414,9 @@ void run_unit(const Primitive& p, const float* a, const float* b, float* c) {
 // ---------------------------------------------------------------------------------------------
 // oneDNN: cutting the output into units
 
-// A unit should be worth far more than the ~0.5 us a oneDNN call costs (4M multiply-adds take
-// ~25 us on one AVX-512 core), and there should be enough of them to keep 16 threads busy.
+// A unit should be worth far more than the ~0.5 us a oneDNN call costs (512K multiply-adds take
+// ~4 us on one AVX-512 core), small enough that a toy model's [512, 32] x [32, 96] splits over two
+// threads, and there should be enough of them to keep 16 threads busy.
 // Blocks cut from one matrix keep at least kMinRows rows and kMinCols columns, so that oneDNN's
 // kernels stay efficient.
 constexpr double kUnitMacs = double(1 << 19);

@@ -54,12 +54,18 @@ void expect_resume_is_exact(const TrainConfig& c, int64_t cut) {
 
 BOOST_AUTO_TEST_SUITE(train)
 
-BOOST_AUTO_TEST_CASE(a_small_model_learns_the_copy_task) {
+// small() with a learning rate at which it learns the copy task within 300 steps.
+TrainConfig learning(int64_t eval_every) {
   TrainConfig c = small();
   c.steps = 300;
-  c.eval_every = 100;
+  c.eval_every = eval_every;
   c.optim.lr = 1e-2;
   c.optim.warmup = 20;
+  return c;
+}
+
+BOOST_AUTO_TEST_CASE(a_small_model_learns_the_copy_task) {
+  const TrainConfig c = learning(100);
   Trainer t(c);
   t.run(0, false);
   const double chance = t.data().chance_loss();
@@ -72,11 +78,7 @@ BOOST_AUTO_TEST_CASE(a_small_model_learns_the_copy_task) {
 // stop_learned ends the run at the first evaluation at or below that fraction of chance; the
 // same run without it trains every step, through the same losses up to there.
 BOOST_AUTO_TEST_CASE(stop_learned_ends_the_run_at_the_first_learned_evaluation) {
-  TrainConfig c = small();
-  c.steps = 300;
-  c.eval_every = 20;
-  c.optim.lr = 1e-2;
-  c.optim.warmup = 20;
+  TrainConfig c = learning(20);
   c.stop_learned = 0.3;
   Trainer t(c);
   t.run(0, false);
