@@ -31,6 +31,57 @@ struct bf16 {
   }
 };
 
+// fp16 storage type: IEEE binary16 (1 sign, 5 exponent, 10 mantissa bits; largest finite 65504,
+// smallest subnormal 2^-24 ~ 5.96e-8). Conversion from float rounds to nearest even: past 65504 a
+// value becomes infinity, below 2^-25 it becomes zero (so an eps of 1e-8 stored in fp16 is 0).
+// Written in integer arithmetic (no F16C or _Float16) so device and host code can share it.
+struct f16 {
+  uint16_t bits = 0;
+  f16() = default;
+  explicit f16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+      bits = uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // quiet NaN
+    } else if (a >= 0x477ff000u) {
+      bits = uint16_t(sign | 0x7c00u);  // 65520 and above (and inf) round to infinity
+    } else if (a >= 0x38800000u) {
+      // Normal: rebias the exponent (127 -> 15) and drop 13 mantissa bits, to nearest even.
+      const uint32_t r = a - (112u << 23) + 0xfffu + ((a >> 13) & 1u);
+      bits = uint16_t(sign | (r >> 13));
+    } else {
+      // Subnormal or zero: adding 0.5f rounds |f| to a multiple of 2^-24 (0.5's ulp), to nearest
+      // even; the low bits of the sum then count those units (1024 is the smallest normal).
+      float abs_f, half = 0.5f;
+      std::memcpy(&abs_f, &a, 4);
+      const float sum = abs_f + half;
+      uint32_t s, h;
+      std::memcpy(&s, &sum, 4);
+      std::memcpy(&h, &half, 4);
+      bits = uint16_t(sign | (s - h));
+    }
+  }
+  explicit operator float() const {
+    const uint32_t sign = uint32_t(bits & 0x8000u) << 16;
+    const uint32_t e = (bits >> 10) & 0x1fu, m = bits & 0x3ffu;
+    uint32_t u;
+    if (e == 0) {
+      float v = float(m) * 5.9604644775390625e-8f;  // m * 2^-24, exact
+      std::memcpy(&u, &v, 4);
+      u |= sign;
+    } else if (e == 31) {
+      u = sign | 0x7f800000u | (m << 13);
+    } else {
+      u = sign | ((e + 112u) << 23) | (m << 13);
+    }
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
 enum class DType : uint8_t { f32, f64, bf16, i64 };
 
 constexpr size_t dtype_size(DType t) {
@@ -68,6 +119,7 @@ template <class T> inline constexpr DType dtype_v = dtype_of<T>::value;
 // widens to f32 exactly (before any square or sum); a result narrows back with one rounding.
 template <class T> struct math_of { using type = T; };
 template <> struct math_of<bf16> { using type = float; };
+template <> struct math_of<f16> { using type = float; };
 template <class T> using math_t = typename math_of<T>::type;
 
 template <class T>
@@ -77,7 +129,7 @@ inline math_t<T> to_math(T v) {
 // v in storage type T (bf16: rounded to f32, then to nearest even bf16).
 template <class T>
 inline T to_storage(double v) {
-  if constexpr (std::is_same_v<T, bf16>) return bf16(float(v));
+  if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>) return T(float(v));
   else return T(v);
 }
 

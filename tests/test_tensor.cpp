@@ -123,6 +123,36 @@ BOOST_AUTO_TEST_CASE(dtype_conversion) {
   BOOST_TEST(contains(error_of([&] { (void)d.data<float>(); }), "f64"));
 }
 
+// f16's integer conversions against the compiler's IEEE binary16 (_Float16, round to nearest
+// even): every half to float, and floats across every exponent (a stride through all bit patterns,
+// plus the halfway points around 65504, the subnormal boundary and the tiny values that flush).
+BOOST_AUTO_TEST_CASE(f16_conversion_matches_ieee_half) {
+  int wrong = 0;
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    f16 x;
+    x.bits = uint16_t(h);
+    _Float16 ref = std::bit_cast<_Float16>(uint16_t(h));
+    const float a = float(x), b = float(ref);
+    wrong += !(std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b) || (std::isnan(a) && std::isnan(b)));
+  }
+  BOOST_TEST(wrong == 0, wrong << " halves widen wrongly");
+  auto check = [&](float f) {
+    const uint16_t got = f16(f).bits, want = std::bit_cast<uint16_t>(_Float16(f));
+    const bool nan = std::isnan(f) && (got & 0x7c00u) == 0x7c00u && (got & 0x3ffu) != 0;
+    if (got != want && !nan) ++wrong;
+  };
+  for (uint64_t u = 0; u <= 0xffffffffu; u += 65521) check(std::bit_cast<float>(uint32_t(u)));
+  for (float f : {65504.f, 65519.f, 65519.996f, 65520.f, 65536.f, 1e-8f, 2.9802322e-8f, 2.9802326e-8f,
+                  5.9604645e-8f, 6.1035156e-5f, 6.1035153e-5f, 6.0975552e-5f, 1.0f + 0x1p-11f, 1.0f + 0x3p-11f}) {
+    check(f);
+    check(-f);
+  }
+  BOOST_TEST(wrong == 0, wrong << " floats narrow wrongly");
+  BOOST_TEST(float(f16(1e-8f)) == 0.0f);  // the seeds' fp16 pitfall: eps 1e-8 underflows
+  BOOST_TEST(float(f16(1e-5f)) > 0.0f);
+  BOOST_TEST(std::isinf(float(f16(70000.f))));
+}
+
 BOOST_AUTO_TEST_CASE(rng_is_seeded_and_thread_count_independent) {
   Generator g1(42), g2(42), g3(43);
   const auto a = randn({1000}, g1, DType::f64).to_vector<double>();
