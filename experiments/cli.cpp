@@ -246,6 +246,9 @@ void print_summary(const Trainer& t) {
     std::printf("  diverged       at step %lld (%s)\n", (long long)h.diverged_step, h.diverged_reason.c_str());
   else
     std::printf("  diverged       no\n");
+  if (c.model.precision == Precision::fp16)
+    std::printf("  loss scale     %g (%lld steps skipped on fp16 gradient overflow)\n", t.loss_scaler().scale(),
+                (long long)h.skipped_step.size());
   if (k > 0) std::printf("  train loss     %.4f (mean of the last %lld steps)\n", recent / double(k), (long long)k);
   if (!h.eval_loss.empty())
     std::printf("  eval loss      %.4f (step %lld)\n", h.eval_loss.back(), (long long)h.eval_step.back());

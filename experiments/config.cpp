@@ -78,6 +78,9 @@ void check(const TrainConfig& c) {
   NL_CHECK(std::isfinite(c.z_loss) && c.z_loss >= 0, "config: z_loss must be >= 0, got ", c.z_loss);
   NL_CHECK(std::isfinite(c.stop_learned) && c.stop_learned >= 0 && c.stop_learned < 1,
            "config: stop_learned must be in [0, 1), got ", c.stop_learned);
+  NL_CHECK(std::isfinite(c.loss_scale) && c.loss_scale >= LossScaler::kMinScale &&
+               std::exp2(std::round(std::log2(c.loss_scale))) == c.loss_scale,
+           "config: loss_scale must be a power of two >= 2^-24, got ", c.loss_scale);
   const OptimConfig& o = c.optim;
   NL_CHECK(std::isfinite(o.lr) && o.lr > 0, "config: lr must be > 0, got ", o.lr);
   NL_CHECK(std::isfinite(o.clip) && o.clip >= 0, "config: clip must be >= 0 (0: off), got ", o.clip);
@@ -188,6 +191,7 @@ void parse_into(const std::string& k, const std::string& s, Placement& o) {
 }
 void parse_into(const std::string& k, const std::string& s, Activation& o) { parse_enum_into(k, s, o, parse_activation); }
 void parse_into(const std::string& k, const std::string& s, InitScheme& o) { parse_enum_into(k, s, o, parse_init_scheme); }
+void parse_into(const std::string& k, const std::string& s, Precision& o) { parse_enum_into(k, s, o, parse_precision); }
 void parse_into(const std::string& k, const std::string& s, std::optional<QKNormKind>& o) {
   parse_enum_into(k, s, o, parse_qk_norm);
 }
@@ -275,6 +279,9 @@ std::vector<ConfigField> make_fields() {
       NL_FIELD("init_std", "std of embeddings (and of matrices with init normal)", model.init_std),
       NL_FIELD("seed", "seed of the initialisation", model.seed),
       NL_FIELD("dtype", "parameter and activation dtype: f32 | f64", model.dtype),
+      absent_means_default(NL_FIELD("precision",
+                                    "storage of activations and gradients: f32 | bf16 | fp16 (with loss scaling)",
+                                    model.precision)),
       performance_only(NL_FIELD("recompute", "recompute each block in backward (less memory, same numbers): on | off",
                                 model.recompute)),
       // Task.
@@ -307,6 +314,8 @@ std::vector<ConfigField> make_fields() {
       absent_means_default(NL_FIELD("stop_learned",
                                     "stop at an eval loss <= this fraction of chance (0: run all steps)",
                                     stop_learned)),
+      absent_means_default(NL_FIELD("loss_scale", "precision fp16: the first loss scale (a power of two)",
+                                    loss_scale)),
   };
 }
 
@@ -353,6 +362,8 @@ std::string unused_reason(const TrainConfig& c, const std::string& key) {
     return "only adamw has a weight decay mode (adam and sgd use l2), and optimizer is " + std::string(to_string(o.kind));
   if (key == "min_lr" && !decays)
     return "only the linear and cosine schedules decay to min_lr, and schedule is " + std::string(to_string(o.schedule));
+  if (key == "loss_scale" && m.precision != Precision::fp16)
+    return "only precision fp16 scales the loss, and precision is " + std::string(to_string(m.precision));
   if ((key == "dyt_alpha0" || key == "dyt_identity") && m.norm != NormKind::dyt)
     return "it is a DyT setting, and norm is " + std::string(to_string(m.norm));
   if (key == "groups" && m.norm != NormKind::group)

@@ -46,6 +46,8 @@ struct TrainConfig {
   // Stop once an evaluation's loss is at or below stop_learned * the task's chance loss (the
   // run has learned the task); 0: run all `steps`. `steps` stays the budget and sets the schedule.
   double stop_learned = 0.0;
+  // precision fp16: the loss scaler's first scale (a power of two; LossScaler).
+  double loss_scale = LossScaler::kInitialScale;
 };
 
 // Throws normlab::Error naming the first bad field and value (model, task, optimizer, loop),

@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "autograd/ops.h"
 #include "framework/enum_names.h"
@@ -56,6 +57,37 @@ class Probed : public Norm, public NormInputProbe {
   }
 };
 
+// A norm whose outputs are stored in a low precision (precision.h): the normalized output and
+// the residual sum a fused add+norm keeps, each rounded once after the f32 kernel, and their
+// gradients rounded on the way back.
+template <class Norm>
+class Rounded : public Norm {
+ public:
+  template <class... Args>
+  explicit Rounded(Precision p, Args&&... args) : Norm(std::forward<Args>(args)...), precision_(p) {}
+  Variable forward(const Variable& x) override { return round_to(Norm::forward(x), precision_); }
+  std::pair<Variable, Variable> forward_add(const Variable& x, const Variable& r, bool keep_sum = true) override {
+    const auto [h, y] = Norm::forward_add(x, r, keep_sum);
+    return {keep_sum ? round_to(h, precision_) : h, round_to(y, precision_)};
+  }
+
+ private:
+  Precision precision_;
+};
+
+// A model norm: Probed, and Rounded in a low precision.
+template <class Norm, class... Args>
+std::shared_ptr<NormLayer> build_norm(const ModelConfig& c, Args&&... args) {
+  if (c.precision == Precision::f32) return std::make_shared<Probed<Norm>>(std::forward<Args>(args)...);
+  return std::make_shared<Rounded<Probed<Norm>>>(c.precision, std::forward<Args>(args)...);
+}
+
+// l(x) with the weight, the bias and the output in precision p (l itself for f32).
+Variable rounded_linear(const Linear& l, const Variable& x, Precision p) {
+  if (p == Precision::f32) return l.forward(x);
+  return round_to(linear(x, round_to(l.weight, p), round_to(l.bias, p)), p);
+}
+
 void check_positive(int64_t v, const char* field) { NL_CHECK(v >= 1, "model config: ", field, " must be >= 1, got ", v); }
 
 }  // namespace
@@ -104,6 +136,8 @@ void check(const ModelConfig& c) {
            c.dropout);
   NL_CHECK(c.dtype == DType::f32 || c.dtype == DType::f64, "model config: dtype must be f32 or f64, got ",
            dtype_name(c.dtype));
+  NL_CHECK(c.precision == Precision::f32 || c.dtype == DType::f32, "model config: precision ", to_string(c.precision),
+           " keeps f32 master weights and needs dtype f32, got dtype ", dtype_name(c.dtype));
   if (c.norm == NormKind::group) {
     check_positive(c.groups, "groups");
     NL_CHECK(c.d_model % c.groups == 0, "model config: groups=", c.groups, " does not divide d_model=", c.d_model);
@@ -126,14 +160,12 @@ double residual_alpha(const ModelConfig& c) {
 
 std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d) {
   switch (c.norm) {
-    case NormKind::layer: return std::make_shared<Probed<LayerNorm>>(d, c.norm_eps, true, c.bias, c.dtype);
-    case NormKind::rms: return std::make_shared<Probed<RMSNorm>>(d, c.norm_eps, true, false, c.dtype);
-    case NormKind::scale: return std::make_shared<Probed<ScaleNorm>>(d, c.norm_eps, c.dtype);
-    case NormKind::dyt: return std::make_shared<Probed<DyT>>(d, c.dyt_alpha0, c.dyt_identity, c.dtype);
-    case NormKind::batch:
-      return std::make_shared<Probed<TokenChannels<BatchNorm>>>(d, c.norm_eps, 0.1, true, c.dtype);
-    case NormKind::group:
-      return std::make_shared<Probed<TokenChannels<GroupNorm>>>(c.groups, d, c.norm_eps, true, c.dtype);
+    case NormKind::layer: return build_norm<LayerNorm>(c, d, c.norm_eps, true, c.bias, c.dtype);
+    case NormKind::rms: return build_norm<RMSNorm>(c, d, c.norm_eps, true, false, c.dtype);
+    case NormKind::scale: return build_norm<ScaleNorm>(c, d, c.norm_eps, c.dtype);
+    case NormKind::dyt: return build_norm<DyT>(c, d, c.dyt_alpha0, c.dyt_identity, c.dtype);
+    case NormKind::batch: return build_norm<TokenChannels<BatchNorm>>(c, d, c.norm_eps, 0.1, true, c.dtype);
+    case NormKind::group: return build_norm<TokenChannels<GroupNorm>>(c, c.groups, d, c.norm_eps, true, c.dtype);
     case NormKind::none: return nullptr;
   }
   return nullptr;
@@ -142,7 +174,7 @@ std::shared_ptr<NormLayer> make_norm(const ModelConfig& c, int64_t d) {
 // ---- Attention ----
 
 Attention::Attention(const ModelConfig& c, int64_t block, Generator& gen)
-    : heads(c.heads), head_dim(c.d_model / c.heads) {
+    : heads(c.heads), head_dim(c.d_model / c.heads), precision(c.precision) {
   const int64_t D = c.d_model;
   q = register_module("q", std::make_shared<Linear>(D, D, c.bias, gen, c.dtype));
   k = register_module("k", std::make_shared<Linear>(D, D, c.bias, gen, c.dtype));
@@ -159,8 +191,11 @@ Attention::Attention(const ModelConfig& c, int64_t block, Generator& gen)
 Variable Attention::forward(const Variable& x) {
   const int64_t B = x.size(0), T = x.size(1), D = x.size(2);
   // One linear node for q, k and v: x [W_q; W_k; W_v]^T (+ [b_q; b_k; b_v]).
-  const Variable qkv = linear(x, concat({q->weight, k->weight, v->weight}, 0),
-                              q->bias.defined() ? concat({q->bias, k->bias, v->bias}, 0) : Variable());
+  const Precision p = precision;
+  const Variable qkv =
+      round_to(linear(x, round_to(concat({q->weight, k->weight, v->weight}, 0), p),
+                      q->bias.defined() ? round_to(concat({q->bias, k->bias, v->bias}, 0), p) : Variable()),
+               p);
   std::vector<Variable> parts = split(qkv, D, -1);
   if (q_norm) {
     parts[0] = q_norm->forward(parts[0]);
@@ -173,6 +208,8 @@ Variable Attention::forward(const Variable& x) {
   double scale = 1.0 / std::sqrt(double(head_dim));
   if (qk_norm) {
     std::tie(qh, kh) = qk_norm->attention_inputs(qh, kh);
+    qh = round_to(qh, p);
+    kh = round_to(kh, p);
     scale = qk_norm->attention_scale();
   }
   // softmax(causal_mask(scale qh kh^T)) vh as one node; the context is stored [B, T, H, head_dim],
@@ -180,12 +217,12 @@ Variable Attention::forward(const Variable& x) {
   Tensor logits;
   const Variable context = causal_attention(qh, kh, split_heads(parts[2]), scale, keep_logits ? &logits : nullptr);
   if (keep_logits) max_logit = max_causal_logit(logits);
-  return out->forward(reshape(transpose(context, 1, 2), {B, T, D}));
+  return rounded_linear(*out, round_to(reshape(transpose(context, 1, 2), {B, T, D}), p), p);
 }
 
 // ---- FeedForward ----
 
-FeedForward::FeedForward(const ModelConfig& c, Generator& gen) : activation(c.activation) {
+FeedForward::FeedForward(const ModelConfig& c, Generator& gen) : activation(c.activation), precision(c.precision) {
   const int64_t D = c.d_model, hidden = c.ffn_mult * c.d_model;
   up = register_module("up", std::make_shared<Linear>(D, hidden, c.bias, gen, c.dtype));
   if (activation == Activation::swiglu)
@@ -195,8 +232,12 @@ FeedForward::FeedForward(const ModelConfig& c, Generator& gen) : activation(c.ac
 
 // down(gelu(up(x))) or down(swiglu(gate(x), up(x))), the activation fused into its linear layer(s).
 Variable FeedForward::forward(const Variable& x) const {
-  if (activation == Activation::gelu) return down->forward(linear_gelu(x, up->weight, up->bias));
-  return down->forward(linear_swiglu(x, gate->weight, gate->bias, up->weight, up->bias));
+  const Precision p = precision;
+  auto r = [p](const Variable& v) { return round_to(v, p); };
+  const Variable a = activation == Activation::gelu
+                         ? linear_gelu(x, r(up->weight), r(up->bias))
+                         : linear_swiglu(x, r(gate->weight), r(gate->bias), r(up->weight), r(up->bias));
+  return rounded_linear(*down, r(a), p);
 }
 
 // ---- Block ----
@@ -266,7 +307,9 @@ Variable Transformer::forward(const Tensor& tokens) {
            config_.seq_len, "]");
   // The stream keeps each block's last residual add pending, for the next block's (or the
   // final) norm to do with its own (see ResidualStream).
-  ResidualStream x{tok->forward(tokens) + (T == config_.seq_len ? pos : narrow(pos, 0, 0, T)), {}};
+  ResidualStream x{round_to(tok->forward(tokens) + (T == config_.seq_len ? pos : narrow(pos, 0, 0, T)),
+                            config_.precision),
+                   {}};
   if (keep_residuals) residuals.assign(1, x.data());
   for (const auto& block : blocks) {
     if (config_.recompute && grad_enabled()) {
@@ -282,7 +325,7 @@ Variable Transformer::forward(const Tensor& tokens) {
     }
     if (keep_residuals) residuals.push_back(x.data());
   }
-  return head->forward(final_norm ? x.sum_and_norm(*final_norm, false).second : x.sum());
+  return rounded_linear(*head, final_norm ? x.sum_and_norm(*final_norm, false).second : x.sum(), config_.precision);
 }
 
 Variable Transformer::loss(const Tensor& tokens, const Tensor& targets, double z_loss) {

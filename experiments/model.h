@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "autograd/module.h"
+#include "experiments/precision.h"
 #include "norm/placement.h"
 #include "norm/qk_norm/qk_norm.h"
 
@@ -69,7 +70,9 @@ struct ModelConfig {
   InitScheme init = InitScheme::xavier;
   double init_std = 0.02;
   uint64_t seed = 0;
-  DType dtype = DType::f32;           // f32 or f64
+  DType dtype = DType::f32;           // f32 or f64 (of the parameters, and of the math)
+  Precision precision = Precision::f32;  // storage of activations and gradients (precision.h);
+                                         // bf16 and fp16 need dtype f32 (the master weights)
   bool recompute = false;             // activation recomputation: each block keeps only its input
                                       // and runs again in backward (same values and gradients)
 };
@@ -113,6 +116,7 @@ class Attention : public Module {
   std::shared_ptr<Linear> q, k, v, out;
   std::shared_ptr<NormLayer> q_norm, k_norm, v_norm;  // hybrid placements
   std::shared_ptr<QKNorm> qk_norm;
+  Precision precision;
 };
 
 // The position-wise FFN: down(act(up(x))) for gelu, down(silu(gate(x)) * up(x)) for swiglu.
@@ -123,6 +127,7 @@ class FeedForward : public Module {
 
   Activation activation;
   std::shared_ptr<Linear> up, gate, down;  // gate: swiglu only
+  Precision precision;
 };
 
 class Block : public Module {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "autograd/ops.h"
 #include "framework/allocator.h"
 #include "framework/tensor_ops.h"
 
@@ -47,6 +48,7 @@ Trainer::Trainer(const TrainConfig& config) : config_(config) {
   config_.model.vocab = data_->vocab_size();
   config_.model.seq_len = config_.data.seq_len;
   model_ = std::make_unique<Transformer>(config_.model);
+  scaler_ = LossScaler(config_.loss_scale, 0);
   optimizer_ = make_optimizer(config_.optim, model_->named_parameters());
   params_ = model_->parameters();
   schedule_ = Schedule{config_.optim.schedule, config_.optim.lr, config_.optim.warmup, config_.steps,
@@ -64,13 +66,19 @@ double Trainer::train_step() {
   const auto start = std::chrono::steady_clock::now();
   const int64_t t = step_ + 1;
   const Batch batch = data_->batch(Split::train, step_, config_.batch);
+  const bool scaled = config_.model.precision == Precision::fp16;
   model_->train();
   optimizer_->zero_grad();
   Variable loss = model_->loss(batch.tokens, batch.targets, config_.z_loss);
   const double loss_value = loss.item();
   double norm = NAN;
   if (std::isfinite(loss_value)) {
-    loss.backward();
+    if (scaled) {
+      mul_scalar(loss, scaler_.scale()).backward();
+      scale_grads(params_, 1.0 / scaler_.scale());
+    } else {
+      loss.backward();
+    }
     norm = config_.optim.clip > 0 ? clip_grad_norm(params_, config_.optim.clip) : grad_norm(params_);
   }
   loss = Variable();
@@ -79,14 +87,23 @@ double Trainer::train_step() {
   history_.grad_norm.push_back(norm);
   history_.lr.push_back(lr);
   step_ = t;
-  if (!std::isfinite(loss_value) || !std::isfinite(norm)) {
+  // An fp16 gradient that overflowed at this scale: skip the step, halve the scale, go on (at
+  // the smallest scale, the overflow is the model's own: the run diverges).
+  const bool skip = scaled && std::isfinite(loss_value) && scaler_.scale() > LossScaler::kMinScale &&
+                    !scaler_.update(std::isfinite(norm));
+  if (skip) history_.skipped_step.push_back(t);
+  if (!skip && (!std::isfinite(loss_value) || !std::isfinite(norm))) {
     history_.diverged_step = t;
     history_.diverged_reason = std::isfinite(loss_value) ? "non-finite gradient norm" : "non-finite loss";
     optimizer_->zero_grad();
     return loss_value;
   }
-  optimizer_->set_lr(lr);
-  optimizer_->step();
+  if (skip) {
+    optimizer_->zero_grad();
+  } else {
+    optimizer_->set_lr(lr);
+    optimizer_->step();
+  }
   seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ++steps_timed_;
   if ((config_.eval_every > 0 && t % config_.eval_every == 0) || t == config_.steps) {
@@ -171,6 +188,8 @@ void Trainer::save_checkpoint(const std::string& path) const {
     write_attribute(f, "/rng", "seed", gen.seed());
     write_attribute(f, "/rng", "offset", gen.offset());
     write_history(f, "/history", history_);
+    write_attribute(f, "/loss_scaler", "scale", scaler_.scale());
+    write_attribute(f, "/loss_scaler", "good_steps", scaler_.good_steps());
   });
 }
 
@@ -201,6 +220,9 @@ std::unique_ptr<Trainer> Trainer::resume(const std::string& path, int64_t overri
   NL_CHECK(trainer->checkpoint_every_ >= 0, path, ": checkpoint_every ", trainer->checkpoint_every_, " is negative");
   NL_CHECK(trainer->step_ <= config.steps, path, " is at step ", trainer->step_, ", past steps=", config.steps);
   trainer->history_ = read_history(f, "/history");
+  if (f.exists("/loss_scaler"))
+    trainer->scaler_ = LossScaler(read_attribute_double(f, "/loss_scaler", "scale"),
+                                  read_attribute_int(f, "/loss_scaler", "good_steps"));
   return trainer;
 }
 
@@ -213,6 +235,7 @@ void write_history(H5File& file, const std::string& group, const TrainHistory& h
   write_vector(file, g + "eval_loss", h.eval_loss);
   write_attribute(file, group, "diverged_step", h.diverged_step);
   write_attribute(file, group, "diverged_reason", h.diverged_reason);
+  write_vector(file, g + "skipped_step", h.skipped_step);
 }
 
 TrainHistory read_history(const H5File& file, const std::string& group) {
@@ -229,6 +252,8 @@ TrainHistory read_history(const H5File& file, const std::string& group) {
   h.eval_loss = read_doubles(file, g + "eval_loss");
   h.diverged_step = read_attribute_int(file, group, "diverged_step");
   h.diverged_reason = read_attribute_string(file, group, "diverged_reason");
+  // Written since precision fp16 (loss scaling) exists; an older history skipped none.
+  if (file.exists(g + "skipped_step")) h.skipped_step = read_integers(file, g + "skipped_step");
 
   // One loss, grad_norm and lr per step run; evaluations at increasing steps among them.
   const int64_t steps = int64_t(h.loss.size());
@@ -242,6 +267,12 @@ TrainHistory read_history(const H5File& file, const std::string& group) {
     NL_CHECK(h.eval_step[i] > previous && h.eval_step[i] <= steps, where, ": eval_step[", i, "] is ", h.eval_step[i],
              ", expected a step after ", previous, " and at most ", steps, " (the steps run)");
     previous = h.eval_step[i];
+  }
+  previous = 0;
+  for (size_t i = 0; i < h.skipped_step.size(); ++i) {
+    NL_CHECK(h.skipped_step[i] > previous && h.skipped_step[i] <= steps, where, ": skipped_step[", i, "] is ",
+             h.skipped_step[i], ", expected a step after ", previous, " and at most ", steps, " (the steps run)");
+    previous = h.skipped_step[i];
   }
   // mark_diverged before the first step records step 1.
   const int64_t last = std::max<int64_t>(steps, 1);

@@ -27,6 +27,9 @@ struct TrainHistory {
   std::vector<double> eval_loss;
   int64_t diverged_step = 0;  // the step whose loss or gradient was non-finite; 0: none
   std::string diverged_reason;
+  // precision fp16: the steps the loss scaler skipped (an fp16 gradient overflowed; the
+  // parameters were left as they were and the scale halved), in order.
+  std::vector<int64_t> skipped_step;
 };
 
 class Trainer {
@@ -37,7 +40,9 @@ class Trainer {
 
   // One step (number step() + 1): loss and gradients on the step's train batch; a
   // non-finite loss or gradient norm marks the run diverged and leaves the parameters as
-  // they were; otherwise clip, set the scheduled lr and update. Returns the loss.
+  // they were; otherwise clip, set the scheduled lr and update. Returns the loss. With
+  // precision fp16 the backward runs on the scaled loss (loss_scaler()); a non-finite gradient
+  // then skips the step (history().skipped_step) instead of ending the run.
   double train_step();
   // Mean loss over eval_batches batches of the eval split, in eval mode without a graph.
   double evaluate();
@@ -78,6 +83,7 @@ class Trainer {
   const Dataset& data() const { return *data_; }
   Optimizer& optimizer() { return *optimizer_; }
   Generator& generator() { return gen_; }
+  const LossScaler& loss_scaler() const { return scaler_; }
 
  private:
   TrainConfig config_;
@@ -89,6 +95,7 @@ class Trainer {
   Generator gen_;  // the run's generator (reserved for stochastic layers; saved and restored)
   int64_t step_ = 0;
   TrainHistory history_;
+  LossScaler scaler_;  // used with precision fp16
   double seconds_ = 0;
   int64_t steps_timed_ = 0;
   int64_t checkpoint_every_ = 0;

@@ -61,14 +61,12 @@ double grad_norm(const std::vector<Variable>& params) {
   return std::sqrt(sum_of_squares(gradient_spans(params, "grad_norm", copies)));
 }
 
-double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
-  NL_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be > 0, got ", max_norm);
-  std::vector<Tensor> copies;
-  const FlatSpans grads = gradient_spans(params, "clip_grad_norm", copies);
-  const double norm = std::sqrt(sum_of_squares(grads));
-  if (!std::isfinite(norm) || norm <= max_norm) return norm;
-  const double scale = max_norm / norm;
-  // Strided gradients are replaced by their scaled contiguous copies.
+namespace {
+
+// Multiplies every defined gradient by `factor` in place (strided ones are replaced by their
+// scaled contiguous copies, as gradient_spans made them), each parameter once.
+void scale_spans(const std::vector<Variable>& params, const FlatSpans& grads, std::vector<Tensor>& copies,
+                 double factor, const char* who) {
   size_t c = 0;
   for (const Variable& p : params)
     if (p.grad().defined() && !p.grad().is_contiguous()) Variable(p).set_grad(copies[c++]);
@@ -78,12 +76,29 @@ double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
   for (size_t k = 0; k < grads.size(); ++k)
     if (seen.insert(grads[k].ptr[0]).second) unique.add(grads[k]);
   unique.for_each([&](const TensorSpan& s, int64_t i0, int64_t i1) {
-    NL_DISPATCH_FLOATING(s.dtype, "clip_grad_norm", [&] {
+    NL_DISPATCH_FLOATING(s.dtype, who, [&] {
       scalar_t* d = static_cast<scalar_t*>(s.ptr[0]);
-      for (int64_t i = i0; i < i1; ++i) d[i] = scalar_t(double(d[i]) * scale);
+      for (int64_t i = i0; i < i1; ++i) d[i] = scalar_t(double(d[i]) * factor);
     });
   });
+}
+
+}  // namespace
+
+double clip_grad_norm(const std::vector<Variable>& params, double max_norm) {
+  NL_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be > 0, got ", max_norm);
+  std::vector<Tensor> copies;
+  const FlatSpans grads = gradient_spans(params, "clip_grad_norm", copies);
+  const double norm = std::sqrt(sum_of_squares(grads));
+  if (!std::isfinite(norm) || norm <= max_norm) return norm;
+  scale_spans(params, grads, copies, max_norm / norm, "clip_grad_norm");
   return norm;
+}
+
+void scale_grads(const std::vector<Variable>& params, double factor) {
+  std::vector<Tensor> copies;
+  const FlatSpans grads = gradient_spans(params, "scale_grads", copies);
+  scale_spans(params, grads, copies, factor, "scale_grads");
 }
 
 }  // namespace normlab

@@ -163,5 +163,8 @@ struct Schedule {
 double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
 // The global L2 norm of the gradients, without clipping.
 double grad_norm(const std::vector<Variable>& params);
+// Multiplies every defined gradient by `factor` in place, each parameter once (a loss scaler's
+// unscale: exact when factor is a power of two and nothing underflows).
+void scale_grads(const std::vector<Variable>& params, double factor);
 
 }  // namespace normlab

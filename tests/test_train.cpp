@@ -42,6 +42,8 @@ void expect_resume_is_exact(const TrainConfig& c, int64_t cut) {
   BOOST_TEST(same_bits(whole.history().grad_norm, resumed->history().grad_norm));
   BOOST_TEST(same_bits(whole.history().eval_loss, resumed->history().eval_loss));
   BOOST_TEST(whole.history().eval_step == resumed->history().eval_step);
+  BOOST_TEST(whole.history().skipped_step == resumed->history().skipped_step);
+  BOOST_TEST(whole.loss_scaler().scale() == resumed->loss_scaler().scale());
   const auto a = whole.model().named_parameters(), b = resumed->model().named_parameters();
   BOOST_REQUIRE(a.size() == b.size());
   for (size_t i = 0; i < a.size(); ++i) BOOST_TEST(same_bits(a[i].second.data(), b[i].second.data()), a[i].first);
@@ -148,6 +150,10 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_exactly) {
   batch.optim.lr = 0.05;
   batch.optim.schedule = ScheduleKind::inverse_sqrt;
   expect_resume_is_exact(batch, 7);
+  TrainConfig fp16 = small();
+  fp16.model.precision = Precision::fp16;  // the loss scaler's state is part of the checkpoint:
+  fp16.loss_scale = 0x1p34;                // steps 1 to 3 overflow and halve it
+  expect_resume_is_exact(fp16, 2);
 }
 
 BOOST_AUTO_TEST_CASE(checkpoint_errors_name_the_problem) {
