@@ -57,18 +57,18 @@ class Probed : public Norm, public NormInputProbe {
   }
 };
 
-// A norm whose outputs are stored in a low precision (precision.h): the normalized output and
-// the residual sum a fused add+norm keeps, each rounded once after the f32 kernel, and their
-// gradients rounded on the way back.
+// A norm in a low-precision model (precision.h): it reads the stored (rounded) residual sum and
+// stores its output, each rounded once after an f32 kernel, their gradients rounded on the way
+// back. The add and the norm run as two nodes, since the norm reads the sum as stored.
 template <class Norm>
 class Rounded : public Norm {
  public:
   template <class... Args>
   explicit Rounded(Precision p, Args&&... args) : Norm(std::forward<Args>(args)...), precision_(p) {}
   Variable forward(const Variable& x) override { return round_to(Norm::forward(x), precision_); }
-  std::pair<Variable, Variable> forward_add(const Variable& x, const Variable& r, bool keep_sum = true) override {
-    const auto [h, y] = Norm::forward_add(x, r, keep_sum);
-    return {keep_sum ? round_to(h, precision_) : h, round_to(y, precision_)};
+  std::pair<Variable, Variable> forward_add(const Variable& x, const Variable& r, bool = true) override {
+    const Variable h = round_to(x + r, precision_);
+    return {h, forward(h)};
   }
 
  private:
@@ -193,7 +193,7 @@ Variable Attention::forward(const Variable& x) {
   // One linear node for q, k and v: x [W_q; W_k; W_v]^T (+ [b_q; b_k; b_v]).
   const Precision p = precision;
   const Variable qkv =
-      round_to(linear(x, round_to(concat({q->weight, k->weight, v->weight}, 0), p),
+      round_to(linear(round_to(x, p), round_to(concat({q->weight, k->weight, v->weight}, 0), p),
                       q->bias.defined() ? round_to(concat({q->bias, k->bias, v->bias}, 0), p) : Variable()),
                p);
   std::vector<Variable> parts = split(qkv, D, -1);
@@ -234,15 +234,16 @@ FeedForward::FeedForward(const ModelConfig& c, Generator& gen) : activation(c.ac
 Variable FeedForward::forward(const Variable& x) const {
   const Precision p = precision;
   auto r = [p](const Variable& v) { return round_to(v, p); };
+  const Variable xr = r(x);
   const Variable a = activation == Activation::gelu
-                         ? linear_gelu(x, r(up->weight), r(up->bias))
-                         : linear_swiglu(x, r(gate->weight), r(gate->bias), r(up->weight), r(up->bias));
+                         ? linear_gelu(xr, r(up->weight), r(up->bias))
+                         : linear_swiglu(xr, r(gate->weight), r(gate->bias), r(up->weight), r(up->bias));
   return rounded_linear(*down, r(a), p);
 }
 
 // ---- Block ----
 
-Block::Block(const ModelConfig& c, int64_t index, Generator& gen) : dropout(c.dropout) {
+Block::Block(const ModelConfig& c, int64_t index, Generator& gen) : dropout(c.dropout), precision(c.precision) {
   const NormFactory factory = [&c] { return make_norm(c, c.d_model); };
   const double alpha = residual_alpha(c);
   attn_res = register_module("attn_res", std::make_shared<Residual>(c.placement, SublayerRole::attention, index,
@@ -254,10 +255,15 @@ Block::Block(const ModelConfig& c, int64_t index, Generator& gen) : dropout(c.dr
 }
 
 ResidualStream Block::forward(const ResidualStream& x, Generator& dropout_gen) {
-  const ResidualStream h = attn_res->forward(
-      x, [&](const Variable& a) { return normlab::dropout(attn->forward(a), dropout, training(), dropout_gen); });
-  return ffn_res->forward(
-      h, [&](const Variable& a) { return normlab::dropout(ffn->forward(a), dropout, training(), dropout_gen); });
+  // A low-precision stream is stored after each residual add (its sum rounded), so no add waits
+  // for the next norm.
+  auto stored = [this](const ResidualStream& s) {
+    return precision == Precision::f32 ? s : ResidualStream{round_to(s.sum(), precision), {}};
+  };
+  const ResidualStream h = stored(attn_res->forward(
+      x, [&](const Variable& a) { return normlab::dropout(attn->forward(a), dropout, training(), dropout_gen); }));
+  return stored(ffn_res->forward(
+      h, [&](const Variable& a) { return normlab::dropout(ffn->forward(a), dropout, training(), dropout_gen); }));
 }
 
 Variable Block::forward(const Variable& x, Generator& dropout_gen) {
@@ -325,7 +331,8 @@ Variable Transformer::forward(const Tensor& tokens) {
     }
     if (keep_residuals) residuals.push_back(x.data());
   }
-  return rounded_linear(*head, final_norm ? x.sum_and_norm(*final_norm, false).second : x.sum(), config_.precision);
+  const Precision p = config_.precision;
+  return rounded_linear(*head, final_norm ? x.sum_and_norm(*final_norm, false).second : round_to(x.sum(), p), p);
 }
 
 Variable Transformer::loss(const Tensor& tokens, const Tensor& targets, double z_loss) {

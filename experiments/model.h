@@ -141,6 +141,7 @@ class Block : public Module {
   Variable forward(const Variable& x, Generator& dropout_gen);
 
   double dropout;
+  Precision precision;
 
   std::shared_ptr<Residual> attn_res, ffn_res;
   std::shared_ptr<Attention> attn;

@@ -7,12 +7,14 @@
 //          2^-24), trained with dynamic loss scaling (LossScaler)
 //
 // Rounding points (model.cpp): the embeddings' sum; every linear layer's weight, bias and output
-// (the activation of linear_gelu / linear_swiglu included); every norm's output and the residual
-// sum a fused add+norm keeps; q and k after qk_norm; the attention's output; the logits. The
-// gradient reaching each of those points is rounded the same way. Between them a kernel reads
-// rounded values and computes in f32 (a norm's statistics, the attention's softmax, a matmul's
-// accumulation, the cross-entropy), as fp32-accumulating low-precision kernels do. The values are
-// those of low-precision storage; the tensors themselves stay f32, so memory and speed are f32's.
+// (the activation of linear_gelu / linear_swiglu included) and the inputs of the q/k/v projection,
+// the FFN and the head; every residual sum (the stream is stored after each residual add, and a
+// norm reads the stored sum: the fused add+norm nodes run as an add, then the norm) and every
+// norm's output; q and k after qk_norm; the attention's output; the logits. The gradient reaching
+// each of those points is rounded the same way. Between them a kernel reads rounded values and
+// computes in f32 (a norm's statistics and eps, the attention's softmax, a matmul's accumulation,
+// the cross-entropy), as fp32-accumulating low-precision kernels do. The values are those of
+// low-precision storage; the tensors themselves stay f32, so memory and speed are f32's.
 #pragma once
 
 #include <cstdint>

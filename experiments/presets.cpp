@@ -514,10 +514,133 @@ Experiment placements() {
   return e;
 }
 
+// ---- precision (the seeds' epsilon table; Kim et al. 2025 on Pre-LN's growing hidden states) ----
+
+Experiment precision() {
+  Experiment e{
+      .name = "precision",
+      .description = "f32/bf16/fp16 x layer/rms x eps 1e-8/1e-6/1e-5 x depth 6, 48 x lr 3e-3, 3e-2 (at 48) (Pre-LN; "
+                     "Peri-LN at eps 1e-5): eps underflow, bf16's eps, fp16 overflow",
+      .base = toy(),
+      .axes = {axis("precision", {"f32", "bf16", "fp16"}), axis("placement", {"pre", "peri"}),
+               axis("norm", {"layer", "rms"}), axis("norm_eps", {"1e-8", "1e-6", "1e-5"}), axis("depth", {"6", "48"}),
+               axis("lr", {"3e-3", "3e-2"})},
+      .keep = [](const TrainConfig& c) {
+        return (c.model.placement == Placement::pre || (c.model.norm == NormKind::layer && c.model.norm_eps == 1e-5)) &&
+               (c.optim.lr < 1e-2 || c.model.depth == 48);
+      },
+      .metrics = {.every = 50, .delta_f_steps = 0},
+      .map_columns = "precision",
+  };
+  e.verdicts = [](const SweepResults& s) {
+    std::vector<Verdict> out;
+    // The Pre-LN run at `eps` of the same precision, norm, depth and lr as r.
+    auto at_eps = [&](const RunResult* r, const std::string& eps) {
+      return s.find({{"precision", r->label("precision")}, {"placement", "pre"}, {"norm", r->label("norm")},
+                     {"depth", r->label("depth")}, {"lr", r->label("lr")}, {"norm_eps", eps}});
+    };
+    // "layer/6/3e-3 0.016, layer/48/3e-3 0.006, ..." over the Pre-LN runs of one precision and eps.
+    auto eps_row = [&](const std::string& precision, const std::string& eps) {
+      std::string row;
+      for (const RunResult* r : s.select({{"precision", precision}, {"placement", "pre"}, {"norm_eps", eps}}))
+        row += fmt("%s%s/%s/%s %s", row.empty() ? "" : ", ", r->label("norm").c_str(), r->label("depth").c_str(),
+                   r->label("lr").c_str(), loss_text(r).c_str());
+      return row;
+    };
+    // 1. eps 1e-8 underflows in fp16: the 1e-8 runs fail where the 1e-5 runs train.
+    {
+      int holds = 0, checks = 0;
+      for (const RunResult* tiny : s.select({{"precision", "fp16"}, {"placement", "pre"}, {"norm_eps", "1e-8"}}))
+        if (const RunResult* usual = at_eps(tiny, "1e-5")) ++checks, holds += !trained(tiny) && trained(usual);
+      out.push_back({"the seeds' epsilon table (FP16 eps 1e-5; 1e-8 underflows)",
+                     "in fp16 an eps of 1e-8 underflows, so a norm needs eps around 1e-5",
+                     fmt("fp16(1e-8) = %g, but the norms add eps to an f32 variance. Final eval loss (norm/depth/lr), "
+                         "fp16: eps 1e-8 {%s}; eps 1e-5 {%s}",
+                         double(float(f16(1e-8f))), eps_row("fp16", "1e-8").c_str(), eps_row("fp16", "1e-5").c_str()),
+                     judge(holds, checks)});
+    }
+    // 2. bf16 wants a smaller eps: its 1e-6 runs end lower than its 1e-5 runs (by 10%), more than f32's do.
+    {
+      auto better = [&](const std::string& precision, int& n) {
+        int wins = 0;
+        n = 0;
+        for (const RunResult* small : s.select({{"precision", precision}, {"placement", "pre"}, {"norm_eps", "1e-6"}}))
+          if (const RunResult* usual = at_eps(small, "1e-5"))
+            ++n, wins += !small->diverged && (usual->diverged || small->final_loss < 0.9 * usual->final_loss);
+        return wins;
+      };
+      int n_bf16 = 0, n_f32 = 0;
+      const int bf16_wins = better("bf16", n_bf16), f32_wins = better("f32", n_f32);
+      out.push_back({"the seeds' epsilon table (BF16 eps 1e-6)",
+                     "bf16 trains better with a smaller eps (1e-6) than with 1e-5",
+                     fmt("final eval loss, bf16: eps 1e-6 {%s}; eps 1e-5 {%s}. eps 1e-6 ends >= 10%% lower in %d of "
+                         "%d bf16 configs, and in %d of %d f32 configs",
+                         eps_row("bf16", "1e-6").c_str(), eps_row("bf16", "1e-5").c_str(), bf16_wins, n_bf16,
+                         f32_wins, n_f32),
+                     n_bf16 == 0 ? judge(0, 0) : judge(bf16_wins > n_bf16 / 2 && bf16_wins > f32_wins, 1)});
+    }
+    // 3. Low precision overflows first where the residual stream grows: Pre-LN against Peri-LN.
+    {
+      // At depth 48 and the highest lr, where the stream grows most.
+      const std::string lr = s.axis_values.count("lr") ? s.axis_values.at("lr").back() : "";
+      auto stream = [&](const std::string& placement, bool end) {
+        const RunResult* r = s.find({{"precision", "fp16"}, {"placement", placement}, {"norm", "layer"},
+                                     {"norm_eps", "1e-5"}, {"depth", "48"}, {"lr", lr}});
+        if (!r || r->metrics.residual_norm.empty()) return double(NAN);
+        return max_of(end ? r->metrics.residual_norm.back() : r->metrics.residual_norm.front());
+      };
+      auto skipped = [&](const std::string& placement) {
+        int64_t n = 0;
+        for (const RunResult* r : s.select({{"precision", "fp16"}, {"placement", placement}, {"norm", "layer"},
+                                            {"norm_eps", "1e-5"}}))
+          n += int64_t(r->history.skipped_step.size());
+        return n;
+      };
+      int overflowed = 0, runs = 0;
+      for (const RunResult* r : s.select({{"precision", "fp16"}})) ++runs, overflowed += r->diverged;
+      const double pre0 = stream("pre", false), pre1 = stream("pre", true);
+      const double peri0 = stream("peri", false), peri1 = stream("peri", true);
+      const double largest = std::max(pre1, peri1);
+      out.push_back(
+          {"Kim et al. 2025 (Peri-LN); the seeds' fp16 pitfalls",
+           "Pre-LN's residual stream grows until low precision overflows (fp16 max 65504); Peri-LN's stays bounded",
+           fmt("largest residual-stream row norm (an upper bound on any element), depth 48, lr %s, fp16, init -> last "
+               "probe: pre %.1f -> %.1f (x%.2f), peri %.1f -> %.1f (x%.2f), at most 1/%.0f of 65504; steps the loss "
+               "scaler skipped (all fp16 runs): pre %lld, peri %lld; fp16 runs with a non-finite loss: %d of %d",
+               lr.c_str(), pre0, pre1, pre1 / pre0, peri0, peri1, peri1 / peri0, 65504.0 / largest, (long long)skipped("pre"),
+               (long long)skipped("peri"), overflowed, runs),
+           std::isnan(pre1) || std::isnan(peri1) ? judge(0, 0)
+                                                 : judge((pre1 / pre0 > peri1 / peri0) + (overflowed > 0), 2)});
+    }
+    // 4. Mixed precision trains where f32 does.
+    {
+      std::string text;
+      int holds = 0, checks = 0;
+      for (const std::string precision : {"f32", "bf16", "fp16"}) {
+        int ok = 0, n = 0;
+        for (const RunResult* r : s.select({{"precision", precision}})) ok += trained(r), ++n;
+        text += fmt("%s%s %d/%d", text.empty() ? "" : ", ", precision.c_str(), ok, n);
+      }
+      for (const RunResult* r : s.select({{"precision", "f32"}}))
+        for (const std::string low : {"bf16", "fp16"}) {
+          const RunResult* l = s.find({{"precision", low}, {"placement", r->label("placement")},
+                                       {"norm", r->label("norm")}, {"norm_eps", r->label("norm_eps")},
+                                       {"depth", r->label("depth")}, {"lr", r->label("lr")}});
+          if (l && trained(r)) ++checks, holds += trained(l);
+        }
+      out.push_back({"Micikevicius et al. 2018; Kalamkar et al. 2019",
+                     "mixed precision (fp16 with loss scaling, bf16) trains where f32 does",
+                     "trained (final eval loss <= 10% of chance): " + text, judge(holds, checks)});
+    }
+    return out;
+  };
+  return e;
+}
+
 }  // namespace
 
 std::vector<Experiment> builtin_presets() {
-  return {quick(), init_gradients(), warmup(), depth(), lr_sensitivity_preset(), dyt(), placements()};
+  return {quick(), init_gradients(), warmup(), depth(), lr_sensitivity_preset(), dyt(), placements(), precision()};
 }
 
 }  // namespace normlab
