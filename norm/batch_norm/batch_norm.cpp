@@ -383,7 +383,7 @@ void batch_norm_backward_cpu(S* dx, S* dgamma, S* dbeta, const S* dy, const S* x
                                            const math_t<T>*, int64_t, int64_t, int64_t, bool);
 NL_INSTANTIATE_BATCH_NORM(float)
 NL_INSTANTIATE_BATCH_NORM(double)
-NL_INSTANTIATE_BATCH_NORM(bf16)
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_BATCH_NORM)
 #undef NL_INSTANTIATE_BATCH_NORM
 
 // ---- Tensor level ----

@@ -187,9 +187,11 @@ template void dyt_backward_cpu<float>(float*, float*, float*, float*, const floa
                                       const float*, int64_t, int64_t, bool);
 template void dyt_backward_cpu<double>(double*, double*, double*, double*, const double*, const double*, double,
                                        const double*, int64_t, int64_t, bool);
-template void dyt_forward_cpu<bf16>(bf16*, const bf16*, double, const bf16*, const bf16*, int64_t, int64_t, bool);
-template void dyt_backward_cpu<bf16>(bf16*, bf16*, bf16*, bf16*, const bf16*, const bf16*, double, const bf16*,
-                                     int64_t, int64_t, bool);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void dyt_forward_cpu<T>(T*, const T*, double, const T*, const T*, int64_t, int64_t, bool);                 \
+  template void dyt_backward_cpu<T>(T*, T*, T*, T*, const T*, const T*, double, const T*, int64_t, int64_t, bool);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 
 namespace {
 // Checks alpha ([1], x's dtype, finite) and returns its value.

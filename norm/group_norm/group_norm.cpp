@@ -123,10 +123,13 @@ template void group_norm_backward_cpu<float>(float*, float*, float*, const float
 template void group_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
                                               const double*, const double*, const double*, int64_t, int64_t, int64_t,
                                               int64_t);
-template void group_norm_forward_cpu<bf16>(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int64_t,
-                                           int64_t, int64_t, int64_t, double);
-template void group_norm_backward_cpu<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*,
-                                            const float*, int64_t, int64_t, int64_t, int64_t);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void group_norm_forward_cpu<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t,         \
+                                          int64_t, int64_t, double);                                                  \
+  template void group_norm_backward_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const float*, const float*,      \
+                                           int64_t, int64_t, int64_t, int64_t);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 template void group_norm_backward<float>(float*, float*, float*, const float*, const float*, const float*,
                                          const float*, const float*, int64_t, int64_t, int64_t, int64_t);
 template void group_norm_backward<double>(double*, double*, double*, const double*, const double*, const double*,
