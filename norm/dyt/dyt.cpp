@@ -86,7 +86,7 @@ inline T tanh_slope(T u, T t) {
 
 // Scalar math: dyt_forward above, in T with fast_tanh (framework/fast_math.h): a plain loop the
 // compiler vectorizes. S is the storage type of the rows and parameters, T = math_t<S> that of the
-// math (layer_norm_rows.h): a bf16 value widens to f32 as it loads, y is rounded once as it is stored.
+// math (layer_norm_rows.h): a bf16 or f16 value widens to f32 as it loads, y is rounded once as it is stored.
 template <class S>
 void dyt_forward_cpu(S* y, const S* x, double alpha, const S* gamma, const S* beta, int64_t M, int64_t N,
                      bool identity) {
