@@ -252,42 +252,55 @@ void bench_norms() {
   }
 }
 
-// LayerNorm and RMSNorm on bf16 storage beside f32 on the same values, timed in turn: the same
-// kernels reading and writing bf16 rows (f32 math and statistics). GB/s count each dtype's own
-// bytes of the [M, N] tensors; f32/bf16 is the f32 kernel's time over the bf16 kernel's.
-void bench_norms_bf16() {
-  std::printf("\nnorm kernels, bf16 storage beside f32, %d threads (GB/s of each dtype's bytes: forward x, y; "
-              "backward x, dy, dx; f32/bf16: the f32 kernel's time over the bf16 kernel's)\n",
+// LayerNorm and RMSNorm on bf16 and f16 storage beside f32 on the same values, timed in turn: the
+// same kernels reading and writing 16-bit rows (f32 math and statistics). GB/s count each dtype's
+// own bytes of the [M, N] tensors; f32/bf16 and f32/f16 are the f32 kernel's time over the other's.
+void bench_norms_low_precision() {
+  std::printf("\nnorm kernels, bf16 and f16 storage beside f32, %d threads (GB/s of each dtype's bytes: forward x, "
+              "y; backward x, dy, dx; f32/bf16, f32/f16: the f32 kernel's time over the 16-bit kernel's)\n",
               num_threads());
   Generator gen(5);
   const double eps = 1e-5;
+  const DType dtypes[] = {DType::f32, DType::bf16, DType::f16};
   for (const Shape& s : {Shape{4096, 1024}, Shape{65536, 128}}) {
     const int64_t M = s[0], N = s[1];
     const Tensor x = randn(s, gen), dy = randn(s, gen), gamma = randn({N}, gen), beta = randn({N}, gen);
-    const DType b16 = DType::bf16;
-    const Tensor xb = x.to(b16), dyb = dy.to(b16), gammab = gamma.to(b16), betab = beta.to(b16);
-    const LayerNormStats ln = layer_norm_forward(x, gamma, beta, eps), lnb = layer_norm_forward(xb, gammab, betab, eps);
-    const RMSNormStats rms = rms_norm_forward(x, gamma, 1e-6), rmsb = rms_norm_forward(xb, gammab, 1e-6);
+    // The same values in each dtype, and the statistics the backward passes take.
+    struct Inputs {
+      Tensor x, dy, gamma, beta;
+      LayerNormStats ln;
+      RMSNormStats rms;
+    };
+    std::vector<Inputs> in;
+    for (DType d : dtypes) {
+      Inputs i{x.to(d), dy.to(d), gamma.to(d), beta.to(d), {}, {}};
+      i.ln = layer_norm_forward(i.x, i.gamma, i.beta, eps);
+      i.rms = rms_norm_forward(i.x, i.gamma, 1e-6);
+      in.push_back(std::move(i));
+    }
     struct Case {
       const char* name;
       int tensors;
-      std::function<void()> f32, bf16;
+      std::function<void(const Inputs&)> run;
     };
     const Case cases[] = {
-        {"LayerNorm fwd", 2, [&] { layer_norm_forward(x, gamma, beta, eps); },
-         [&] { layer_norm_forward(xb, gammab, betab, eps); }},
-        {"LayerNorm bwd", 3, [&] { layer_norm_backward(dy, x, gamma, ln.mean, ln.rstd, true, true, true); },
-         [&] { layer_norm_backward(dyb, xb, gammab, lnb.mean, lnb.rstd, true, true, true); }},
-        {"RMSNorm fwd", 2, [&] { rms_norm_forward(x, gamma, 1e-6); }, [&] { rms_norm_forward(xb, gammab, 1e-6); }},
-        {"RMSNorm bwd", 3, [&] { rms_norm_backward(dy, x, gamma, rms.rrms, false, true, true); },
-         [&] { rms_norm_backward(dyb, xb, gammab, rmsb.rrms, false, true, true); }},
+        {"LayerNorm fwd", 2, [&](const Inputs& i) { layer_norm_forward(i.x, i.gamma, i.beta, eps); }},
+        {"LayerNorm bwd", 3,
+         [](const Inputs& i) { layer_norm_backward(i.dy, i.x, i.gamma, i.ln.mean, i.ln.rstd, true, true, true); }},
+        {"RMSNorm fwd", 2, [](const Inputs& i) { rms_norm_forward(i.x, i.gamma, 1e-6); }},
+        {"RMSNorm bwd", 3,
+         [](const Inputs& i) { rms_norm_backward(i.dy, i.x, i.gamma, i.rms.rrms, false, true, true); }},
     };
-    std::printf("\n%s\n  %-14s %8s %8s %8s\n", to_string(s).c_str(), "", "f32", "bf16", "f32/bf16");
+    std::printf("\n%s\n  %-14s %8s %8s %8s %8s %8s\n", to_string(s).c_str(), "", "f32", "bf16", "f16", "f32/bf16",
+                "f32/f16");
     for (const Case& c : cases) {
-      const std::vector<double> t = time_interleaved(M * N < (1 << 20) ? 200 : 20, {c.f32, c.bf16});
+      std::vector<std::function<void()>> fs;
+      for (const Inputs& i : in) fs.push_back([&c, &i] { c.run(i); });
+      const std::vector<double> t = time_interleaved(M * N < (1 << 20) ? 200 : 20, fs);
       const double values = double(c.tensors) * double(M * N);
-      std::printf("  %-14s %8.1f %8.1f %8.2f\n", c.name, values * 4 / t[0] * 1e-9, values * 2 / t[1] * 1e-9,
-                  t[0] / t[1]);
+      std::printf("  %-14s", c.name);
+      for (size_t k = 0; k < t.size(); ++k) std::printf(" %8.1f", values * double(dtype_size(dtypes[k])) / t[k] * 1e-9);
+      std::printf(" %8.2f %8.2f\n", t[0] / t[1], t[0] / t[2]);
       std::fflush(stdout);
     }
   }
@@ -559,7 +572,7 @@ void run_train_bench() {
 
 void run_norm_bench() {
   bench_norms();
-  bench_norms_bf16();
+  bench_norms_low_precision();
 }
 
 void run_foundation_bench(int depth) {

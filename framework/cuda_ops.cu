@@ -63,8 +63,9 @@ decltype(auto) visit_any(DType t, const char* name, F&& f) {
     case DType::f64: return f.template operator()<double>();
     case DType::bf16: return f.template operator()<__nv_bfloat16>();
     case DType::i64: return f.template operator()<int64_t>();
+    case DType::f16: break;  // f16 tensors live on the CPU only
   }
-  NL_FAIL(name, ": unknown dtype");
+  NL_FAIL(name, ": dtype ", dtype_name(t), " is not supported on cuda (expected f32, f64, bf16 or i64)");
 }
 template <class F>
 decltype(auto) visit_float(DType t, const char* name, F&& f) {
@@ -72,7 +73,8 @@ decltype(auto) visit_float(DType t, const char* name, F&& f) {
     case DType::f32: return f.template operator()<float>();
     case DType::f64: return f.template operator()<double>();
     case DType::bf16: return f.template operator()<__nv_bfloat16>();
-    case DType::i64: break;
+    case DType::i64:
+    case DType::f16: break;
   }
   NL_FAIL(name, ": dtype ", dtype_name(t), " is not supported on cuda (expected f32, f64 or bf16)");
 }

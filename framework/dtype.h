@@ -72,7 +72,9 @@ struct f16 {
       std::memcpy(&u, &v, 4);
       u |= sign;
     } else if (e == 31) {
-      u = sign | 0x7f800000u | (m << 13);
+      // Infinity, or a NaN made quiet (as IEEE conversions and F16C's vcvtph2ps do, so that the
+      // vector widening in simd.h gives the same bits).
+      u = sign | 0x7f800000u | (m << 13) | (m != 0 ? 0x400000u : 0u);
     } else {
       u = sign | ((e + 112u) << 23) | (m << 13);
     }
@@ -82,7 +84,8 @@ struct f16 {
   }
 };
 
-enum class DType : uint8_t { f32, f64, bf16, i64 };
+// f16 comes last so that the values of the others stay as they were.
+enum class DType : uint8_t { f32, f64, bf16, i64, f16 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
@@ -90,6 +93,7 @@ constexpr size_t dtype_size(DType t) {
     case DType::f64: return 8;
     case DType::bf16: return 2;
     case DType::i64: return 8;
+    case DType::f16: return 2;
   }
   return 0;
 }
@@ -100,6 +104,7 @@ constexpr const char* dtype_name(DType t) {
     case DType::f64: return "f64";
     case DType::bf16: return "bf16";
     case DType::i64: return "i64";
+    case DType::f16: return "f16";
   }
   return "?";
 }
@@ -113,10 +118,20 @@ template <> struct dtype_of<float> { static constexpr DType value = DType::f32; 
 template <> struct dtype_of<double> { static constexpr DType value = DType::f64; };
 template <> struct dtype_of<bf16> { static constexpr DType value = DType::bf16; };
 template <> struct dtype_of<int64_t> { static constexpr DType value = DType::i64; };
+template <> struct dtype_of<f16> { static constexpr DType value = DType::f16; };
 template <class T> inline constexpr DType dtype_v = dtype_of<T>::value;
 
-// The type a CPU kernel computes in for storage type T: T itself, f32 for bf16. A bf16 value
-// widens to f32 exactly (before any square or sum); a result narrows back with one rounding.
+// Low-precision storage types (bf16, f16): 16-bit values that kernels widen to f32 to compute in,
+// and that hold their results rounded once from f32.
+template <class T> inline constexpr bool is_low_precision_v = std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
+constexpr bool is_low_precision(DType t) { return t == DType::bf16 || t == DType::f16; }
+
+// Applies the macro m to each low-precision storage type, for the explicit instantiations of
+// kernels that take them.
+#define NL_FOR_EACH_LOW_PRECISION(m) m(::normlab::bf16) m(::normlab::f16)
+
+// The type a CPU kernel computes in for storage type T: T itself, f32 for bf16 and f16. Such a
+// value widens to f32 exactly (before any square or sum); a result narrows back with one rounding.
 template <class T> struct math_of { using type = T; };
 template <> struct math_of<bf16> { using type = float; };
 template <> struct math_of<f16> { using type = float; };
@@ -126,10 +141,10 @@ template <class T>
 inline math_t<T> to_math(T v) {
   return math_t<T>(v);
 }
-// v in storage type T (bf16: rounded to f32, then to nearest even bf16).
+// v in storage type T (bf16, f16: rounded to f32, then to nearest even in T).
 template <class T>
 inline T to_storage(double v) {
-  if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>) return T(float(v));
+  if constexpr (is_low_precision_v<T>) return T(float(v));
   else return T(v);
 }
 

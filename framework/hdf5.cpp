@@ -463,7 +463,8 @@ hid_t native_type(DType dtype) {
   switch (dtype) {
     case DType::f32: return H5T_NATIVE_FLOAT;
     case DType::f64: return H5T_NATIVE_DOUBLE;
-    case DType::bf16: return H5T_NATIVE_UINT16;  // raw bits; tagged by normlab_dtype="bf16"
+    case DType::bf16:  // raw bits, tagged by normlab_dtype="bf16" or "f16"
+    case DType::f16: return H5T_NATIVE_UINT16;
     case DType::i64: return H5T_NATIVE_INT64;
   }
   NL_FAIL("hdf5: unknown dtype ", int(dtype));
@@ -565,8 +566,8 @@ std::string get_string_attribute(const H5File& file, hid_t attr, const std::stri
   return value;
 }
 
-// The dtype a dataset reads back as: bf16 when tagged normlab_dtype="bf16", else from
-// its HDF5 type class and size.
+// The dtype a dataset reads back as: bf16 or f16 when tagged normlab_dtype="bf16" or "f16", else
+// from its HDF5 type class and size.
 DType stored_dtype(const H5File& file, hid_t dset, const std::string& where) {
   constexpr const char* op = "read_tensor";
   Handle type(H5Dget_type(dset), H5Tclose);
@@ -578,10 +579,11 @@ DType stored_dtype(const H5File& file, hid_t dset, const std::string& where) {
   if (tagged > 0) {
     Handle attr = open_attribute(dset, "normlab_dtype", where, op);
     const std::string tag = get_string_attribute(file, attr.get(), "normlab_dtype", where, op);
-    NL_CHECK(tag == "bf16", op, ": ", where, " has normlab_dtype '", tag, "', expected 'bf16'");
-    NL_CHECK(cls == H5T_INTEGER && size == 2, op, ": ", where, " is tagged bf16 but stores ", size, "-byte ",
+    NL_CHECK(tag == "bf16" || tag == "f16", op, ": ", where, " has normlab_dtype '", tag,
+             "', expected 'bf16' or 'f16'");
+    NL_CHECK(cls == H5T_INTEGER && size == 2, op, ": ", where, " is tagged ", tag, " but stores ", size, "-byte ",
              type_class_name(cls), " values, expected 2-byte integers");
-    return DType::bf16;
+    return tag == "bf16" ? DType::bf16 : DType::f16;
   }
   if (cls == H5T_FLOAT) return size <= 4 ? DType::f32 : DType::f64;
   if (cls == H5T_INTEGER) return DType::i64;
@@ -910,8 +912,8 @@ void write_tensor(H5File& file, const std::string& path, const Tensor& t) {
   if (c.numel() > 0)
     H5_CHECK(H5Dwrite(dset.get(), type, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data()) >= 0, op,
              ": cannot write dataset ", where);
-  if (c.dtype() == DType::bf16) {
-    const std::string tag = "bf16";
+  if (is_low_precision(c.dtype())) {
+    const std::string tag = dtype_name(c.dtype());
     put_attribute(dset.get(), "normlab_dtype", string_type(tag.size()).get(), tag.c_str(), where, op);
   }
 }

@@ -5,8 +5,8 @@
 // groups (dots are part of a name), empty components are ignored, and a path without a
 // leading '/' is taken from the root. Writers create missing intermediate groups.
 //
-// Tensors: f32 -> NATIVE_FLOAT, f64 -> NATIVE_DOUBLE, i64 -> NATIVE_INT64, and bf16 ->
-// uint16 bits with the attribute normlab_dtype="bf16". A 0-d tensor is a scalar
+// Tensors: f32 -> NATIVE_FLOAT, f64 -> NATIVE_DOUBLE, i64 -> NATIVE_INT64, and bf16 and f16 ->
+// uint16 bits with the attribute normlab_dtype="bf16" or "f16". A 0-d tensor is a scalar
 // dataspace. read_tensor also reads datasets written by other tools (h5py): any float
 // type up to 4 bytes reads as f32, wider floats as f64, any integer type as i64.
 //

@@ -8,6 +8,10 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "framework/dtype.h"
 
 #pragma GCC diagnostic push
@@ -60,23 +64,85 @@ template <class T>
   return v[0];
 }
 
-// bf16 rows: a block of lanes<float> bf16 values widens to a Vec<float> (exact: the 16 bits go on
-// top of zeros) and a Vec<float> narrows with bf16(float)'s rounding (to nearest even; a NaN stays
-// a quiet NaN), lane by lane, so a kernel on Vec<float> reads and writes bf16 rows as f32 rows.
-typedef uint16_t Bf16Bits __attribute__((vector_size(32)));
+// Low-precision rows (bf16, f16): a block of lanes<float> 16-bit values widens to a Vec<float>
+// (exactly) and a Vec<float> narrows with the scalar S(float)'s rounding (to nearest even; a NaN
+// becomes a quiet NaN; f16: past 65504 to infinity, below 2^-14 to subnormals or zero), lane by
+// lane, so a kernel on Vec<float> reads and writes such rows as f32 rows, with the bits of the
+// scalar conversions of dtype.h.
+typedef uint16_t HalfBits __attribute__((vector_size(32)));
 typedef uint32_t F32Bits __attribute__((vector_size(64)));
-static_assert(sizeof(bf16) == 2 && sizeof(Bf16Bits) / 2 == lanes<float>);
+static_assert(sizeof(bf16) == 2 && sizeof(f16) == 2 && sizeof(HalfBits) / 2 == lanes<float>);
 
-[[gnu::always_inline]] inline Vec<float> widen(Bf16Bits h) {
-  return reinterpret_cast<Vec<float>>(__builtin_convertvector(h, F32Bits) << 16);
+// f16 through F16C's vcvtph2ps / vcvtps2ph (round to nearest even, no exceptions), 16 lanes at
+// a time with AVX-512 or 8 with F16C alone; without either, lane by lane through dtype.h's f16.
+// The hardware's results are the scalar ones for every input, NaNs included (tests/
+// test_norm_low_precision.cpp checks every half and a stride through the floats). The AVX-512
+// forms are the zero-masked ones with every lane selected (the same instruction): GCC 12's plain
+// forms start from _mm512_undefined_*, which -Wmaybe-uninitialized reports.
+[[gnu::always_inline]] inline Vec<float> widen_f16(HalfBits h) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<Vec<float>>(_mm512_maskz_cvtph_ps(__mmask16(0xffff), reinterpret_cast<__m256i>(h)));
+#elif defined(__F16C__)
+  typedef uint16_t Half8 __attribute__((vector_size(16)));
+  typedef float Float8 __attribute__((vector_size(32)));
+  const Half8 lo = __builtin_shufflevector(h, h, 0, 1, 2, 3, 4, 5, 6, 7);
+  const Half8 hi = __builtin_shufflevector(h, h, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Float8 a = reinterpret_cast<Float8>(_mm256_cvtph_ps(reinterpret_cast<__m128i>(lo)));
+  const Float8 b = reinterpret_cast<Float8>(_mm256_cvtph_ps(reinterpret_cast<__m128i>(hi)));
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  Vec<float> v;
+  for (int l = 0; l < 16; ++l) {
+    f16 x;
+    x.bits = h[l];
+    v[l] = float(x);
+  }
+  return v;
+#endif
 }
 
-[[gnu::always_inline]] inline Bf16Bits narrow(Vec<float> v) {
-  const F32Bits u = reinterpret_cast<F32Bits>(v);
-  const F32Bits rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const F32Bits quiet = (u >> 16) | 0x40u;
-  const F32Bits nan = reinterpret_cast<F32Bits>((u & 0x7fffffffu) > 0x7f800000u);
-  return __builtin_convertvector((quiet & nan) | (rounded & ~nan), Bf16Bits);
+[[gnu::always_inline]] inline HalfBits narrow_f16(Vec<float> v) {
+#if defined(__AVX512F__) || defined(__F16C__)
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#endif
+#if defined(__AVX512F__)
+  return reinterpret_cast<HalfBits>(_mm512_maskz_cvtps_ph(__mmask16(0xffff), reinterpret_cast<__m512>(v), kRound));
+#elif defined(__F16C__)
+  typedef float Float8 __attribute__((vector_size(32)));
+  typedef uint16_t Half8 __attribute__((vector_size(16)));
+  const Float8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const Float8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Half8 lo = reinterpret_cast<Half8>(_mm256_cvtps_ph(reinterpret_cast<__m256>(a), kRound));
+  const Half8 hi = reinterpret_cast<Half8>(_mm256_cvtps_ph(reinterpret_cast<__m256>(b), kRound));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  HalfBits h;
+  for (int l = 0; l < 16; ++l) h[l] = f16(v[l]).bits;
+  return h;
+#endif
+}
+
+// The conversions for storage type S: f16's above; bf16's in integer vector ops (its 16 bits are
+// the top of an f32's; narrowing adds the rounding bias and keeps a NaN a quiet NaN).
+template <class S>
+  requires is_low_precision_v<S>
+[[gnu::always_inline]] inline Vec<float> widen(HalfBits h) {
+  if constexpr (std::is_same_v<S, f16>) return widen_f16(h);
+  else return reinterpret_cast<Vec<float>>(__builtin_convertvector(h, F32Bits) << 16);
+}
+
+template <class S>
+  requires is_low_precision_v<S>
+[[gnu::always_inline]] inline HalfBits narrow(Vec<float> v) {
+  if constexpr (std::is_same_v<S, f16>) {
+    return narrow_f16(v);
+  } else {
+    const F32Bits u = reinterpret_cast<F32Bits>(v);
+    const F32Bits rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const F32Bits quiet = (u >> 16) | 0x40u;
+    const F32Bits nan = reinterpret_cast<F32Bits>((u & 0x7fffffffu) > 0x7f800000u);
+    return __builtin_convertvector((quiet & nan) | (rounded & ~nan), HalfBits);
+  }
 }
 
 // Access to one lanes-wide block of a row: Full for whole blocks, Part for the row's last n < lanes
@@ -93,14 +159,18 @@ struct Full {
   [[gnu::always_inline]] void store(T* p, Vec<T> v) const {
     simd::store(p, v);
   }
-  [[gnu::always_inline]] Vec<float> operator()(const bf16* p) const {
-    Bf16Bits h;
+  template <class S>
+    requires is_low_precision_v<S>
+  [[gnu::always_inline]] Vec<float> operator()(const S* p) const {
+    HalfBits h;
     std::memcpy(&h, p, sizeof h);
-    return widen(h);
+    return widen<S>(h);
   }
-  [[gnu::always_inline]] void store(bf16* p, Vec<float> v) const {
-    const Bf16Bits h = narrow(v);
-    std::memcpy(static_cast<void*>(p), &h, sizeof h);  // bf16 is trivially copyable
+  template <class S>
+    requires is_low_precision_v<S>
+  [[gnu::always_inline]] void store(S* p, Vec<float> v) const {
+    const HalfBits h = narrow<S>(v);
+    std::memcpy(static_cast<void*>(p), &h, sizeof h);  // bf16 and f16 are trivially copyable
   }
   template <class T>
   [[gnu::always_inline]] Vec<T> mask(Vec<T> v) const {
@@ -121,14 +191,18 @@ struct Part {
   [[gnu::always_inline]] void store(T* p, Vec<T> v) const {
     std::memcpy(p, &v, size_t(n) * sizeof(T));
   }
-  [[gnu::always_inline]] Vec<float> operator()(const bf16* p) const {
-    Bf16Bits h{};
-    std::memcpy(&h, p, size_t(n) * sizeof(bf16));
-    return widen(h);
+  template <class S>
+    requires is_low_precision_v<S>
+  [[gnu::always_inline]] Vec<float> operator()(const S* p) const {
+    HalfBits h{};
+    std::memcpy(&h, p, size_t(n) * sizeof(S));
+    return widen<S>(h);
   }
-  [[gnu::always_inline]] void store(bf16* p, Vec<float> v) const {
-    const Bf16Bits h = narrow(v);
-    std::memcpy(static_cast<void*>(p), &h, size_t(n) * sizeof(bf16));
+  template <class S>
+    requires is_low_precision_v<S>
+  [[gnu::always_inline]] void store(S* p, Vec<float> v) const {
+    const HalfBits h = narrow<S>(v);
+    std::memcpy(static_cast<void*>(p), &h, size_t(n) * sizeof(S));
   }
   // v with the lanes past n set to 0 (a term computed from the zero-filled lanes).
   template <class T>
@@ -175,7 +249,7 @@ template <class T, int S, class F>
   return out;
 }
 
-// Sum of p[j]^2 over a row of n (row_sums), in math_t<S> (a bf16 row widens before squaring).
+// Sum of p[j]^2 over a row of n (row_sums), in math_t<S> (a bf16 or f16 row widens before squaring).
 template <class S>
 [[gnu::always_inline]] inline math_t<S> row_sum_squares(int64_t n, const S* p) {
   using T = math_t<S>;

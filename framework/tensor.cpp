@@ -268,6 +268,7 @@ static decltype(auto) visit_dtype(DType t, F&& f) {
     case DType::f32: return f.template operator()<float>();
     case DType::f64: return f.template operator()<double>();
     case DType::bf16: return f.template operator()<bf16>();
+    case DType::f16: return f.template operator()<f16>();
     case DType::i64: return f.template operator()<int64_t>();
   }
   NL_FAIL("unknown dtype");

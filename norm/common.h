@@ -58,9 +58,9 @@ inline void check_vector(const Tensor& t, int64_t n, DType dtype, const char* wh
            dtype_name(dtype));
 }
 
-// The dtype of the per-row statistics a norm saves for input dtype x: x's own, f32 for bf16
-// (math_t: bf16 rows are normalized in f32).
-inline DType norm_stat_dtype(DType x) { return x == DType::bf16 ? DType::f32 : x; }
+// The dtype of the per-row statistics a norm saves for input dtype x: x's own, f32 for bf16 and
+// f16 (math_t: low-precision rows are normalized in f32).
+inline DType norm_stat_dtype(DType x) { return is_low_precision(x) ? DType::f32 : x; }
 
 // Throws unless the saved statistic s has M elements (one per `per`) of norm_stat_dtype(x_dtype).
 inline void check_stat(const Tensor& s, int64_t M, DType x_dtype, const char* who, const char* name,
@@ -70,15 +70,16 @@ inline void check_stat(const Tensor& s, int64_t M, DType x_dtype, const char* wh
            ", expected ", dtype_name(norm_stat_dtype(x_dtype)), " for a ", dtype_name(x_dtype), " input");
 }
 
-// Calls f(T{}) with T the storage type of dtype, float, double or bf16, for the norm kernels that
-// take bf16 (math_t: computed in f32); other dtypes throw naming the op.
+// Calls f(T{}) with T the storage type of dtype, float, double, bf16 or f16, for the norm kernels
+// that take low-precision storage (math_t: computed in f32); other dtypes throw naming the op.
 template <class F>
 void dispatch_norm_dtype(DType dtype, const char* who, const F& f) {
   switch (dtype) {
     case DType::f32: return f(float{});
     case DType::f64: return f(double{});
     case DType::bf16: return f(bf16{});
-    default: NL_FAIL(who, ": dtype ", dtype_name(dtype), " is not supported (expected f32, f64 or bf16)");
+    case DType::f16: return f(f16{});
+    default: NL_FAIL(who, ": dtype ", dtype_name(dtype), " is not supported (expected f32, f64, bf16 or f16)");
   }
 }
 
@@ -140,7 +141,7 @@ inline double lane_sum(int64_t n, const F& term) {
 }
 
 // The N values of an optional per-feature parameter in A, offset + p[j] (`fill` when p is null),
-// so the hot loops of the fast kernels have no branches. T may be bf16 (widened first).
+// so the hot loops of the fast kernels have no branches. T may be bf16 or f16 (widened first).
 template <class A = double, class T>
 std::vector<A> as_values(const T* p, int64_t N, double fill, double offset = 0.0) {
   std::vector<A> out(size_t(N), static_cast<A>(fill));

@@ -85,6 +85,12 @@ Tensor make_tensor(const Shape& shape, DType dtype, uint64_t seed) {
       for (int64_t i = 0; i < n && i < 5; ++i) p[i].bits = specials[i];
       break;
     }
+    case DType::f16: {
+      f16* p = t.data<f16>();
+      const uint16_t specials[] = {0x7e01u, 0x8000u, 0x7c00u, 0xfc00u, 0x0001u};
+      for (int64_t i = 0; i < n && i < 5; ++i) p[i].bits = specials[i];
+      break;
+    }
     case DType::i64: {
       int64_t* p = t.data<int64_t>();
       for (int64_t i = 0; i < n; ++i) p[i] = int64_t(seed * 1000003u) + i * 7919 - 40000;
@@ -218,7 +224,7 @@ void check_write_fails_and_keeps_old_file(const std::string& path, const Write& 
   BOOST_TEST(read_attribute_string(f, "/", "version") == "old");
 }
 
-const DType all_dtypes[] = {DType::f32, DType::f64, DType::bf16, DType::i64};
+const DType all_dtypes[] = {DType::f32, DType::f64, DType::bf16, DType::i64, DType::f16};
 const Shape all_shapes[] = {{}, {1}, {3, 5}, {2, 3, 4}, {0, 3}};
 
 }  // namespace
@@ -561,6 +567,7 @@ BOOST_AUTO_TEST_CASE(strings_are_fixed_length_and_old_variable_length_ones_still
     write_attribute(f, "/", "name", "layer_norm");
     write_attribute(f, "/", "empty", "");
     write_tensor(f, "/w", make_tensor({2}, DType::bf16, 1));
+    write_tensor(f, "/h", make_tensor({2}, DType::f16, 1));
     write_variable_length_string(f.id(), "old", "variable-length");
   }
   H5File f(path, H5File::Mode::read);
@@ -579,6 +586,9 @@ BOOST_AUTO_TEST_CASE(strings_are_fixed_length_and_old_variable_length_ones_still
   BOOST_TEST(read_attribute_string(f, "/", "empty") == "");
   BOOST_TEST(read_attribute_string(f, "/", "old") == "variable-length");
   BOOST_TEST(dtype_name(read_tensor(f, "/w").dtype()) == "bf16");
+  BOOST_TEST((stored("/h", "normlab_dtype") == std::pair<htri_t, size_t>(0, 3)));
+  BOOST_TEST(read_attribute_string(f, "/h", "normlab_dtype") == "f16");
+  BOOST_TEST(dtype_name(read_tensor(f, "/h").dtype()) == "f16");
 }
 
 BOOST_AUTO_TEST_CASE(a_damaged_global_heap_is_refused_not_read) {

@@ -310,4 +310,26 @@ BOOST_AUTO_TEST_CASE(bad_input_names_the_values) {
   BOOST_FAIL("expected an error");
 }
 
+// f16 tensors: conversions through the scalar f16 (to nearest even; past 65504 to infinity, below
+// 2^-25 to zero), element access and fill.
+BOOST_AUTO_TEST_CASE(f16_tensor_conversion) {
+  const Tensor d = from_vector<double>({1.5, -2.25, 1e-3, 65504.0, 70000.0, 1e-8}, {2, 3});
+  const Tensor h = d.to(DType::f16);
+  BOOST_TEST(h.dtype() == DType::f16);
+  BOOST_TEST(h.element_size() == 2u);
+  BOOST_TEST(h.at({0, 0}) == 1.5);  // exactly representable
+  BOOST_TEST(std::abs(h.at({0, 2}) - 1e-3) <= 1e-3 * 0x1p-11);
+  BOOST_TEST(h.at({1, 0}) == 65504.0);
+  BOOST_TEST(std::isinf(h.at({1, 1})));
+  BOOST_TEST(h.at({1, 2}) == 0.0);
+  // To f32 and bf16 and back: each value is the f16's, exactly, then rounded once.
+  const Tensor f = h.to(DType::f32);
+  for (int64_t k = 0; k < 6; ++k) BOOST_TEST(f.at({k / 3, k % 3}) == h.at({k / 3, k % 3}));
+  BOOST_TEST(f.to(DType::f16).to_vector<double>() == h.to_vector<double>(), boost::test_tools::per_element());
+  BOOST_TEST(h.to(DType::bf16).at({0, 1}) == -2.25);
+  Tensor z = zeros({3}, DType::f16);
+  z.fill_(0.1);
+  BOOST_TEST(z.at({2}) == double(float(f16(0.1f))));
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -383,7 +383,7 @@ void batch_norm_backward_cpu(S* dx, S* dgamma, S* dbeta, const S* dy, const S* x
                                            const math_t<T>*, int64_t, int64_t, int64_t, bool);
 NL_INSTANTIATE_BATCH_NORM(float)
 NL_INSTANTIATE_BATCH_NORM(double)
-NL_INSTANTIATE_BATCH_NORM(bf16)
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_BATCH_NORM)
 #undef NL_INSTANTIATE_BATCH_NORM
 
 // ---- Tensor level ----
@@ -469,7 +469,7 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
   const Tensor dy = dy_in.contiguous(), xc = x.contiguous();
   const Tensor gamma = gamma_in.defined() ? gamma_in.contiguous() : Tensor();
-  // One statistic per channel (BatchNorm) or per (sample, group) (GroupNorm), in f32 for bf16.
+  // One statistic per channel (BatchNorm) or per (sample, group) (GroupNorm), in f32 for bf16 and f16.
   const int64_t stats = map.per_sample == 0 ? C / map.channels_per_stat : N * map.per_sample;
   const char* per = map.per_sample == 0 ? "channel" : "(sample, group)";
   check_stat(mean, stats, x.dtype(), who, "mean", per);

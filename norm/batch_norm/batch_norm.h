@@ -45,8 +45,8 @@ NormGrads channel_norm_backward(const Tensor& dy, const Tensor& x, const Tensor&
 
 
 // ---- BatchNorm reference kernels: x is (N, C, L) (L = 1 for (N, C)); T is float or double (or
-// bf16: math in double from the widened values, mean and rstd in f32, each output rounded to f32
-// and then to bf16, as the f32 kernel's rounded). ----
+// bf16 or f16: math in double from the widened values, mean and rstd in f32, each output rounded to
+// f32 and then to T, as the f32 kernel's rounded). ----
 // Training: writes y and the batch mean and rstd per channel; updates running_mean/running_var in
 // place when they are not null. gamma and beta may be null.
 template <class T>
@@ -67,10 +67,10 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 // ---- Fast CPU kernels, same signatures: for (N, C) (L = 1) they run down the rows with C-wide
 // vectors of math_t<T>: Welford statistics per block of rows merged in double (one pass over x),
 // the backward's column sums in per-block partials (deterministic); other L run the reference
-// kernels. Checked against the reference; the Tensor level runs these. T is float, double or
-// bf16; bf16 as in layer_norm_forward_cpu: widened to f32 as it loads, f32 math, mean, rstd and
-// partials, each output (y, dx, dgamma, dbeta, the running statistics) rounded once to bf16 (bit
-// for bit the f32 kernel's on the widened values, rounded). ----
+// kernels. Checked against the reference; the Tensor level runs these. T is float, double, bf16
+// or f16; bf16 and f16 as in layer_norm_forward_cpu: widened to f32 as it loads, f32 math, mean,
+// rstd and partials, each output (y, dx, dgamma, dbeta, the running statistics) rounded once to T
+// (bit for bit the f32 kernel's on the widened values, rounded). ----
 template <class T>
 void batch_norm_forward_train_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var,
                                   const T* x, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L,
@@ -84,8 +84,8 @@ void batch_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
                              const math_t<T>* mean, const math_t<T>* rstd, int64_t N, int64_t C, int64_t L,
                              bool training);
 
-// ---- Tensor level: x is [N, C] or [N, C, L] in f32, f64 or bf16 (gamma, beta, the running
-// statistics, dy and the gradients in x's dtype); mean and rstd are [C], in f32 for bf16
+// ---- Tensor level: x is [N, C] or [N, C, L] in f32, f64, bf16 or f16 (gamma, beta, the running
+// statistics, dy and the gradients in x's dtype); mean and rstd are [C], in f32 for bf16 and f16
 // (norm_stat_dtype). ----
 // Checks x (rank 2 or 3, C channels, non-empty, more than one value per channel in training) and
 // returns L (1 for [N, C]).

@@ -86,7 +86,7 @@ inline T tanh_slope(T u, T t) {
 
 // Scalar math: dyt_forward above, in T with fast_tanh (framework/fast_math.h): a plain loop the
 // compiler vectorizes. S is the storage type of the rows and parameters, T = math_t<S> that of the
-// math (layer_norm_rows.h): a bf16 value widens to f32 as it loads, y is rounded once as it is stored.
+// math (layer_norm_rows.h): a bf16 or f16 value widens to f32 as it loads, y is rounded once as it is stored.
 template <class S>
 void dyt_forward_cpu(S* y, const S* x, double alpha, const S* gamma, const S* beta, int64_t M, int64_t N,
                      bool identity) {
@@ -187,9 +187,11 @@ template void dyt_backward_cpu<float>(float*, float*, float*, float*, const floa
                                       const float*, int64_t, int64_t, bool);
 template void dyt_backward_cpu<double>(double*, double*, double*, double*, const double*, const double*, double,
                                        const double*, int64_t, int64_t, bool);
-template void dyt_forward_cpu<bf16>(bf16*, const bf16*, double, const bf16*, const bf16*, int64_t, int64_t, bool);
-template void dyt_backward_cpu<bf16>(bf16*, bf16*, bf16*, bf16*, const bf16*, const bf16*, double, const bf16*,
-                                     int64_t, int64_t, bool);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void dyt_forward_cpu<T>(T*, const T*, double, const T*, const T*, int64_t, int64_t, bool);                 \
+  template void dyt_backward_cpu<T>(T*, T*, T*, T*, const T*, const T*, double, const T*, int64_t, int64_t, bool);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 
 namespace {
 // Checks alpha ([1], x's dtype, finite) and returns its value.

@@ -20,9 +20,9 @@ void dyt_backward(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x
 
 // ---- Fast CPU kernels, same signatures: math in math_t<T> with a vectorizable f32 tanh
 // (framework/fast_math.h), dx and the parameter partials in one pass. Checked against the
-// reference; the Tensor level runs these. T is float, double or bf16; bf16 as in
+// reference; the Tensor level runs these. T is float, double, bf16 or f16; bf16 and f16 as in
 // layer_norm_forward_cpu: each value widened to f32 as it loads, f32 math and partials, each output
-// rounded once to bf16 (bit for bit the f32 kernel's on the widened values, rounded). ----
+// rounded once to T (bit for bit the f32 kernel's on the widened values, rounded). ----
 template <class T>
 void dyt_forward_cpu(T* y, const T* x, double alpha, const T* gamma, const T* beta, int64_t M, int64_t N,
                      bool identity);
@@ -30,7 +30,7 @@ template <class T>
 void dyt_backward_cpu(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x, double alpha, const T* gamma,
                       int64_t M, int64_t N, bool identity);
 
-// ---- Tensor level: x [..., N] in f32, f64 or bf16, alpha [1], gamma and beta [N] (the
+// ---- Tensor level: x [..., N] in f32, f64, bf16 or f16, alpha [1], gamma and beta [N] (the
 // parameters, dy and the gradients in x's dtype). ----
 Tensor dyt_forward(const Tensor& x, const Tensor& alpha, const Tensor& gamma, const Tensor& beta,
                    bool identity = false);

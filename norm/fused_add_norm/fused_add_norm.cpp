@@ -128,14 +128,17 @@ template void add_rms_norm_backward<float>(float*, float*, const float*, const f
                                            const float*, int64_t, int64_t, bool);
 template void add_rms_norm_backward<double>(double*, double*, const double*, const double*, const double*,
                                             const double*, const double*, int64_t, int64_t, bool);
-template void add_layer_norm_forward<bf16>(bf16*, bf16*, float*, float*, const bf16*, const bf16*, const bf16*,
-                                           const bf16*, int64_t, int64_t, double);
-template void add_layer_norm_backward<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
-                                            const float*, const float*, int64_t, int64_t);
-template void add_rms_norm_forward<bf16>(bf16*, bf16*, float*, const bf16*, const bf16*, const bf16*, int64_t, int64_t,
-                                         double, bool);
-template void add_rms_norm_backward<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, const bf16*,
-                                          const float*, int64_t, int64_t, bool);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void add_layer_norm_forward<T>(T*, T*, float*, float*, const T*, const T*, const T*, const T*, int64_t,    \
+                                          int64_t, double);                                                           \
+  template void add_layer_norm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const float*,          \
+                                           const float*, int64_t, int64_t);                                           \
+  template void add_rms_norm_forward<T>(T*, T*, float*, const T*, const T*, const T*, int64_t, int64_t, double,       \
+                                        bool);                                                                        \
+  template void add_rms_norm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, const float*, int64_t,       \
+                                         int64_t, bool);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 
 AddLayerNormStats add_layer_norm_forward(const Tensor& x_in, const Tensor& r_in, const Tensor& gamma_in,
                                          const Tensor& beta_in, double eps) {

@@ -11,8 +11,9 @@
 
 namespace normlab {
 
-// ---- Reference kernels: M rows of N features, row-major; T is float, double or bf16 (statistics
-// in math_t<T>, f32 for bf16, as layer_norm_forward_cpu and rms_norm_forward_cpu). ----
+// ---- Reference kernels: M rows of N features, row-major; T is float, double, bf16 or f16
+// (statistics in math_t<T>, f32 for bf16 and f16, as layer_norm_forward_cpu and
+// rms_norm_forward_cpu). ----
 // h = x + r (rounded to T, as the unfused add), then y, mean, rstd = layer_norm(h).
 template <class T>
 void add_layer_norm_forward(T* h, T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* r, const T* gamma,
@@ -30,8 +31,8 @@ template <class T>
 void add_rms_norm_backward(T* dh_total, T* dgamma, const T* dh, const T* dy, const T* h, const T* gamma,
                            const math_t<T>* rrms, int64_t M, int64_t N, bool unit_offset);
 
-// ---- Tensor level: x, r [..., N] of one shape and dtype (f32, f64 or bf16); statistics have the
-// leading shape, in norm_stat_dtype (f32 for bf16). ----
+// ---- Tensor level: x, r [..., N] of one shape and dtype (f32, f64, bf16 or f16); statistics have
+// the leading shape, in norm_stat_dtype (f32 for bf16 and f16). ----
 struct AddLayerNormStats {
   Tensor h, y, mean, rstd;
 };

@@ -39,7 +39,7 @@ void group_norm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, cons
 namespace {
 // gamma and beta spread over one sample's C * S values (gamma_c repeated S times) in A, so that
 // each (sample, group) is a row of K = C/G * S values with its own gamma and beta, starting at
-// (k % G) * K for row k = n * G + g. T may be bf16 (widened).
+// (k % G) * K for row k = n * G + g. T may be bf16 or f16 (widened).
 template <class A, class T>
 std::pair<std::vector<A>, std::vector<A>> spread_over_positions(const T* gamma, const T* beta, int64_t C, int64_t S) {
   const std::vector<A> gc = as_values<A>(gamma, C, 1.0), bc = as_values<A>(beta, C, 0.0);
@@ -55,7 +55,7 @@ std::pair<std::vector<A>, std::vector<A>> spread_over_positions(const T* gamma, 
 
 // Scalar math: group_norm_forward above. Each (sample, group) is a row of K = C/G * S values that
 // layer_norm_rows normalizes, with gamma and beta spread over the row (spread_over_positions). S
-// is the storage type (float, double or bf16), math_t<S> that of the math and statistics.
+// is the storage type (float, double, bf16 or f16), math_t<S> that of the math and statistics.
 template <class T>
 void group_norm_forward_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                             int64_t N, int64_t C, int64_t S, int64_t G, double eps) {
@@ -123,10 +123,13 @@ template void group_norm_backward_cpu<float>(float*, float*, float*, const float
 template void group_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
                                               const double*, const double*, const double*, int64_t, int64_t, int64_t,
                                               int64_t);
-template void group_norm_forward_cpu<bf16>(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int64_t,
-                                           int64_t, int64_t, int64_t, double);
-template void group_norm_backward_cpu<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*,
-                                            const float*, int64_t, int64_t, int64_t, int64_t);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void group_norm_forward_cpu<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t,         \
+                                          int64_t, int64_t, double);                                                  \
+  template void group_norm_backward_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const float*, const float*,      \
+                                           int64_t, int64_t, int64_t, int64_t);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 template void group_norm_backward<float>(float*, float*, float*, const float*, const float*, const float*,
                                          const float*, const float*, int64_t, int64_t, int64_t, int64_t);
 template void group_norm_backward<double>(double*, double*, double*, const double*, const double*, const double*,

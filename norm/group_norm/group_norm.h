@@ -20,10 +20,10 @@ void group_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
                          const T* rstd, int64_t N, int64_t C, int64_t S, int64_t G);
 // Fast CPU kernels, same signatures: each (sample, group) a row of the fast LayerNorm kernels
 // (layer_norm_rows.h: vector sums of math_t<T>, centred two-pass variance, one-pass backward with
-// deterministic dgamma/dbeta partials); checked against the reference kernels. T is float, double
-// or bf16; bf16 as in layer_norm_forward_cpu: widened to f32 as it loads, f32 math, mean, rstd and
-// dgamma/dbeta sums, each output rounded once to bf16 (bit for bit the f32 kernel's on the widened
-// values, rounded).
+// deterministic dgamma/dbeta partials); checked against the reference kernels. T is float, double,
+// bf16 or f16; bf16 and f16 as in layer_norm_forward_cpu: widened to f32 as it loads, f32 math,
+// mean, rstd and dgamma/dbeta sums, each output rounded once to T (bit for bit the f32 kernel's on
+// the widened values, rounded).
 template <class T>
 void group_norm_forward_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                             int64_t N, int64_t C, int64_t S, int64_t G, double eps);
@@ -32,8 +32,8 @@ void group_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
                              const math_t<T>* mean, const math_t<T>* rstd, int64_t N, int64_t C, int64_t S,
                              int64_t G);
 
-// ---- Tensor level: x [N, C, *] in f32, f64 or bf16 (gamma, beta, dy and the gradients in x's
-// dtype); mean and rstd [N, G], in f32 for bf16 (norm_stat_dtype). ----
+// ---- Tensor level: x [N, C, *] in f32, f64, bf16 or f16 (gamma, beta, dy and the gradients in
+// x's dtype); mean and rstd [N, G], in f32 for bf16 and f16 (norm_stat_dtype). ----
 // Throws unless G >= 1 and G divides C >= 1.
 void check_groups(int64_t G, int64_t C, const char* who);
 // Checks x (rank >= 2, C channels, non-empty) and returns S, the product of its spatial dims.

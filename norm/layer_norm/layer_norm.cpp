@@ -129,10 +129,13 @@ template void layer_norm_backward_cpu<float>(float*, float*, float*, const float
 template void layer_norm_backward_cpu<double>(double*, double*, double*, const double*, const double*,
                                               const double*, const double*, const double*, int64_t, int64_t,
                                               const double*);
-template void layer_norm_forward_cpu<bf16>(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int64_t,
-                                           int64_t, double);
-template void layer_norm_backward_cpu<bf16>(bf16*, bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*,
-                                            const float*, int64_t, int64_t, const bf16*);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void layer_norm_forward_cpu<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t,         \
+                                          double);                                                                    \
+  template void layer_norm_backward_cpu<T>(T*, T*, T*, const T*, const T*, const T*, const float*, const float*,      \
+                                           int64_t, int64_t, const T*);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 
 LayerNormStats layer_norm_forward(const Tensor& x_in, const Tensor& gamma_in, const Tensor& beta_in, double eps) {
 #ifdef NORMLAB_WITH_CUDA

@@ -19,10 +19,10 @@ void layer_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 // ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of
 // math_t<T> (framework/simd.h), a centred two-pass variance; the backward computes dx and the
 // dgamma/dbeta partials in one pass over the rows. Checked against the reference kernels on
-// large-mean and near-constant rows; the Tensor level below runs these. T is float, double or
-// bf16: bf16 rows widen to f32 as they load (before any square or sum), the math, the saved
-// mean and rstd and the dgamma/dbeta sums are f32's, and each output is rounded once to bf16;
-// the results are bit for bit the f32 kernel's on the widened values, rounded to bf16. ----
+// large-mean and near-constant rows; the Tensor level below runs these. T is float, double, bf16
+// or f16: bf16 and f16 rows widen to f32 as they load (before any square or sum), the math, the
+// saved mean and rstd and the dgamma/dbeta sums are f32's, and each output is rounded once to T;
+// the results are bit for bit the f32 kernel's on the widened values, rounded to T. ----
 template <class T>
 void layer_norm_forward_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                             int64_t M, int64_t N, double eps);
@@ -32,8 +32,8 @@ void layer_norm_backward_cpu(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
                              const math_t<T>* mean, const math_t<T>* rstd, int64_t M, int64_t N,
                              const T* dx_add = nullptr);
 
-// ---- Tensor level: x [..., N] in f32, f64 or bf16 (gamma, beta, dy and the gradients in x's
-// dtype); mean and rstd have x's leading shape, in f32 for bf16 (norm_stat_dtype). ----
+// ---- Tensor level: x [..., N] in f32, f64, bf16 or f16 (gamma, beta, dy and the gradients in x's
+// dtype); mean and rstd have x's leading shape, in f32 for bf16 and f16 (norm_stat_dtype). ----
 struct LayerNormStats {
   Tensor y, mean, rstd;
 };

@@ -24,9 +24,9 @@ T* thread_scratch(int64_t n) {
 }
 
 // Scalar math: layer_norm_forward (norm/layer_norm/layer_norm.cpp). S is the storage type of x and
-// y, T = math_t<S> the type of the math, the statistics and gamma/beta (a bf16 row widens to f32
-// as it loads, so each value is what the f32 kernel gives on the widened row, rounded once to
-// bf16 as it is stored). The row stays in L1 for three passes, each with vector accumulators of T
+// y, T = math_t<S> the type of the math, the statistics and gamma/beta (a bf16 or f16 row widens
+// to f32 as it loads, so each value is what the f32 kernel gives on the widened row, rounded once
+// to S as it is stored). The row stays in L1 for three passes, each with vector accumulators of T
 // (simd::row_sums):
 //   m = mean(x - x0)                      (x0 = the row's first value: x - x0 is exact near x0,
 //                                          so a mean of 1e4 loses nothing)
@@ -39,8 +39,8 @@ T* thread_scratch(int64_t n) {
 // vectorizes. Each row's
 // values are the same in any group (the same operations in the same order).
 // params(i) returns {gamma, beta} of row i: N values each, never null.
-// A bf16 group widens once, in the first pass, into f32 rows (a per-thread buffer of one group, in
-// L1) that the other two passes read: the same values as widening in each pass.
+// A bf16 or f16 group widens once, in the first pass, into f32 rows (a per-thread buffer of one
+// group, in L1) that the other two passes read: the same values as widening in each pass.
 template <class S, class Params>
 void layer_norm_rows(S* y, math_t<S>* mean, math_t<S>* rstd, const S* x, int64_t M, int64_t N, double eps,
                      const Params& params) {

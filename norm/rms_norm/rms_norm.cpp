@@ -172,9 +172,12 @@ template void rms_norm_backward_cpu<float>(float*, float*, const float*, const f
                                            int64_t, int64_t, bool, const float*);
 template void rms_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
                                             const double*, int64_t, int64_t, bool, const double*);
-template void rms_norm_forward_cpu<bf16>(bf16*, float*, const bf16*, const bf16*, int64_t, int64_t, double, bool);
-template void rms_norm_backward_cpu<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*, int64_t,
-                                          int64_t, bool, const bf16*);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void rms_norm_forward_cpu<T>(T*, float*, const T*, const T*, int64_t, int64_t, double, bool);              \
+  template void rms_norm_backward_cpu<T>(T*, T*, const T*, const T*, const T*, const float*, int64_t, int64_t,        \
+                                         bool, const T*);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 
 RMSNormStats rms_norm_forward(const Tensor& x_in, const Tensor& gamma_in, double eps, bool unit_offset) {
 #ifdef NORMLAB_WITH_CUDA

@@ -18,9 +18,9 @@ void rms_norm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma
 
 // ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of
 // math_t<T> (framework/simd.h), dx and the dgamma partials in one pass. Checked against the
-// reference; the Tensor level runs these. T is float, double or bf16; bf16 as in
+// reference; the Tensor level runs these. T is float, double, bf16 or f16; bf16 and f16 as in
 // layer_norm_forward_cpu: widened to f32 before squaring, f32 math, rrms and dgamma sums, each
-// output rounded once to bf16 (bit for bit the f32 kernel's on the widened values, rounded). ----
+// output rounded once to T (bit for bit the f32 kernel's on the widened values, rounded). ----
 template <class T>
 void rms_norm_forward_cpu(T* y, math_t<T>* rrms, const T* x, const T* gamma, int64_t M, int64_t N, double eps,
                           bool unit_offset);
@@ -29,8 +29,8 @@ template <class T>
 void rms_norm_backward_cpu(T* dx, T* dgamma, const T* dy, const T* x, const T* gamma, const math_t<T>* rrms,
                            int64_t M, int64_t N, bool unit_offset, const T* dx_add = nullptr);
 
-// ---- Tensor level: x [..., N] in f32, f64 or bf16 (gamma, dy and the gradients in x's dtype);
-// rrms has x's leading shape, in f32 for bf16 (norm_stat_dtype). ----
+// ---- Tensor level: x [..., N] in f32, f64, bf16 or f16 (gamma, dy and the gradients in x's
+// dtype); rrms has x's leading shape, in f32 for bf16 and f16 (norm_stat_dtype). ----
 struct RMSNormStats {
   Tensor y, rrms;
 };

@@ -130,9 +130,12 @@ template void scale_norm_backward_cpu<float>(float*, float*, const float*, const
                                              int64_t, int64_t, double);
 template void scale_norm_backward_cpu<double>(double*, double*, const double*, const double*, const double*,
                                               const double*, int64_t, int64_t, double);
-template void scale_norm_forward_cpu<bf16>(bf16*, float*, const bf16*, const bf16*, int64_t, int64_t, double);
-template void scale_norm_backward_cpu<bf16>(bf16*, bf16*, const bf16*, const bf16*, const bf16*, const float*,
-                                            int64_t, int64_t, double);
+#define NL_INSTANTIATE_LOW_PRECISION(T)                                                                               \
+  template void scale_norm_forward_cpu<T>(T*, float*, const T*, const T*, int64_t, int64_t, double);                  \
+  template void scale_norm_backward_cpu<T>(T*, T*, const T*, const T*, const T*, const float*, int64_t, int64_t,      \
+                                           double);
+NL_FOR_EACH_LOW_PRECISION(NL_INSTANTIATE_LOW_PRECISION)
+#undef NL_INSTANTIATE_LOW_PRECISION
 
 ScaleNormStats scale_norm_forward(const Tensor& x_in, const Tensor& g_in, double eps) {
 #ifdef NORMLAB_WITH_CUDA

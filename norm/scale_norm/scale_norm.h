@@ -17,17 +17,17 @@ void scale_norm_backward(T* dx, T* dg, const T* dy, const T* x, const T* g, cons
 
 // ---- Fast CPU kernels, same signatures: the row in L1, sums in vector accumulators of
 // math_t<T> (framework/simd.h). Checked against the reference; the Tensor level runs these. T is
-// float, double or bf16; bf16 as in layer_norm_forward_cpu: widened to f32 before squaring, f32
-// math, norm and dg sum, each output rounded once to bf16 (bit for bit the f32 kernel's on the
-// widened values, rounded). ----
+// float, double, bf16 or f16; bf16 and f16 as in layer_norm_forward_cpu: widened to f32 before
+// squaring, f32 math, norm and dg sum, each output rounded once to T (bit for bit the f32 kernel's
+// on the widened values, rounded). ----
 template <class T>
 void scale_norm_forward_cpu(T* y, math_t<T>* norm, const T* x, const T* g, int64_t M, int64_t N, double eps);
 template <class T>
 void scale_norm_backward_cpu(T* dx, T* dg, const T* dy, const T* x, const T* g, const math_t<T>* norm, int64_t M,
                              int64_t N, double eps);
 
-// ---- Tensor level: x [..., N] in f32, f64 or bf16, g [1] (g, dy and the gradients in x's dtype);
-// norm has x's leading shape, in f32 for bf16 (norm_stat_dtype). ----
+// ---- Tensor level: x [..., N] in f32, f64, bf16 or f16, g [1] (g, dy and the gradients in x's
+// dtype); norm has x's leading shape, in f32 for bf16 and f16 (norm_stat_dtype). ----
 struct ScaleNormStats {
   Tensor y, norm;
 };

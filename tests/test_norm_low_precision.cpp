@@ -1,10 +1,11 @@
-// bf16 storage for the CPU norms (LayerNorm, RMSNorm, ScaleNorm, DyT, GroupNorm, InstanceNorm, BatchNorm):
-// the simd conversions against bf16(float); each output (y, dx and the parameters' gradients) is
-// the f32 kernel's on the bf16 values widened to f32, rounded once to bf16 (same bits), with the
-// statistics kept in f32 (same bits as the f32 kernel's); the same outputs against the f64 kernel
-// on the same widened values, within the bound of one bf16 rounding; add_layer_norm and
-// add_rms_norm (h = x + r rounded to bf16, then the norm of h); the same bits for any thread
-// count; the autograd nodes and Modules on bf16; bad input.
+// Low-precision storage (bf16 and f16) for the CPU norms (LayerNorm, RMSNorm, ScaleNorm, DyT,
+// GroupNorm, InstanceNorm, BatchNorm), each case run for both types: the simd conversions against
+// the scalar ones; each output (y, dx and the parameters' gradients) is the f32 kernel's on the
+// inputs widened to f32, rounded once to the storage type (same bits), with the statistics kept in
+// f32 (same bits as the f32 kernel's); the same outputs against the f64 kernel on the same widened
+// values, within the bound of one rounding; add_layer_norm and add_rms_norm (h = x + r rounded,
+// then the norm of h); the same bits for any thread count; the autograd nodes and Modules; bad
+// input; f16's range: results past 65504 become infinity while the f32 statistics stay finite.
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
@@ -17,6 +18,9 @@
 #include <string>
 #include <vector>
 
+#include <boost/mpl/list.hpp>
+
+#include "framework/matmul.h"
 #include "framework/parallel.h"
 #include "framework/simd.h"
 #include "norm/batch_norm/batch_norm.h"
@@ -35,55 +39,81 @@ using namespace normlab::testing;
 
 namespace {
 
-constexpr DType kBf16 = DType::bf16, kF32 = DType::f32, kF64 = DType::f64;
+constexpr DType kF32 = DType::f32, kF64 = DType::f64;
 
-// The inputs of the bf16 cases: the four hard kinds (rounded to bf16: at 1e4 the bf16 step is 64,
-// so the large-mean rows round to a few distinct values, and the near-constant rows at 3 to
-// constant or nearly constant rows) and a large mean whose spread survives the rounding.
-struct Bf16Input {
-  std::string name;
-  Tensor x;  // bf16
+// The storage types every case runs for.
+using LowPrecisionTypes = boost::mpl::list<bf16, f16>;
+
+// One rounding to storage type S moves a value v by at most unit |v| (bf16: 8 significant bits;
+// f16: 11), plus `tiny` where the result is subnormal (f16's subnormals are 2^-24 apart; bf16's,
+// 2^-133, lie far below any bound here); |v| >= overflow rounds to infinity.
+template <class S> struct Rounding;
+template <> struct Rounding<bf16> {
+  static constexpr double unit = 0x1p-8, tiny = 0, overflow = 0x1.ffp+127;
 };
-std::vector<Bf16Input> bf16_inputs(const Shape& s, Generator& gen) {
-  std::vector<Bf16Input> out;
-  for (Input k : all_inputs) out.push_back({input_name(k), make_input(s, k, gen).to(kBf16)});
-  out.push_back({"1e4 + 300 N(0, 1)", randn(s, gen, kF64, 1e4, 300.0).to(kBf16)});
+template <> struct Rounding<f16> {
+  static constexpr double unit = 0x1p-11, tiny = 0x1p-25, overflow = 65520;
+};
+
+// The inputs of the cases: the four hard kinds (rounded to S: at 1e4 the bf16 step is 64 and the
+// f16 step 8, so the large-mean rows round to a few distinct values, and the near-constant rows at
+// 3 to constant or nearly constant rows) and a large mean whose spread survives the rounding.
+struct LowInput {
+  std::string name;
+  Tensor x;  // in the storage type
+};
+std::vector<LowInput> low_inputs(const Shape& s, DType d, Generator& gen) {
+  std::vector<LowInput> out;
+  for (Input k : all_inputs) out.push_back({input_name(k), make_input(s, k, gen).to(d)});
+  out.push_back({"1e4 + 300 N(0, 1)", randn(s, gen, kF64, 1e4, 300.0).to(d)});
   return out;
 }
 
-// The bound of a bf16 output against the f64 result r on the same widened inputs, elementwise:
+// The bound of an output in S against the f64 result r on the same widened inputs, elementwise:
 // the f32 kernel is within 2e-6 * scale of r (the fast kernels' bound against the reference,
 // tests/test_norm_layer_norm.cpp; scale is max|r|, or for dx the size of the terms it cancels
-// when larger),
-// and rounding to bf16 (8 significant bits, to nearest) moves a value v by at most 2^-8 |v|:
-//   |out - r| <= 2^-8 (|r| + 2e-6 scale) + 2e-6 scale  <  2^-8 |r| + 4e-6 scale.
-// Returns the worst |out - r| / bound (<= 1 passes).
+// when larger), and rounding to S moves a value v by at most unit |v| + tiny (Rounding):
+//   |out - r| <= unit (|r| + 2e-6 scale) + tiny + 2e-6 scale  <  unit |r| + tiny + 4e-6 scale.
+// An infinite output (f16 past 65504) passes when r, moved by at most the bound, reaches the
+// overflow threshold with the same sign. Returns the worst |out - r| / bound (<= 1 passes).
+template <class S>
 double worst_over_bound(const Tensor& out, const Tensor& ref, double scale) {
+  using R = Rounding<S>;
   const std::vector<double> o = out.to(kF64).to_vector<double>(), r = ref.to(kF64).to_vector<double>();
   double worst = 0;
-  for (size_t i = 0; i < o.size(); ++i)
-    worst = std::max(worst, std::abs(o[i] - r[i]) / (0x1p-8 * std::abs(r[i]) + 4e-6 * scale));
+  for (size_t i = 0; i < o.size(); ++i) {
+    const double bound = R::unit * std::abs(r[i]) + R::tiny + 4e-6 * scale;
+    if (std::isinf(o[i])) {
+      const bool reaches = std::abs(r[i]) + bound >= R::overflow && (o[i] > 0) == (r[i] > 0);
+      worst = std::max(worst, reaches ? 0.0 : HUGE_VAL);
+    } else {
+      worst = std::max(worst, std::abs(o[i] - r[i]) / bound);
+    }
+  }
   return worst;
 }
 
-// One output of a bf16 case: bf16 result, the f32 kernel's on the widened inputs, the f64 result,
-// and the scale of its bound (at least max|f64|; dx: the size of the terms it cancels, when larger).
-struct Bf16Output {
+// One output of a case: the result in the storage type, the f32 kernel's on the widened inputs,
+// the f64 result, and the scale of its bound (at least max|f64|; dx: the size of the terms it
+// cancels, when larger).
+struct Output {
   const char* name;
   Tensor out, f32, f64;
   double scale = 0;
 };
 
-// Checks each output: dtype bf16 and the same bits as the f32 kernel's rounded to bf16, and within
+// Checks each output: dtype S and the same bits as the f32 kernel's rounded to S, and within
 // worst_over_bound of the f64 result. Returns the worst ratio to the bound.
-double check_bf16_outputs(const std::vector<Bf16Output>& outs, const std::string& label) {
+template <class S>
+double check_outputs(const std::vector<Output>& outs, const std::string& label) {
+  constexpr DType d = dtype_v<S>;
   double worst = 0;
-  for (const Bf16Output& o : outs) {
-    BOOST_CHECK_MESSAGE(o.out.dtype() == kBf16, label << " " << o.name << ": dtype " << o.out.dtype());
-    BOOST_CHECK_MESSAGE(same_bits(o.out, o.f32.to(kBf16)), label << " " << o.name
-                                                                 << ": not the f32 kernel's result rounded to bf16");
-    const double w = worst_over_bound(o.out, o.f64, std::max(o.scale, max_abs(o.f64.to(kF64))));
-    BOOST_CHECK_MESSAGE(w <= 1.0, label << " " << o.name << ": " << w << " x the bf16 bound against f64");
+  for (const Output& o : outs) {
+    BOOST_CHECK_MESSAGE(o.out.dtype() == d, label << " " << o.name << ": dtype " << o.out.dtype());
+    BOOST_CHECK_MESSAGE(same_bits(o.out, o.f32.to(d)),
+                        label << " " << o.name << ": not the f32 kernel's result rounded to " << d);
+    const double w = worst_over_bound<S>(o.out, o.f64, std::max(o.scale, max_abs(o.f64.to(kF64))));
+    BOOST_CHECK_MESSAGE(w <= 1.0, label << " " << o.name << ": " << w << " x the " << d << " bound against f64");
     worst = std::max(worst, w);
   }
   return worst;
@@ -95,29 +125,42 @@ void check_stat_bits(const Tensor& s, const Tensor& s32, const std::string& labe
   BOOST_CHECK_MESSAGE(same_bits(s, s32), label << " " << name << ": not the f32 kernel's");
 }
 
-// Calls f(shape, input, variant, gen) for every kernel shape, bf16 input and variant 0..2 (the
+// Calls f(shape, input, variant, gen) for every kernel shape, input in S and variant 0..2 (the
 // test's parameter sets), drawing from one generator; f returns its worst ratio to the bound. Prints
 // the worst of all.
-template <class F>
-void for_each_bf16_case(const char* name, uint64_t seed, const F& f) {
+template <class S, class F>
+void for_each_case(const char* name, uint64_t seed, const F& f) {
   Generator gen(seed);
   double worst = 0;
   for (const Shape& s : kernel_shapes)
-    for (const Bf16Input& in : bf16_inputs(s, gen))
+    for (const LowInput& in : low_inputs(s, dtype_v<S>, gen))
       for (int variant = 0; variant < 3; ++variant) worst = std::max(worst, f(s, in, variant, gen));
-  std::printf("%s bf16: worst error against f64 %.3f x the bound 2^-8 |ref| + 4e-6 scale\n", name, worst);
+  std::printf("%s %s: worst error against f64 %.3f x the bound %g |ref| + %g + 4e-6 scale\n", name,
+              dtype_name(dtype_v<S>), worst, Rounding<S>::unit, Rounding<S>::tiny);
 }
 
-// {run(f32), run(f64)}: the f32 kernel's and the f64 kernel's results on the bf16 inputs widened
+// {run(f32), run(f64)}: the f32 kernel's and the f64 kernel's results on the inputs widened
 // to run's dtype.
 template <class F>
 auto on_widened(const F& run) {
   return std::array<decltype(run(kF32)), 2>{run(kF32), run(kF64)};
 }
 
-// A bf16 parameter ~ N(mean, std) of n values.
-Tensor bf16_param(int64_t n, Generator& gen, double mean, double std) {
-  return randn({n}, gen, kF64, mean, std).to(kBf16);
+// The scale of dgamma's bound for a norm that subtracts a mean: dgamma sums dy xhat over `count`
+// elements a feature, and xhat = (x - mean) rstd carries the rounding of the f32 mean, up to
+// 2^-24 |mean| rstd, which the f64 result does not: in a near-constant or large-mean row that
+// term is far larger than 2^-24 |dgamma| (its error stays below 4e-6 this scale). f16 keeps the
+// spread of such rows (at 3 its step is 2^-9, bf16's 2^-6), so there it shows past one rounding.
+double dgamma_scale(const Tensor& dy, const Tensor& mean, const Tensor& rstd, int64_t count) {
+  const std::vector<double> m = mean.to_vector<double>(), r = rstd.to_vector<double>();
+  double worst = 0;
+  for (size_t i = 0; i < m.size(); ++i) worst = std::max(worst, std::abs(m[i]) * r[i]);
+  return max_abs(dy.to(kF64)) * double(count) * worst;
+}
+
+// A parameter ~ N(mean, std) of n values in dtype d.
+Tensor param(DType d, int64_t n, Generator& gen, double mean, double std) {
+  return randn({n}, gen, kF64, mean, std).to(d);
 }
 
 // A kernel shape [M, F] as GroupNorm's [M, C, S]: [M, 8, F / 8] where 8 divides F, else [M, F, 1]
@@ -147,64 +190,68 @@ std::pair<Tensor, Tensor> run_node(const Tensor& x, const Tensor& dy, NormLayer&
 
 }  // namespace
 
-BOOST_AUTO_TEST_SUITE(norm_bf16_suite)
+BOOST_AUTO_TEST_SUITE(norm_low_precision_suite)
 
-BOOST_AUTO_TEST_CASE(simd_conversions_match_the_scalar_ones) {
-  // Widening: every bf16 bit pattern (the top 16 bits of its f32).
-  std::vector<bf16> all(65536);
+BOOST_AUTO_TEST_CASE_TEMPLATE(simd_conversions_match_the_scalar_ones, S, LowPrecisionTypes) {
+  // Widening: every bit pattern, against the scalar float(S) (NaNs too: both make them quiet).
+  std::vector<S> all(65536);
   for (uint32_t b = 0; b < 65536; ++b) all[b].bits = uint16_t(b);
   int bad_widen = 0;
   for (size_t j = 0; j < all.size(); j += simd::lanes<float>) {
     const simd::Vec<float> v = simd::Full{}(all.data() + j);
     for (int64_t l = 0; l < simd::lanes<float>; ++l) {
-      uint32_t u;
-      const float f = v[l];
-      std::memcpy(&u, &f, 4);
-      bad_widen += u != uint32_t(all[j + size_t(l)].bits) << 16;
+      const float f = v[l], want = float(all[j + size_t(l)]);
+      bad_widen += std::memcmp(&f, &want, 4) != 0;
     }
   }
   BOOST_CHECK_EQUAL(bad_widen, 0);
-  // Narrowing: ties to even both ways, just above and below a tie, the largest finite floats
-  // (one rounds to inf), infinities, NaNs (signalling too), zeros, subnormals, and a sweep of low
-  // halves; through Full and a Part tail of 5.
+  // Narrowing, against the scalar S(float): ties to even both ways, just above and below a tie, the
+  // largest finite floats, infinities, NaNs (signalling too), zeros, subnormals, a sweep of low
+  // halves; f16's range: 65504 and the halfway point 65520 above it (which rounds to infinity), the
+  // smallest normal 2^-14, the subnormals down to 2^-24 and the halfway point 2^-25 below it (which
+  // rounds to zero), and 1e-8; and a stride through every bit pattern. Through Full and a Part tail of 5.
   std::vector<uint32_t> bits{0x3f808000u, 0x3f818000u, 0x3f808001u, 0x3f807fffu, 0xbf808000u, 0xbf818000u,
                              0x7f7fffffu, 0x7f7f7fffu, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
                              0xffa00000u, 0x00000000u, 0x80000000u, 0x00008000u, 0x00018000u, 0x007fffffu,
-                             0x00000001u, 0x80008001u};
+                             0x00000001u, 0x80008001u, 0x3f801000u, 0x3f803000u, 0x3f801001u, 0x477fe000u,
+                             0x477fefffu, 0x477ff000u, 0xc77ff000u, 0x38800000u, 0x387fc000u, 0x33800000u,
+                             0x33000000u, 0x33000001u, 0x33c00000u, 0x322bcc77u};
   for (uint32_t low = 0; low < 65536; low += 257) bits.push_back(0x40490000u | low);
+  for (uint64_t u = 0; u <= 0xffffffffu; u += 65521) bits.push_back(uint32_t(u));
   while (bits.size() % size_t(simd::lanes<float>) != 0) bits.push_back(0x3f800000u + uint32_t(bits.size()));
   int bad_narrow = 0;
   for (size_t j = 0; j < bits.size(); j += simd::lanes<float>) {
     simd::Vec<float> v;
     std::memcpy(&v, bits.data() + j, sizeof v);
-    bf16 full[simd::lanes<float>], part[simd::lanes<float>];
-    for (bf16& b : part) b.bits = 0xffff;
+    S full[simd::lanes<float>], part[simd::lanes<float>];
+    for (S& b : part) b.bits = 0xffff;
     simd::Full{}.store(full, v);
     simd::Part{5}.store(part, v);
     for (int64_t l = 0; l < simd::lanes<float>; ++l) {
       float f;
       std::memcpy(&f, bits.data() + j + size_t(l), 4);
-      const uint16_t want = bf16(f).bits;
+      const uint16_t want = S(f).bits;
       bad_narrow += full[l].bits != want;
       bad_narrow += part[l].bits != (l < 5 ? want : uint16_t(0xffff));
     }
   }
   BOOST_CHECK_EQUAL(bad_narrow, 0);
   // A Part load fills the lanes past n with zeros.
-  const simd::Vec<float> tail = simd::Part{3}(all.data() + 0x3f80);
+  const simd::Vec<float> tail = simd::Part{3}(all.data() + S(1.0f).bits);
   BOOST_CHECK(tail[0] == 1.0f && tail[3] == 0.0f && tail[15] == 0.0f);
 }
 
-BOOST_AUTO_TEST_CASE(layer_norm_is_the_f32_kernel_rounded_once) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(layer_norm_is_the_f32_kernel_rounded_once, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   const double eps = 1e-5;
   // Variants: gamma and beta, gamma alone, neither.
-  for_each_bf16_case("layer_norm", 41, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+  for_each_case<S>("layer_norm", 41, [&](const Shape& s, const LowInput& in, int variant, Generator& gen) {
     const bool has_gamma = variant < 2, has_beta = variant == 0;
     const std::string label = to_string(s) + " " + in.name + (has_beta ? "" : has_gamma ? " no bias" : " no affine");
     const int64_t N = s[1];
-    const Tensor gamma = has_gamma ? bf16_param(N, gen, 1.0, 0.5) : Tensor();
-    const Tensor beta = has_beta ? bf16_param(N, gen, 0.0, 1.0) : Tensor();
-    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor gamma = has_gamma ? param(kLow, N, gen, 1.0, 0.5) : Tensor();
+    const Tensor beta = has_beta ? param(kLow, N, gen, 0.0, 1.0) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kLow);
     const LayerNormStats st = layer_norm_forward(in.x, gamma, beta, eps);
     const LayerNormGrads g = layer_norm_backward(dy, in.x, gamma, st.mean, st.rstd, true, has_gamma, has_beta);
     // The f32 kernel and the f64 one on the same widened values.
@@ -223,23 +270,26 @@ BOOST_AUTO_TEST_CASE(layer_norm_is_the_f32_kernel_rounded_once) {
     // dx cancels terms of size |dy| rstd (|gamma| + 1).
     const double g_max = has_gamma ? max_abs(gamma_[1]) : 1.0;
     const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rstd) * (g_max + 1);
-    std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
-    if (has_gamma) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
+    std::vector<Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
+    if (has_gamma)
+      outs.push_back(
+          {"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma, dgamma_scale(dy_[1], st_[1].mean, st_[1].rstd, s[0])});
     if (has_beta) outs.push_back({"dbeta", g.dbeta, g_[0].dbeta, g_[1].dbeta});
-    return check_bf16_outputs(outs, "layer_norm " + label);
+    return check_outputs<S>(outs, "layer_norm " + label);
   });
 }
 
-BOOST_AUTO_TEST_CASE(rms_norm_is_the_f32_kernel_rounded_once) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(rms_norm_is_the_f32_kernel_rounded_once, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   const double eps = 1e-6;
   // Variants: weight, unit offset, no weight.
-  for_each_bf16_case("rms_norm", 42, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+  for_each_case<S>("rms_norm", 42, [&](const Shape& s, const LowInput& in, int variant, Generator& gen) {
     const bool unit_offset = variant == 1, has_weight = variant != 2;
     const std::string label =
         to_string(s) + " " + in.name + (unit_offset ? " unit_offset" : "") + (has_weight ? "" : " no weight");
     const int64_t N = s[1];
-    const Tensor gamma = has_weight ? bf16_param(N, gen, unit_offset ? 0.0 : 1.0, 0.5) : Tensor();
-    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor gamma = has_weight ? param(kLow, N, gen, unit_offset ? 0.0 : 1.0, 0.5) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kLow);
     const RMSNormStats st = rms_norm_forward(in.x, gamma, eps, unit_offset);
     const RMSNormGrads g = rms_norm_backward(dy, in.x, gamma, st.rrms, unit_offset, true, has_weight);
     Tensor x_[2], dy_[2], gamma_[2];
@@ -255,21 +305,22 @@ BOOST_AUTO_TEST_CASE(rms_norm_is_the_f32_kernel_rounded_once) {
     // dx cancels terms of size |dy| rrms |g| (tests/test_norm_rms_norm.cpp).
     const double g_max = has_weight ? max_abs(gamma_[1]) + (unit_offset ? 1.0 : 0.0) : 1.0;
     const double dx_scale = max_abs(dy_[1]) * max_abs(st_[1].rrms) * g_max;
-    std::vector<Bf16Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
+    std::vector<Output> outs{{"y", st.y, st_[0].y, st_[1].y}, {"dx", g.dx, g_[0].dx, g_[1].dx, dx_scale}};
     if (has_weight) outs.push_back({"dgamma", g.dgamma, g_[0].dgamma, g_[1].dgamma});
-    return check_bf16_outputs(outs, "rms_norm " + label);
+    return check_outputs<S>(outs, "rms_norm " + label);
   });
 }
 
-BOOST_AUTO_TEST_CASE(scale_norm_is_the_f32_kernel_rounded_once) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(scale_norm_is_the_f32_kernel_rounded_once, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   // Variants: a gain, no gain, a gain with eps = 100 (the rows of a norm below it clamp).
-  for_each_bf16_case("scale_norm", 47, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+  for_each_case<S>("scale_norm", 47, [&](const Shape& s, const LowInput& in, int variant, Generator& gen) {
     const bool has_g = variant != 1;
     const double eps = variant == 2 ? 100.0 : 1e-5;
     const std::string label =
         to_string(s) + " " + in.name + (has_g ? "" : " no gain") + (variant == 2 ? " eps 100" : "");
-    const Tensor g = has_g ? bf16_param(1, gen, 1.7, 0.5) : Tensor();
-    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor g = has_g ? param(kLow, 1, gen, 1.7, 0.5) : Tensor();
+    const Tensor dy = randn(s, gen, kF64).to(kLow);
     const ScaleNormStats st = scale_norm_forward(in.x, g, eps);
     const ScaleNormGrads gr = scale_norm_backward(dy, in.x, g, st.norm, eps, true, has_g);
     const auto w = on_widened([&](DType d) {
@@ -281,25 +332,26 @@ BOOST_AUTO_TEST_CASE(scale_norm_is_the_f32_kernel_rounded_once) {
     // dx cancels terms of size |g| |dy| / d; dg sums |dy| |xhat| <= |dy| over every row
     // (tests/test_norm_scale_norm.cpp).
     double min_d = 1e300;
-    for (double v : w[1].first.norm.to_vector<double>()) min_d = std::min(min_d, std::max(v, eps));
+    for (double v : w[1].first.norm.template to_vector<double>()) min_d = std::min(min_d, std::max(v, eps));
     const double dy_max = max_abs(dy.to(kF64)), dx_scale = dy_max * (has_g ? max_abs(g.to(kF64)) : 1.0) / min_d;
-    std::vector<Bf16Output> outs{{"y", st.y, w[0].first.y, w[1].first.y},
+    std::vector<Output> outs{{"y", st.y, w[0].first.y, w[1].first.y},
                                  {"dx", gr.dx, w[0].second.dx, w[1].second.dx, dx_scale}};
     if (has_g) outs.push_back({"dg", gr.dg, w[0].second.dg, w[1].second.dg, dy_max * double(s[0])});
-    return check_bf16_outputs(outs, "scale_norm " + label);
+    return check_outputs<S>(outs, "scale_norm " + label);
   });
 }
 
-BOOST_AUTO_TEST_CASE(dyt_is_the_f32_kernel_rounded_once) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(dyt_is_the_f32_kernel_rounded_once, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   // Variants: tanh with alpha 0.5, the identity ablation, tanh with alpha 1.5 (more rows saturate).
-  for_each_bf16_case("dyt", 48, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+  for_each_case<S>("dyt", 48, [&](const Shape& s, const LowInput& in, int variant, Generator& gen) {
     const bool identity = variant == 1;
     const std::string label = to_string(s) + " " + in.name + (identity ? " identity" : "") +
                               (variant == 2 ? " alpha 1.5" : "");
     const int64_t M = s[0], N = s[1];
-    const Tensor alpha = full({1}, variant == 2 ? 1.5 : 0.5, kBf16);
-    const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
-    const Tensor dy = randn(s, gen, kF64).to(kBf16);
+    const Tensor alpha = full({1}, variant == 2 ? 1.5 : 0.5, kLow);
+    const Tensor gamma = param(kLow, N, gen, 1.0, 0.5), beta = param(kLow, N, gen, 0.0, 1.0);
+    const Tensor dy = randn(s, gen, kF64).to(kLow);
     const Tensor y = dyt_forward(in.x, alpha, gamma, beta, identity);
     const DyTGrads g = dyt_backward(dy, in.x, alpha, gamma, identity, true, true, true, true);
     const auto w = on_widened([&](DType d) {
@@ -311,28 +363,29 @@ BOOST_AUTO_TEST_CASE(dyt_is_the_f32_kernel_rounded_once) {
     // (tests/test_norm_dyt.cpp).
     const double dalpha_scale = max_abs(dy.to(kF64)) * max_abs(gamma.to(kF64)) * max_abs(in.x.to(kF64)) *
                                 alpha.item() * double(M * N);
-    const std::vector<Bf16Output> outs{{"y", y, w[0].first, w[1].first},
+    const std::vector<Output> outs{{"y", y, w[0].first, w[1].first},
                                        {"dx", g.dx, w[0].second.dx, w[1].second.dx},
                                        {"dalpha", g.dalpha, w[0].second.dalpha, w[1].second.dalpha, dalpha_scale},
                                        {"dgamma", g.dgamma, w[0].second.dgamma, w[1].second.dgamma},
                                        {"dbeta", g.dbeta, w[0].second.dbeta, w[1].second.dbeta}};
-    return check_bf16_outputs(outs, "dyt " + label);
+    return check_outputs<S>(outs, "dyt " + label);
   });
 }
 
-BOOST_AUTO_TEST_CASE(group_norm_is_the_f32_kernel_rounded_once) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(group_norm_is_the_f32_kernel_rounded_once, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   const double eps = 1e-5;
   // Variants: gamma and beta in 4 groups (1 where 8 does not divide F), gamma alone with one group
   // per channel (InstanceNorm), neither in one group (LayerNorm over (C, *)).
-  for_each_bf16_case("group_norm", 49, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+  for_each_case<S>("group_norm", 49, [&](const Shape& s, const LowInput& in, int variant, Generator& gen) {
     const bool has_gamma = variant < 2, has_beta = variant == 0;
     const Tensor x = in.x.reshape(channel_shape(s));
     const int64_t C = x.size(1), G = variant == 1 ? C : variant == 2 || C != 8 ? 1 : 4;
     const std::string label = to_string(x.shape()) + " G=" + std::to_string(G) + " " + in.name +
                               (has_beta ? "" : has_gamma ? " no bias" : " no affine");
-    const Tensor gamma = has_gamma ? bf16_param(C, gen, 1.0, 0.5) : Tensor();
-    const Tensor beta = has_beta ? bf16_param(C, gen, 0.0, 1.0) : Tensor();
-    const Tensor dy = randn(x.shape(), gen, kF64).to(kBf16);
+    const Tensor gamma = has_gamma ? param(kLow, C, gen, 1.0, 0.5) : Tensor();
+    const Tensor beta = has_beta ? param(kLow, C, gen, 0.0, 1.0) : Tensor();
+    const Tensor dy = randn(x.shape(), gen, kF64).to(kLow);
     const GroupNormStats st = group_norm_forward(x, gamma, beta, G, eps);
     const GroupNormGrads g = group_norm_backward(dy, x, gamma, st.mean, st.rstd, true, has_gamma, has_beta);
     const auto w = on_widened([&](DType d) {
@@ -345,31 +398,34 @@ BOOST_AUTO_TEST_CASE(group_norm_is_the_f32_kernel_rounded_once) {
     // dx cancels terms of size |dy| rstd (|gamma| + 1), as LayerNorm's.
     const double g_max = has_gamma ? max_abs(gamma.to(kF64)) : 1.0;
     const double dx_scale = max_abs(dy.to(kF64)) * max_abs(w[1].first.rstd) * (g_max + 1);
-    std::vector<Bf16Output> outs{{"y", st.y, w[0].first.y, w[1].first.y},
+    std::vector<Output> outs{{"y", st.y, w[0].first.y, w[1].first.y},
                                  {"dx", g.dx, w[0].second.dx, w[1].second.dx, dx_scale}};
-    if (has_gamma) outs.push_back({"dgamma", g.dgamma, w[0].second.dgamma, w[1].second.dgamma});
+    if (has_gamma)
+      outs.push_back({"dgamma", g.dgamma, w[0].second.dgamma, w[1].second.dgamma,
+                      dgamma_scale(dy, w[1].first.mean, w[1].first.rstd, x.numel() / C)});
     if (has_beta) outs.push_back({"dbeta", g.dbeta, w[0].second.dbeta, w[1].second.dbeta});
-    return check_bf16_outputs(outs, "group_norm " + label);
+    return check_outputs<S>(outs, "group_norm " + label);
   });
 }
 
-BOOST_AUTO_TEST_CASE(batch_norm_is_the_f32_kernel_rounded_once) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(batch_norm_is_the_f32_kernel_rounded_once, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   const double eps = 1e-5, momentum = 0.25;
   // Variants: training on [N, C] with gamma, beta and running statistics (the fast column kernels);
   // training on [N, C, L] without affine or running statistics (L > 1: the reference kernels, double
   // math); eval on [N, C] with gamma alone. Training needs N L > 1; eval stands in where it is not.
-  for_each_bf16_case("batch_norm", 50, [&](const Shape& s, const Bf16Input& in, int variant, Generator& gen) {
+  for_each_case<S>("batch_norm", 50, [&](const Shape& s, const LowInput& in, int variant, Generator& gen) {
     const Tensor x = variant == 1 ? in.x.reshape(channel_shape(s)) : in.x;
     const int64_t C = x.size(1);
     const bool training = variant < 2 && x.numel() / C > 1, has_gamma = variant != 1, has_beta = variant == 0;
     const bool has_running = variant != 1 || !training;
     const std::string label = to_string(x.shape()) + " " + in.name + (training ? " training" : " eval") +
                               (has_beta ? "" : has_gamma ? " no bias" : " no affine");
-    const Tensor gamma = has_gamma ? bf16_param(C, gen, 1.0, 0.5) : Tensor();
-    const Tensor beta = has_beta ? bf16_param(C, gen, 0.0, 1.0) : Tensor();
-    const Tensor rm = has_running ? bf16_param(C, gen, 0.0, 1.0) : Tensor();
-    const Tensor rv = has_running ? uniform({C}, gen, 0.5, 2.0, kF64).to(kBf16) : Tensor();
-    const Tensor dy = randn(x.shape(), gen, kF64).to(kBf16);
+    const Tensor gamma = has_gamma ? param(kLow, C, gen, 1.0, 0.5) : Tensor();
+    const Tensor beta = has_beta ? param(kLow, C, gen, 0.0, 1.0) : Tensor();
+    const Tensor rm = has_running ? param(kLow, C, gen, 0.0, 1.0) : Tensor();
+    const Tensor rv = has_running ? uniform({C}, gen, 0.5, 2.0, kF64).to(kLow) : Tensor();
+    const Tensor dy = randn(x.shape(), gen, kF64).to(kLow);
     // The running statistics are updated in place: each run gets its own copy, in its dtype.
     auto copy = [](const Tensor& t, DType d) { return t.defined() ? t.to(d).clone() : Tensor(); };
     auto run = [&](DType d) {
@@ -380,34 +436,37 @@ BOOST_AUTO_TEST_CASE(batch_norm_is_the_f32_kernel_rounded_once) {
           batch_norm_backward(dy.to(d), xd, gd, st.mean, st.rstd, training, true, has_gamma, has_beta);
       return std::tuple{st, g, rmd, rvd};
     };
-    const auto [st, g, rm16, rv16] = run(kBf16);
+    const auto [st, g, rm16, rv16] = run(kLow);
     const auto w = on_widened(run);
     check_stat_bits(st.mean, std::get<0>(w[0]).mean, label, "mean");
     check_stat_bits(st.rstd, std::get<0>(w[0]).rstd, label, "rstd");
     // dx cancels terms of size |dy| rstd (|gamma| + 1), as LayerNorm's.
     const double g_max = has_gamma ? max_abs(gamma.to(kF64)) : 1.0;
     const double dx_scale = max_abs(dy.to(kF64)) * max_abs(std::get<0>(w[1]).rstd) * (g_max + 1);
-    std::vector<Bf16Output> outs{{"y", st.y, std::get<0>(w[0]).y, std::get<0>(w[1]).y},
+    std::vector<Output> outs{{"y", st.y, std::get<0>(w[0]).y, std::get<0>(w[1]).y},
                                  {"dx", g.dx, std::get<1>(w[0]).dx, std::get<1>(w[1]).dx, dx_scale}};
-    if (has_gamma) outs.push_back({"dgamma", g.dgamma, std::get<1>(w[0]).dgamma, std::get<1>(w[1]).dgamma});
+    if (has_gamma)
+      outs.push_back({"dgamma", g.dgamma, std::get<1>(w[0]).dgamma, std::get<1>(w[1]).dgamma,
+                      dgamma_scale(dy, std::get<0>(w[1]).mean, std::get<0>(w[1]).rstd, x.numel() / C)});
     if (has_beta) outs.push_back({"dbeta", g.dbeta, std::get<1>(w[0]).dbeta, std::get<1>(w[1]).dbeta});
     if (has_running && training) {
       outs.push_back({"running_mean", rm16, std::get<2>(w[0]), std::get<2>(w[1])});
       outs.push_back({"running_var", rv16, std::get<3>(w[0]), std::get<3>(w[1])});
     }
-    return check_bf16_outputs(outs, "batch_norm " + label);
+    return check_outputs<S>(outs, "batch_norm " + label);
   });
 }
 
-BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
-  // h = x + r in f32, rounded to bf16 (as the unfused add); then the norm of that h, as above.
+BOOST_AUTO_TEST_CASE_TEMPLATE(fused_add_norms_are_the_f32_kernels_rounded_once, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
+  // h = x + r in f32, rounded to S (as the unfused add); then the norm of that h, as above.
   Generator gen(46);
   for (const Shape& s : std::vector<Shape>{{3, 7}, {64, 128}, {300, 17}}) {
     const std::string label = to_string(s);
     const int64_t N = s[1];
-    const Tensor x = randn(s, gen, kF64, 2.0, 1.0).to(kBf16), r = randn(s, gen, kF64).to(kBf16);
-    const Tensor dh = randn(s, gen, kF64).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
-    const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
+    const Tensor x = randn(s, gen, kF64, 2.0, 1.0).to(kLow), r = randn(s, gen, kF64).to(kLow);
+    const Tensor dh = randn(s, gen, kF64).to(kLow), dy = randn(s, gen, kF64).to(kLow);
+    const Tensor gamma = param(kLow, N, gen, 1.0, 0.5), beta = param(kLow, N, gen, 0.0, 1.0);
     const Tensor gamma32 = gamma.to(kF32), beta32 = beta.to(kF32);
     const AddLayerNormStats a = add_layer_norm_forward(x, r, gamma, beta, 1e-5);
     const AddLayerNormGrads g = add_layer_norm_backward(dh, dy, a.h, gamma, a.mean, a.rstd, true, true, true);
@@ -415,7 +474,7 @@ BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
     const AddRMSNormGrads gr = add_rms_norm_backward(dh, dy, ar.h, gamma, ar.rrms, true, true, true);
     // The f32 kernels on the widened values.
     const Tensor h32 = add_layer_norm_forward(x.to(kF32), r.to(kF32), gamma32, beta32, 1e-5).h;
-    BOOST_CHECK_MESSAGE(same_bits(a.h, h32.to(kBf16)) && same_bits(ar.h, h32.to(kBf16)), label << " h");
+    BOOST_CHECK_MESSAGE(same_bits(a.h, h32.to(kLow)) && same_bits(ar.h, h32.to(kLow)), label << " h");
     const Tensor hw = a.h.to(kF32);
     const LayerNormStats ln = layer_norm_forward(hw, gamma32, beta32, 1e-5);
     const AddLayerNormGrads g32 = add_layer_norm_backward(dh.to(kF32), dy.to(kF32), hw, gamma32, ln.mean, ln.rstd,
@@ -434,29 +493,30 @@ BOOST_AUTO_TEST_CASE(fused_add_norms_are_the_f32_kernels_rounded_once) {
                                               {gr.dh_total, gr32.dh_total},
                                               {gr.dgamma, gr32.dgamma}};
     for (size_t i = 0; i < std::size(outs); ++i)
-      BOOST_CHECK_MESSAGE(same_bits(outs[i].first, outs[i].second.to(kBf16)), label << " output " << i);
+      BOOST_CHECK_MESSAGE(same_bits(outs[i].first, outs[i].second.to(kLow)), label << " output " << i);
   }
-  // The Modules' forward_add (one fused node) on bf16: the norm of the bf16 sum.
-  const Tensor x = randn({4, 16}, gen, kF64).to(kBf16), r = randn({4, 16}, gen, kF64).to(kBf16);
-  LayerNorm ln(16, 1e-5, true, true, kBf16);
-  RMSNorm rms(16, 1e-6, true, false, kBf16);
+  // The Modules' forward_add (one fused node) in S: the norm of the rounded sum.
+  const Tensor x = randn({4, 16}, gen, kF64).to(kLow), r = randn({4, 16}, gen, kF64).to(kLow);
+  LayerNorm ln(16, 1e-5, true, true, kLow);
+  RMSNorm rms(16, 1e-6, true, false, kLow);
   const auto [h, y] = ln.forward_add(Variable(x), Variable(r));
   const auto [h2, y2] = rms.forward_add(Variable(x), Variable(r));
   BOOST_CHECK(same_bits(y.data(), ln.forward(h).data()));
   BOOST_CHECK(same_bits(y2.data(), rms.forward(h2).data()));
 }
 
-BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(same_bits_for_any_thread_count, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   // Several parallel chunks and dgamma blocks at 2 threads; N = 32 and 128 take the unrolled loops.
   for (const Shape& s : std::vector<Shape>{{1001, 32}, {300, 17}, {37, 128}}) {
     Generator gen(43);
     const int64_t N = s[1];
-    const Tensor x = randn(s, gen, kF64).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
-    const Tensor gamma = bf16_param(N, gen, 1.0, 0.5), beta = bf16_param(N, gen, 0.0, 1.0);
-    const Tensor g = bf16_param(1, gen, 1.7, 0.5);
+    const Tensor x = randn(s, gen, kF64).to(kLow), dy = randn(s, gen, kF64).to(kLow);
+    const Tensor gamma = param(kLow, N, gen, 1.0, 0.5), beta = param(kLow, N, gen, 0.0, 1.0);
+    const Tensor g = param(kLow, 1, gen, 1.7, 0.5);
     // GroupNorm: [M, 8, N / 8] in 4 groups, or [M, N, 1] in one.
     const Tensor xc = x.reshape(channel_shape(s)), dyc = dy.reshape(xc.shape());
-    const Tensor gc = bf16_param(xc.size(1), gen, 1.0, 0.5), bc = bf16_param(xc.size(1), gen, 0.0, 1.0);
+    const Tensor gc = param(kLow, xc.size(1), gen, 1.0, 0.5), bc = param(kLow, xc.size(1), gen, 0.0, 1.0);
     auto run = [&](int threads) {
       const int prev = num_threads();
       set_num_threads(threads);
@@ -470,7 +530,7 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
       const DyTGrads dg = dyt_backward(dy, x, g, gamma, false, true, true, true, true);
       const GroupNormStats gn = group_norm_forward(xc, gc, bc, xc.size(1) == 8 ? 4 : 1, 1e-5);
       const GroupNormGrads gg = group_norm_backward(dyc, xc, gc, gn.mean, gn.rstd, true, true, true);
-      const Tensor rm = zeros({N}, kBf16), rv = ones({N}, kBf16);  // updated in place
+      const Tensor rm = zeros({N}, kLow), rv = ones({N}, kLow);  // updated in place
       const BatchNormStats bn = batch_norm_forward(x, gamma, beta, rm, rv, true, 0.1, 1e-5);
       const BatchNormGrads bg = batch_norm_backward(dy, x, gamma, bn.mean, bn.rstd, true, true, true, true);
       set_num_threads(prev);
@@ -487,14 +547,15 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(modules_and_nodes_run_on_low_precision, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
   Generator gen(44);
   const Shape s{6, 24};
-  const Tensor x = randn(s, gen, kF64, 2.0, 1.0).to(kBf16), dy = randn(s, gen, kF64).to(kBf16);
+  const Tensor x = randn(s, gen, kF64, 2.0, 1.0).to(kLow), dy = randn(s, gen, kF64).to(kLow);
   {
-    LayerNorm ln(24, 1e-5, true, true, kBf16);
-    ln.weight.data().copy_from(bf16_param(24, gen, 1.0, 0.5));
-    ln.bias.data().copy_from(bf16_param(24, gen, 0.0, 1.0));
+    LayerNorm ln(24, 1e-5, true, true, kLow);
+    ln.weight.data().copy_from(param(kLow, 24, gen, 1.0, 0.5));
+    ln.bias.data().copy_from(param(kLow, 24, gen, 0.0, 1.0));
     const auto [y, dx] = run_node<LayerNormNode>(x, dy, ln, [](const LayerNormNode& n) {
       return std::vector<Tensor>{n.mean, n.rstd};
     });
@@ -503,8 +564,8 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
     check_same_bits({{y, st.y}, {dx, g.dx}, {ln.weight.grad(), g.dgamma}, {ln.bias.grad(), g.dbeta}}, "LayerNorm");
   }
   {
-    RMSNorm rms(24, 1e-6, true, true, kBf16);
-    rms.weight.data().copy_from(bf16_param(24, gen, 0.0, 0.5));
+    RMSNorm rms(24, 1e-6, true, true, kLow);
+    rms.weight.data().copy_from(param(kLow, 24, gen, 0.0, 0.5));
     const auto [y, dx] = run_node<RMSNormNode>(x, dy, rms, [](const RMSNormNode& n) {
       return std::vector<Tensor>{n.rrms};
     });
@@ -513,7 +574,7 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
     check_same_bits({{y, st.y}, {dx, g.dx}, {rms.weight.grad(), g.dgamma}}, "RMSNorm");
   }
   {
-    ScaleNorm sn(24, 1e-5, kBf16);
+    ScaleNorm sn(24, 1e-5, kLow);
     const auto [y, dx] = run_node<ScaleNormNode>(x, dy, sn, [](const ScaleNormNode& n) {
       return std::vector<Tensor>{n.norm};
     });
@@ -522,9 +583,9 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
     check_same_bits({{y, st.y}, {dx, g.dx}, {sn.g.grad(), g.dg}}, "ScaleNorm");
   }
   {
-    DyT dyt_module(24, 0.5, false, kBf16);
-    dyt_module.weight.data().copy_from(bf16_param(24, gen, 1.0, 0.5));
-    dyt_module.bias.data().copy_from(bf16_param(24, gen, 0.0, 1.0));
+    DyT dyt_module(24, 0.5, false, kLow);
+    dyt_module.weight.data().copy_from(param(kLow, 24, gen, 1.0, 0.5));
+    dyt_module.bias.data().copy_from(param(kLow, 24, gen, 0.0, 1.0));
     const auto [y, dx] = run_node<DyTNode>(x, dy, dyt_module, [](const DyTNode&) { return std::vector<Tensor>{}; });
     const Tensor alpha = dyt_module.alpha.data(), gamma = dyt_module.weight.data();
     const DyTGrads g = dyt_backward(dy, x, alpha, gamma, false, true, true, true, true);
@@ -536,10 +597,10 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
                     "DyT");
   }
   for (const int64_t G : {2, 6}) {  // GroupNorm, and InstanceNorm (one group per channel)
-    std::unique_ptr<GroupNorm> gn = G == 6 ? std::make_unique<InstanceNorm>(6, 1e-5, true, kBf16)
-                                           : std::make_unique<GroupNorm>(G, 6, 1e-5, true, kBf16);
-    gn->weight.data().copy_from(bf16_param(6, gen, 1.0, 0.5));
-    gn->bias.data().copy_from(bf16_param(6, gen, 0.0, 1.0));
+    std::unique_ptr<GroupNorm> gn = G == 6 ? std::make_unique<InstanceNorm>(6, 1e-5, true, kLow)
+                                           : std::make_unique<GroupNorm>(G, 6, 1e-5, true, kLow);
+    gn->weight.data().copy_from(param(kLow, 6, gen, 1.0, 0.5));
+    gn->bias.data().copy_from(param(kLow, 6, gen, 0.0, 1.0));
     const Tensor xc = x.reshape({6, 6, 4}), dyc = dy.reshape({6, 6, 4});
     const auto [y, dx] = run_node<GroupNormNode>(xc, dyc, *gn, [](const GroupNormNode& n) {
       return std::vector<Tensor>{n.mean, n.rstd};
@@ -550,9 +611,9 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
                     "GroupNorm G=" + std::to_string(G));
   }
   {
-    BatchNorm bn(24, 1e-5, 0.1, true, kBf16);
-    bn.weight.data().copy_from(bf16_param(24, gen, 1.0, 0.5));
-    bn.bias.data().copy_from(bf16_param(24, gen, 0.0, 1.0));
+    BatchNorm bn(24, 1e-5, 0.1, true, kLow);
+    bn.weight.data().copy_from(param(kLow, 24, gen, 1.0, 0.5));
+    bn.bias.data().copy_from(param(kLow, 24, gen, 0.0, 1.0));
     const Tensor rm = bn.running_mean().clone(), rv = bn.running_var().clone();
     const auto [y, dx] = run_node<BatchNormNode>(x, dy, bn, [](const BatchNormNode& n) {
       return std::vector<Tensor>{n.mean, n.rstd};
@@ -569,34 +630,88 @@ BOOST_AUTO_TEST_CASE(modules_and_nodes_run_on_bf16) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(bad_input_is_named) {
+BOOST_AUTO_TEST_CASE_TEMPLATE(bad_input_is_named, S, LowPrecisionTypes) {
+  constexpr DType kLow = dtype_v<S>;
+  const std::string low = dtype_name(kLow);
   Generator gen(45);
-  const Tensor x = randn({2, 4}, gen, kF64).to(kBf16);
+  const Tensor x = randn({2, 4}, gen, kF64).to(kLow);
   BOOST_CHECK(contains(error_of([&] { layer_norm_forward(x, randn({4}, gen), Tensor(), 1e-5); }),
-                       "gamma has dtype f32 but the input has bf16"));
+                       "gamma has dtype f32 but the input has " + low));
   BOOST_CHECK(contains(error_of([&] { rms_norm_forward(x, randn({4}, gen), 1e-6); }),
-                       "gamma has dtype f32 but the input has bf16"));
+                       "gamma has dtype f32 but the input has " + low));
   const LayerNormStats st = layer_norm_forward(x, Tensor(), Tensor(), 1e-5);
   BOOST_CHECK(contains(error_of([&] {
-                         layer_norm_backward(x, x, Tensor(), st.mean.to(kBf16), st.rstd, true, false, false);
+                         layer_norm_backward(x, x, Tensor(), st.mean.to(kLow), st.rstd, true, false, false);
                        }),
-                       "mean has dtype bf16, expected f32 for a bf16 input"));
+                       "mean has dtype " + low + ", expected f32 for a " + low + " input"));
   const RMSNormStats rs = rms_norm_forward(x, Tensor(), 1e-6);
   BOOST_CHECK(contains(error_of([&] { rms_norm_backward(x, x, Tensor(), rs.rrms.to(kF64), false, true, false); }),
-                       "rrms has dtype f64, expected f32 for a bf16 input"));
+                       "rrms has dtype f64, expected f32 for a " + low + " input"));
   const ScaleNormStats sn = scale_norm_forward(x, Tensor(), 1e-5);
-  BOOST_CHECK(contains(error_of([&] { scale_norm_backward(x, x, Tensor(), sn.norm.to(kBf16), 1e-5, true, false); }),
-                       "norm has dtype bf16, expected f32 for a bf16 input"));
+  BOOST_CHECK(contains(error_of([&] { scale_norm_backward(x, x, Tensor(), sn.norm.to(kLow), 1e-5, true, false); }),
+                       "norm has dtype " + low + ", expected f32 for a " + low + " input"));
   BOOST_CHECK(contains(error_of([&] { scale_norm_forward(x, randn({1}, gen), 1e-5); }),
-                       "g has dtype f32 but the input has bf16"));
+                       "g has dtype f32 but the input has " + low));
   const GroupNormStats gs = group_norm_forward(x, Tensor(), Tensor(), 2, 1e-5);
-  BOOST_CHECK(contains(error_of([&] { group_norm_backward(x, x, Tensor(), gs.mean, gs.rstd.to(kBf16), true, false,
+  BOOST_CHECK(contains(error_of([&] { group_norm_backward(x, x, Tensor(), gs.mean, gs.rstd.to(kLow), true, false,
                                                           false); }),
-                       "rstd has dtype bf16, expected f32 for a bf16 input"));
+                       "rstd has dtype " + low + ", expected f32 for a " + low + " input"));
   BOOST_CHECK(contains(error_of([&] {
-                         batch_norm_forward(x, Tensor(), Tensor(), zeros({4}), ones({4}, kBf16), true, 0.1, 1e-5);
+                         batch_norm_forward(x, Tensor(), Tensor(), zeros({4}), ones({4}, kLow), true, 0.1, 1e-5);
                        }),
-                       "running_mean has dtype f32 but the input has bf16"));
+                       "running_mean has dtype f32 but the input has " + low));
+}
+
+// f16's range (largest finite 65504, smallest subnormal 2^-24). Inputs whose squares pass 65504
+// normalize without overflow, since they widen to f32 before squaring. A result past 65504 (or
+// rather, at or past the halfway point 65520) is infinity in the f16 output, as the f32 kernel's
+// finite result rounded to f16, while the statistics, kept in f32, stay finite. An eps of 1e-8
+// (zero in f16) stays 1e-8 in the f32 math of the kernels. Ops without f16 kernels refuse it by name.
+BOOST_AUTO_TEST_CASE(f16_results_past_65504_are_infinite_and_the_statistics_finite) {
+  constexpr DType kH = DType::f16;
+  auto all_finite = [](const Tensor& t) {
+    const std::vector<double> v = t.to_vector<double>();
+    return std::all_of(v.begin(), v.end(), [](double e) { return std::isfinite(e); });
+  };
+  // Large inputs: sums of squares of ~1e10, far past f16's range.
+  const Tensor x = from_vector({60000.0, -60000.0, 30000.0, -30000.0, 0.0, 65504.0, -65504.0, 1000.0}, {2, 4}, kH);
+  const LayerNormStats ln = layer_norm_forward(x, Tensor(), Tensor(), 1e-5);
+  const RMSNormStats rms = rms_norm_forward(x, Tensor(), 1e-6);
+  BOOST_CHECK(all_finite(ln.y) && all_finite(ln.mean) && all_finite(ln.rstd));
+  BOOST_CHECK(all_finite(rms.y) && all_finite(rms.rrms));
+  BOOST_CHECK(same_bits(ln.y, layer_norm_forward(x.to(kF32), Tensor(), Tensor(), 1e-5).y.to(kH)));
+  BOOST_CHECK(same_bits(rms.y, rms_norm_forward(x.to(kF32), Tensor(), 1e-6).y.to(kH)));
+
+  // An output past 65504: gamma = 60000 takes xhat = +-1.34 to +-80498 (infinity in f16) and
+  // xhat = +-0.45 to +-26833 (finite).
+  const Tensor x2 = from_vector({1.0, 2.0, 3.0, 4.0}, {1, 4}, kH), gamma = full({4}, 60000.0, kH);
+  const LayerNormStats big = layer_norm_forward(x2, gamma, Tensor(), 1e-5);
+  const std::vector<double> y = big.y.to_vector<double>();
+  BOOST_CHECK(std::isinf(y[0]) && y[0] < 0 && std::isinf(y[3]) && y[3] > 0);
+  BOOST_CHECK(std::isfinite(y[1]) && std::isfinite(y[2]));
+  BOOST_CHECK(all_finite(big.mean) && all_finite(big.rstd));
+  const Tensor y32 = layer_norm_forward(x2.to(kF32), gamma.to(kF32), Tensor(), 1e-5).y;
+  BOOST_CHECK(all_finite(y32));
+  BOOST_CHECK(same_bits(big.y, y32.to(kH)));
+
+  // A gradient past 65504, with eps 1e-8 on a constant row: var = 0, so rstd = 1/sqrt(eps) = 1e4
+  // (f16(1e-8) is 0 and would make it infinite), and dx = rstd (dy - mean(dy)) = +-1e6: infinity.
+  BOOST_CHECK(float(f16(1e-8f)) == 0.0f);
+  const Tensor x3 = full({1, 4}, 3.0, kH), dy = from_vector({100.0, -100.0, 100.0, -100.0}, {1, 4}, kH);
+  const LayerNormStats c = layer_norm_forward(x3, Tensor(), Tensor(), 1e-8);
+  BOOST_CHECK(all_finite(c.y));
+  BOOST_CHECK_CLOSE(c.rstd.item(), 1e4, 1e-3);
+  const LayerNormGrads g = layer_norm_backward(dy, x3, Tensor(), c.mean, c.rstd, true, false, false);
+  const std::vector<double> dx = g.dx.to_vector<double>();
+  BOOST_CHECK(std::isinf(dx[0]) && dx[0] > 0 && std::isinf(dx[1]) && dx[1] < 0);
+  const Tensor x3f = x3.to(kF32);
+  const LayerNormStats c32 = layer_norm_forward(x3f, Tensor(), Tensor(), 1e-8);
+  const Tensor dx32 = layer_norm_backward(dy.to(kF32), x3f, Tensor(), c32.mean, c32.rstd, true, false, false).dx;
+  BOOST_CHECK(all_finite(dx32));
+  BOOST_CHECK(same_bits(g.dx, dx32.to(kH)));
+
+  // Ops without f16 kernels (matmul, the CUDA norms) refuse it, naming the dtype.
+  BOOST_CHECK(contains(error_of([&] { normlab::matmul(x, x.transpose(0, 1)); }), "f16"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
