@@ -628,6 +628,22 @@ Experiment precision() {
                                        {"depth", r->label("depth")}, {"lr", r->label("lr")}});
           if (l && trained(r)) ++checks, holds += trained(l);
         }
+      // Where none trains (the high lr), the final losses: a low precision ending 10% above f32 fails the check.
+      const std::string high = s.axis_values.count("lr") ? s.axis_values.at("lr").back() : "";
+      auto high_lr_loss = [&](const std::string& precision) {
+        return mean_over(s, {{"precision", precision}, {"lr", high}, {"depth", "48"}},
+                         [](const RunResult& r) { return r.diverged ? r.chance_loss : r.final_loss; });
+      };
+      const double f32_high = high_lr_loss("f32");
+      if (!std::isnan(f32_high)) {
+        text += fmt("; mean final eval loss at depth 48, lr %s: f32 %.3f", high.c_str(), f32_high);
+        for (const std::string low : {"bf16", "fp16"}) {
+          const double l = high_lr_loss(low);
+          text += fmt(", %s %.3f", low.c_str(), l);
+          ++checks;
+          holds += l <= 1.1 * f32_high;
+        }
+      }
       out.push_back({"Micikevicius et al. 2018; Kalamkar et al. 2019",
                      "mixed precision (fp16 with loss scaling, bf16) trains where f32 does",
                      "trained (final eval loss <= 10% of chance): " + text, judge(holds, checks)});
