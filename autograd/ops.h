@@ -27,6 +27,9 @@ Variable relu(const Variable& x);
 Variable gelu(const Variable& x);  // tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 Variable silu(const Variable& x);  // x * sigmoid(x)
 Variable swiglu(const Variable& gate, const Variable& up);  // silu(gate) * up
+// x converted to dtype (each value rounded once, to nearest even, when narrowing); the gradient
+// goes back converted to x's dtype. x itself when it has that dtype already.
+Variable to_dtype(const Variable& x, DType dtype);
 
 inline Variable operator+(const Variable& a, const Variable& b) { return add(a, b); }
 inline Variable operator-(const Variable& a, const Variable& b) { return sub(a, b); }

@@ -26,6 +26,14 @@ Variable unary_op(const char* name, const Variable& x, Saves saves, const F& f, 
 
 }  // namespace
 
+Variable to_dtype(const Variable& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  const DType from = x.dtype();
+  return make_output("to_dtype", {x}, x.data().to(dtype), [from](const std::vector<Tensor>& g, const Node&) {
+    return std::vector<Tensor>{g[0].to(from)};
+  });
+}
+
 Variable add(const Variable& a, const Variable& b) {
   const Shape sa = a.shape(), sb = b.shape();
   return make_output("add", {a, b}, add(a.data(), b.data()), [sa, sb](const std::vector<Tensor>& g, const Node&) {

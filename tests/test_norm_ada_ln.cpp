@@ -4,6 +4,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
+#include <cstring>
 
 #include "autograd/ops.h"
 #include "norm/ada_ln/ada_ln.h"
@@ -19,6 +20,12 @@ namespace {
 void randomize_modulation(AdaLN& m, Generator& gen) {
   m.modulation->weight.data().copy_from(randn(m.modulation->weight.shape(), gen, DType::f64, 0.0, 0.5));
   m.modulation->bias.data().copy_from(randn(m.modulation->bias.shape(), gen, DType::f64, 0.0, 0.5));
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor ca = a.contiguous(), cb = b.contiguous();
+  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
+         std::memcmp(ca.raw_data(), cb.raw_data(), size_t(a.numel()) * dtype_size(a.dtype())) == 0;
 }
 
 }  // namespace
@@ -114,6 +121,37 @@ BOOST_AUTO_TEST_CASE(gradcheck_x_c_and_the_modulation) {
     }
   }
   std::printf("ada_ln worst gradcheck rel err %.1e\n", worst);
+}
+
+// bf16 and f16 storage: y, the gate, dx and dc are the f32 module's results on the widened
+// inputs, each rounded once; the parameters' gradients are the f32 path's, bit for bit.
+BOOST_AUTO_TEST_CASE(low_precision_storage_is_the_f32_result_rounded_once) {
+  for (DType low : {DType::bf16, DType::f16}) {
+    Generator gen(3);
+    const int64_t B = 2, T = 5, N = 24, C = 6;
+    AdaLN m(N, C, true, gen, DType::f32);
+    randomize_modulation(m, gen);
+    const Tensor x = randn({B, T, N}, gen, DType::f32, 3.0, 2.0).to(low);
+    const Tensor c = randn({B, C}, gen, DType::f32).to(low);
+    const Tensor dy = randn({B, T, N}, gen, DType::f32).to(low), dgate = randn({B, 1, N}, gen, DType::f32).to(low);
+    auto run = [&](const Tensor& xs, const Tensor& cs, const Tensor& dys, const Tensor& dgs) {
+      for (Variable p : m.parameters()) p.zero_grad();
+      Variable xv(xs, true), cv(cs, true);
+      const AdaLNOutput out = m.forward_gated(xv, cv);
+      backward({out.y, out.gate}, {dys, dgs});
+      return std::vector<Tensor>{out.y.data(), out.gate.data(), xv.grad(), cv.grad(), m.modulation->weight.grad().clone(),
+                                 m.modulation->bias.grad().clone()};
+    };
+    const std::vector<Tensor> got = run(x, c, dy, dgate);
+    const std::vector<Tensor> ref = run(x.to(DType::f32), c.to(DType::f32), dy.to(DType::f32), dgate.to(DType::f32));
+    BOOST_TEST(got[0].dtype() == low);
+    for (size_t i = 0; i < 4; ++i) BOOST_TEST(same_bits(got[i], ref[i].to(low)), dtype_name(low) << " output " << i);
+    for (size_t i = 4; i < 6; ++i) BOOST_TEST(same_bits(got[i], ref[i]), dtype_name(low) << " parameter gradient " << i);
+  }
+  Generator gen(4);
+  AdaLN f64(8, 3, false, gen, DType::f64);
+  const Tensor x = randn({2, 8}, gen, DType::f32).to(DType::bf16), c = randn({2, 3}, gen, DType::f32).to(DType::bf16);
+  BOOST_TEST(contains(error_of([&] { (void)f64.forward(Variable(x), Variable(c)); }), "need an f32 module"));
 }
 
 BOOST_AUTO_TEST_CASE(parameter_names_and_shapes) {

@@ -24,9 +24,17 @@ AdaLNOutput AdaLN::modulate(const Variable& x, const Variable& c) {
   NL_CHECK(x.dim() >= 2 && x.size(0) == c.size(0), "AdaLN: expected x of shape [B, ..., ", N, "] with B = ",
            c.size(0), " (c's batch), got ", to_string(x.shape()));
   rows_of(x.data(), N, "AdaLN");
-  NL_CHECK(x.dtype() == c.dtype() && x.dtype() == modulation->weight.dtype(), "AdaLN: x has dtype ",
-           dtype_name(x.dtype()), ", c ", dtype_name(c.dtype()), ", the module ",
-           dtype_name(modulation->weight.dtype()));
+  const DType math = modulation->weight.dtype();
+  if (is_low_precision(x.dtype()) || is_low_precision(c.dtype())) {
+    // 16-bit storage: x and c widen to the module's f32 and everything runs there; y (and the
+    // gate) narrow to x's dtype once, and dx, dc narrow once on the way back.
+    NL_CHECK(math == DType::f32, "AdaLN: ", dtype_name(x.dtype()), " x and ", dtype_name(c.dtype()),
+             " c need an f32 module (the math and the parameters), got ", dtype_name(math));
+    const AdaLNOutput out = modulate(to_dtype(x, DType::f32), to_dtype(c, DType::f32));
+    return {to_dtype(out.y, x.dtype()), out.gate.defined() ? to_dtype(out.gate, x.dtype()) : Variable()};
+  }
+  NL_CHECK(x.dtype() == c.dtype() && x.dtype() == math, "AdaLN: x has dtype ", dtype_name(x.dtype()), ", c ",
+           dtype_name(c.dtype()), ", the module ", dtype_name(math));
   // [B, kN] -> chunks of N, each viewed as [B, 1, ..., 1, N] to broadcast over x's middle dims.
   const std::vector<Variable> chunks = split(modulation->forward(silu(c)), N, 1);
   Shape bshape(size_t(x.dim()), 1);

@@ -6,6 +6,9 @@
 // zero = true (adaLN-Zero): the linear makes 3N values (shift, scale, gate: DiT's chunk
 // order) and its weight and bias start at zero, so at init y = LN(x), gate = 0, and a block
 // x + gate * f(y) is the identity. zero = false: 2N values (shift, scale), Linear's default init.
+// x and c are in the module's dtype (f32 or f64), or in bf16/f16 storage with an f32 module: they
+// widen to f32, and y (and the gate) are the f32 results rounded once to x's dtype, dx and dc the
+// f32 gradients rounded once to theirs.
 #pragma once
 
 #include <memory>
