@@ -102,6 +102,23 @@ BOOST_AUTO_TEST_CASE(unused_output_of_multi_output_node) {
   BOOST_TEST(g == std::vector<double>({0, 0, 3, 3, 3}), boost::test_tools::per_element());
 }
 
+// to_dtype: values converted (rounded once when narrowing); the gradient converted back to the
+// input's dtype; f64 -> f32 -> f64 passes the gradient through exactly when it fits f32.
+BOOST_AUTO_TEST_CASE(to_dtype_converts_values_and_gradients) {
+  Variable x(from_vector<double>({1.0 + 0x1p-30, -2.5, 1e-3}, {3}), true);
+  const Variable y = to_dtype(x, DType::f32);
+  BOOST_TEST(y.dtype() == DType::f32);
+  BOOST_TEST(y.data().at({0}) == 1.0);  // rounded to f32
+  y.backward(from_vector<float>({0.5f, 2.0f, -1.0f}, {3}));
+  BOOST_TEST(x.grad().dtype() == DType::f64);
+  BOOST_TEST(x.grad().to_vector<double>() == (std::vector<double>{0.5, 2.0, -1.0}), boost::test_tools::per_element());
+  Variable h(from_vector<float>({65519.0f, 70000.0f}, {2}), true);
+  const Variable hf = to_dtype(h, DType::f16);
+  BOOST_TEST(hf.data().at({0}) == 65504.0);
+  BOOST_TEST(std::isinf(hf.data().at({1})));
+  BOOST_TEST(to_dtype(x, DType::f64).data().raw_data() == x.data().raw_data());  // already f64: x itself
+}
+
 BOOST_AUTO_TEST_CASE(several_roots) {
   Variable x = leaf({2.0}, {});
   Variable a = x * 3.0, b = x * x;
