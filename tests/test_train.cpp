@@ -250,6 +250,7 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     Activation activation;
     OptimizerKind optimizer;
     bool recompute = false;
+    Precision precision = Precision::f32;
   };
   const Case cases[] = {
       {1, 16, 2, 16, 8, Activation::gelu, OptimizerKind::adamw},
@@ -264,6 +265,10 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
       {2, 128, 8, 256, 2, Activation::gelu, OptimizerKind::adam, true},
       {200, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true},
       {24, 128, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true},
+      {8, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, false, Precision::bf16},
+      {4, 64, 4, 128, 4, Activation::swiglu, OptimizerKind::sgd, false, Precision::fp16},
+      {24, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, false, Precision::fp16},
+      {48, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true, Precision::bf16},
   };
   for (const Case& k : cases) {
     TrainConfig c = small();
@@ -275,6 +280,7 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     c.batch = k.batch;
     c.optim.kind = k.optimizer;
     c.model.recompute = k.recompute;
+    c.model.precision = k.precision;
     c.steps = 3;
     CpuAllocator::instance().empty_cache();
     CpuAllocator::instance().reset_peak();
@@ -286,7 +292,7 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     const double peak = double(CpuAllocator::instance().stats().peak_bytes_in_use - before);
     const double estimate = estimate_memory(c).total();
     BOOST_TEST_MESSAGE("depth " << k.depth << " d_model " << k.d_model << " seq_len " << k.seq_len
-                                << (k.recompute ? " recompute" : "") << ": estimate "
+                                << (k.recompute ? " recompute" : "") << " " << to_string(k.precision) << ": estimate "
                                 << estimate / (1 << 20) << " MiB, measured peak " << peak / (1 << 20) << " MiB, ratio "
                                 << estimate / peak);
     BOOST_TEST(estimate >= peak);
