@@ -319,10 +319,13 @@ void spread_params(std::vector<T>& spread, const ChannelParams<T, P>& prm, int64
 // c's values, in double. term(off, at, par, acc) adds the K vector terms of the values at offset
 // off (from the start of x) into acc[0..K); par(k) is parameter k of their channel. `spread` is
 // spread_params' for short L (rebuilt here when `respread`), unused for long L; `scratch` is the
-// caller's (one per thread).
+// caller's (one per thread). Short L with down_samples: one vector of positions at a time down the
+// block's samples (the statistics, over one tensor); without: sample by sample (the backward: its
+// two tensors' strided reads are more than the prefetcher follows).
 template <class T, int K, int P, class F>
 void slab_block_sums(int64_t i0, int64_t i1, int64_t C, int64_t L, const ChannelParams<T, P>& prm,
-                     std::vector<T>& spread, bool respread, std::vector<T>& scratch, double* out, const F& term) {
+                     std::vector<T>& spread, bool respread, std::vector<T>& scratch, bool down_samples, double* out,
+                     const F& term) {
   using V = simd::Vec<T>;
   const int64_t CL = C * L;
   if (L >= kSlabRowL) {
@@ -339,16 +342,37 @@ void slab_block_sums(int64_t i0, int64_t i1, int64_t C, int64_t L, const Channel
     return;
   }
   if (respread && P > 0) spread_params<T, P>(spread, prm, C, L);
-  scratch.assign(size_t(K * CL), T(0));
+  scratch.resize(size_t(K * CL));
   T* acc = scratch.data();
   const T* sp = spread.data();
-  for (int64_t i = i0; i < i1; ++i)
+  if (!down_samples) {
+    // Sample by sample, in memory order, into accumulators in memory (C*L wide, in L1).
+    std::fill(scratch.begin(), scratch.end(), T(0));
+    for (int64_t i = i0; i < i1; ++i)
+      simd::row_for<T>(CL, [&](int64_t j, auto at) {
+        V a[K];
+        for (int k = 0; k < K; ++k) a[k] = at(acc + k * CL + j);
+        term(i * CL + j, at, [&](int k) { return at(sp + k * CL + j); }, a);
+        for (int k = 0; k < K; ++k) at.store(acc + k * CL + j, a[k]);
+      });
+  } else {
+    // One vector of positions at a time down the block's samples, its sums in registers (two
+    // accumulators, even and odd samples, hide the add latency): fewer loads and stores, but
+    // strided reads, which the prefetcher follows for one tensor and not for two.
     simd::row_for<T>(CL, [&](int64_t j, auto at) {
-      V a[K];
-      for (int k = 0; k < K; ++k) a[k] = at(acc + k * CL + j);
-      term(i * CL + j, at, [&](int k) { return at(sp + k * CL + j); }, a);
-      for (int k = 0; k < K; ++k) at.store(acc + k * CL + j, a[k]);
+      V a[2][K] = {};
+      V p[P > 0 ? P : 1];
+      for (int k = 0; k < P; ++k) p[k] = at(sp + k * CL + j);
+      const auto par = [&](int k) { return p[k]; };
+      int64_t i = i0;
+      for (; i + 2 <= i1; i += 2) {
+        term(i * CL + j, at, par, a[0]);
+        term((i + 1) * CL + j, at, par, a[1]);
+      }
+      if (i < i1) term(i * CL + j, at, par, a[0]);
+      for (int k = 0; k < K; ++k) at.store(acc + k * CL + j, a[0][k] + a[1][k]);
     });
+  }
   for (int k = 0; k < K; ++k)
     for (int64_t c = 0; c < C; ++c) {
       double s = 0;
@@ -403,14 +427,14 @@ void slab_mean_var(std::vector<double>& mean, std::vector<double>& var, const S*
       const int64_t i0 = b * rows, i1 = std::min(N, i0 + rows);
       const double n = double((i1 - i0) * L);
       std::fill(s1.begin(), s1.end(), 0.0);
-      slab_block_sums<T, 1, 0>(i0, i1, C, L, {}, spread, false, scratch, s1.data(),
+      slab_block_sums<T, 1, 0>(i0, i1, C, L, {}, spread, false, scratch, true, s1.data(),
                                [&](int64_t off, auto at, auto, V* acc) { acc[0] += at(x + off); });
       for (int64_t c = 0; c < C; ++c) {
         hi[size_t(c)] = T(s1[size_t(c)] / n);
         lo[size_t(c)] = T(s1[size_t(c)] / n - double(hi[size_t(c)]));
       }
       std::fill(s2.begin(), s2.end(), 0.0);
-      slab_block_sums<T, 2, 2>(i0, i1, C, L, {hi.data(), lo.data()}, spread, true, scratch, s2.data(),
+      slab_block_sums<T, 2, 2>(i0, i1, C, L, {hi.data(), lo.data()}, spread, true, scratch, true, s2.data(),
                                [&](int64_t off, auto at, auto par, V* acc) {
                                  const V d = (at(x + off) - par(0)) - par(1);
                                  acc[0] += d;
@@ -474,7 +498,8 @@ void slab_backward(S* dx, S* dgamma, S* dbeta, const S* dy, const S* x, const S*
       std::vector<T> spread, scratch;
       for (int64_t b = b0; b < b1; ++b)
         slab_block_sums<T, 2, 2>(b * rows, std::min(N, (b + 1) * rows), C, L, {mean, rstd}, spread, b == b0,
-                                 scratch, part.data() + b * 2 * C, [&](int64_t off, auto at, auto par, V* acc) {
+                                 scratch, false, part.data() + b * 2 * C,
+                                 [&](int64_t off, auto at, auto par, V* acc) {
                                    const V d = at(dy + off), xhat = (at(x + off) - par(0)) * par(1);
                                    acc[0] += d * xhat;
                                    acc[1] += d;
