@@ -301,7 +301,8 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference_on_n_c_l) {
   // (N, C, L): L short (< 64: the kernels run down the samples with a vector per slab position) and
   // long (along each (n, c) row), with tails, N = 1, and several blocks of samples ({700, 3, 17}: 3,
   // {20, 4, 300}: 2); hard inputs, training and eval, against the reference (double statistics).
-  const std::vector<Shape> shapes{{3, 2, 7}, {1, 3, 20}, {64, 4, 16}, {700, 3, 17}, {2, 3, 200}, {20, 4, 300}, {5, 2, 64}};
+  const std::vector<Shape> shapes{{3, 2, 7},   {1, 3, 20},   {64, 4, 16}, {700, 3, 17},
+                                  {2, 3, 200}, {20, 4, 300}, {5, 2, 64}};
   WorstByKind worst_f32;
   Generator gen_x(78);
   for (DType dtype : {DType::f32, DType::f64})
@@ -311,7 +312,8 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference_on_n_c_l) {
         const Tensor x = make_input(s, k, gen_x).to(dtype);
         const int64_t N = s[0], C = s[1], L = s[2];
         Generator gen(19);
-        const Tensor gamma = randn({C}, gen, dtype, 1.0, 0.5), beta = randn({C}, gen, dtype), dy = randn(s, gen, dtype);
+        const Tensor gamma = randn({C}, gen, dtype, 1.0, 0.5), beta = randn({C}, gen, dtype);
+        const Tensor dy = randn(s, gen, dtype);
         const Tensor run_mean = randn({C}, gen, dtype), run_var = uniform({C}, gen, 0.5, 2.0, dtype);
         for (bool training : {true, false}) {
           Tensor y[2], mean[2], rstd[2], dx[2], dgamma[2], dbeta[2], rm[2], rv[2];

@@ -98,7 +98,9 @@ void dyt_forward_cpu(S* y, const S* x, double alpha, const S* gamma, const S* be
           const S* xi = x + i * N;
           S* yi = y + i * N;
           if (identity)
-            simd::row_for<float>(n, [&](int64_t j, auto at) { at.store(yi + j, at(g + j) * (a * at(xi + j)) + at(b + j)); });
+            simd::row_for<float>(n, [&](int64_t j, auto at) {
+              at.store(yi + j, at(g + j) * (a * at(xi + j)) + at(b + j));
+            });
           else
             simd::row_for<float>(n, [&](int64_t j, auto at) {
               at.store(yi + j, at(g + j) * tanh_rational_f32(a * at(xi + j)) + at(b + j));
