@@ -237,7 +237,8 @@ BOOST_AUTO_TEST_CASE(same_bits_for_any_thread_count) {
     return out;
   };
   const int threads = num_threads();
-  for (const Shape& s : {Shape{301, 5, 33}, Shape{5000, 7}}) {
+  // (N, C, L): short L (positions down the samples) and long L (along each row), several blocks each.
+  for (const Shape& s : {Shape{301, 5, 33}, Shape{40, 3, 150}, Shape{5000, 7}}) {
     const Tensor x = randn(s, gen, DType::f32, 1.0, 2.0), dy = randn(s, gen);
     const Tensor gamma = randn({s[1]}, gen), beta = randn({s[1]}, gen);
     set_num_threads(1);
@@ -294,6 +295,58 @@ BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference) {
     }
   });
   worst_f32.print("batch_norm (N, C)");
+}
+
+BOOST_AUTO_TEST_CASE(fast_kernels_match_the_reference_on_n_c_l) {
+  // (N, C, L): L short (< 64: the kernels run down the samples with a vector per slab position) and
+  // long (along each (n, c) row), with tails, N = 1, and several blocks of samples ({700, 3, 17}: 3,
+  // {20, 4, 300}: 2); hard inputs, training and eval, against the reference (double statistics).
+  const std::vector<Shape> shapes{{3, 2, 7},   {1, 3, 20},   {64, 4, 16}, {700, 3, 17},
+                                  {2, 3, 200}, {20, 4, 300}, {5, 2, 64}};
+  WorstByKind worst_f32;
+  Generator gen_x(78);
+  for (DType dtype : {DType::f32, DType::f64})
+    for (const Shape& s : shapes)
+      for (Input k : all_inputs) {
+        const double tol = dtype == DType::f32 ? 2e-6 : 1e-10;
+        const Tensor x = make_input(s, k, gen_x).to(dtype);
+        const int64_t N = s[0], C = s[1], L = s[2];
+        Generator gen(19);
+        const Tensor gamma = randn({C}, gen, dtype, 1.0, 0.5), beta = randn({C}, gen, dtype);
+        const Tensor dy = randn(s, gen, dtype);
+        const Tensor run_mean = randn({C}, gen, dtype), run_var = uniform({C}, gen, 0.5, 2.0, dtype);
+        for (bool training : {true, false}) {
+          Tensor y[2], mean[2], rstd[2], dx[2], dgamma[2], dbeta[2], rm[2], rv[2];
+          for (int v = 0; v < 2; ++v) {
+            y[v] = empty(s, dtype), mean[v] = empty({C}, dtype), rstd[v] = empty({C}, dtype);
+            dx[v] = empty(s, dtype), dgamma[v] = empty({C}, dtype), dbeta[v] = empty({C}, dtype);
+            rm[v] = run_mean.clone(), rv[v] = run_var.clone();
+          }
+          NL_DISPATCH_FLOATING(dtype, "test", [&] {
+            using T = scalar_t;
+            const T *xp = x.data<T>(), *g = gamma.data<T>(), *b = beta.data<T>();
+            for (int v = 0; v < 2; ++v) {
+              if (training)
+                (v == 0 ? batch_norm_forward_train<T> : batch_norm_forward_train_cpu<T>)(
+                    y[v].data<T>(), mean[v].data<T>(), rstd[v].data<T>(), rm[v].data<T>(), rv[v].data<T>(), xp, g,
+                    b, N, C, L, 1e-5, 0.1);
+              else
+                (v == 0 ? batch_norm_forward_eval<T> : batch_norm_forward_eval_cpu<T>)(
+                    y[v].data<T>(), mean[v].data<T>(), rstd[v].data<T>(), xp, g, b, run_mean.data<T>(),
+                    run_var.data<T>(), N, C, L, 1e-5);
+              (v == 0 ? batch_norm_backward<T> : batch_norm_backward_cpu<T>)(
+                  dx[v].data<T>(), dgamma[v].data<T>(), dbeta[v].data<T>(), dy.data<T>(), xp, g, mean[0].data<T>(),
+                  rstd[0].data<T>(), N, C, L, training);
+            }
+          });
+          // dx cancels terms of size |dy| rstd (|gamma| + 1); dgamma sums dy * xhat, terms of size |dy| |xhat|.
+          const double dx_floor = max_abs(dy) * max_abs(rstd[0]) * (max_abs(gamma) + 1);
+          check_fast_outputs({{"y", y}, {"mean", mean}, {"rstd", rstd}, {"running_mean", rm}, {"running_var", rv},
+                              {"dx", dx, dx_floor}, {"dgamma", dgamma}, {"dbeta", dbeta}},
+                             dtype, tol, to_string(s) + (training ? " training" : " eval"), k, worst_f32);
+        }
+      }
+  worst_f32.print("batch_norm (N, C, L)");
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_is_named) {

@@ -1,5 +1,7 @@
 #include "norm/batch_norm/batch_norm.h"
 
+#include <array>
+
 #include "framework/simd.h"
 #include "norm/group_norm/group_norm.h"
 
@@ -281,47 +283,299 @@ void column_apply(S* y, const S* x, const S* gamma, const S* beta, const std::ve
 
 }  // namespace
 
-// Scalar math: batch_norm_forward_train above, for L = 1 (other L run the reference kernel).
-// The statistics in one pass (column_mean_var), then y (column_apply).
+// ---- Fast BatchNorm kernels for (N, C, L), L > 1: sample n is a slab of C*L values, channel c
+// its L values at [c*L, (c+1)*L). The slabs are cut into fixed blocks of rows (samples); each
+// pass runs over a block's values channel by channel in vectors of math_t, in one of two ways:
+// - short L (< kSlabRowL): down the block's slabs with accumulators per position of the slab
+//   (C*L wide, as the (N, C) kernels run down their rows), each channel's L positions added in
+//   double at the end of the block; per-channel parameters spread over the positions once;
+// - long L: along each (n, c) row of L values (simd::row_sums), parameters splatted.
+// Both give sums that depend only on N, C, L and the values, never on the thread count. ----
+
+namespace {
+
+constexpr int64_t kSlabRowL = 64;
+
+// Samples per block: about 16K values (64 KiB of f32, so that the block is still in L2 when the
+// statistics' second pass reads it again) and at most ~1024 blocks; fixed by N and C*L alone.
+inline int64_t slab_block_rows(int64_t N, int64_t CL) {
+  return std::max<int64_t>({1, 16384 / CL, (N + 1023) / 1024});
+}
+
+// The per-channel values a pass needs (P of them), each a pointer to C values of T, read as
+// vectors over a channel's values by par(k) inside the pass's term.
+template <class T, int P>
+using ChannelParams = std::array<const T*, P>;
+
+// The slab positions' copies of prm for short L: spread[k * C*L + c*L + l] = prm[k][c].
+template <class T, int P>
+void spread_params(std::vector<T>& spread, const ChannelParams<T, P>& prm, int64_t C, int64_t L) {
+  spread.resize(size_t(P * C * L));
+  for (int k = 0; k < P; ++k)
+    for (int64_t c = 0; c < C; ++c) std::fill_n(spread.data() + k * C * L + c * L, L, prm[size_t(k)][c]);
+}
+
+// K sums per channel over the samples [i0, i1): out[k * C + c] += the sum of the terms of channel
+// c's values, in double. term(off, at, par, acc) adds the K vector terms of the values at offset
+// off (from the start of x) into acc[0..K); par(k) is parameter k of their channel. `spread` is
+// spread_params' for short L (rebuilt here when `respread`), unused for long L; `scratch` is the
+// caller's (one per thread). Short L with down_samples: one vector of positions at a time down the
+// block's samples (the statistics, over one tensor); without: sample by sample (the backward: its
+// two tensors' strided reads are more than the prefetcher follows).
+template <class T, int K, int P, class F>
+void slab_block_sums(int64_t i0, int64_t i1, int64_t C, int64_t L, const ChannelParams<T, P>& prm,
+                     std::vector<T>& spread, bool respread, std::vector<T>& scratch, bool down_samples, double* out,
+                     const F& term) {
+  using V = simd::Vec<T>;
+  const int64_t CL = C * L;
+  if (L >= kSlabRowL) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t c = 0; c < C; ++c) {
+        V p[P > 0 ? P : 1];
+        for (int k = 0; k < P; ++k) p[k] = simd::splat(prm[size_t(k)][c]);
+        const int64_t base = i * CL + c * L;
+        const simd::Sums<T, K> s = simd::row_sums<T, K>(L, [&](int64_t j, auto at, V* acc) {
+          term(base + j, at, [&](int k) { return p[k]; }, acc);
+        });
+        for (int k = 0; k < K; ++k) out[k * C + c] += double(s.v[k]);
+      }
+    return;
+  }
+  if (respread && P > 0) spread_params<T, P>(spread, prm, C, L);
+  scratch.resize(size_t(K * CL));
+  T* acc = scratch.data();
+  const T* sp = spread.data();
+  if (!down_samples) {
+    // Sample by sample, in memory order, into accumulators in memory (C*L wide, in L1).
+    std::fill(scratch.begin(), scratch.end(), T(0));
+    for (int64_t i = i0; i < i1; ++i)
+      simd::row_for<T>(CL, [&](int64_t j, auto at) {
+        V a[K];
+        for (int k = 0; k < K; ++k) a[k] = at(acc + k * CL + j);
+        term(i * CL + j, at, [&](int k) { return at(sp + k * CL + j); }, a);
+        for (int k = 0; k < K; ++k) at.store(acc + k * CL + j, a[k]);
+      });
+  } else {
+    // One vector of positions at a time down the block's samples, its sums in registers (two
+    // accumulators, even and odd samples, hide the add latency): fewer loads and stores, but
+    // strided reads, which the prefetcher follows for one tensor and not for two.
+    simd::row_for<T>(CL, [&](int64_t j, auto at) {
+      V a[2][K] = {};
+      V p[P > 0 ? P : 1];
+      for (int k = 0; k < P; ++k) p[k] = at(sp + k * CL + j);
+      const auto par = [&](int k) { return p[k]; };
+      int64_t i = i0;
+      for (; i + 2 <= i1; i += 2) {
+        term(i * CL + j, at, par, a[0]);
+        term((i + 1) * CL + j, at, par, a[1]);
+      }
+      if (i < i1) term(i * CL + j, at, par, a[0]);
+      for (int k = 0; k < K; ++k) at.store(acc + k * CL + j, a[0][k] + a[1][k]);
+    });
+  }
+  for (int k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int64_t l = 0; l < L; ++l) s += double(acc[k * CL + c * L + l]);
+      out[k * C + c] += s;
+    }
+}
+
+// An elementwise pass over every value: f(off, at, par) for each vector of values (par as in
+// slab_block_sums), in parallel over the samples.
+template <class T, int P, class F>
+void slab_map(int64_t N, int64_t C, int64_t L, const ChannelParams<T, P>& prm, const F& f) {
+  using V = simd::Vec<T>;
+  const int64_t CL = C * L;
+  if (L >= kSlabRowL) {
+    parallel_for(0, N * C, row_grain(L), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t c = r % C;
+        V p[P];
+        for (int k = 0; k < P; ++k) p[k] = simd::splat(prm[size_t(k)][c]);
+        simd::row_for<T>(L, [&](int64_t j, auto at) { f(r * L + j, at, [&](int k) { return p[k]; }); });
+      }
+    });
+    return;
+  }
+  std::vector<T> spread;
+  spread_params<T, P>(spread, prm, C, L);
+  const T* sp = spread.data();
+  parallel_for(0, N, row_grain(CL), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      simd::row_for<T>(CL, [&](int64_t j, auto at) { f(i * CL + j, at, [&](int k) { return at(sp + k * CL + j); }); });
+  });
+}
+
+// Per channel over the N*L values: mean and the biased variance, in double. Per block, two passes
+// while the block is in cache: m0 = the block's sum / count in T; then around m0 (split into
+// m0_hi + m0_lo in T, so that x - m0 is exact for a mean of 1e4 in f32) the sums of d = x - m0 and
+// of d^2, giving the block's mean m0 + sum d / n and M2 = sum d^2 - (sum d)^2 / n (the corrected
+// two-pass algorithm: the second pass repairs the first's rounding). Then the blocks merged in
+// block order in double (Chan et al.).
+template <class S>
+void slab_mean_var(std::vector<double>& mean, std::vector<double>& var, const S* x, int64_t N, int64_t C,
+                   int64_t L) {
+  using T = math_t<S>;
+  using V = simd::Vec<T>;
+  const int64_t rows = slab_block_rows(N, C * L), blocks = (N + rows - 1) / rows;
+  std::vector<double> part(size_t(blocks * 2 * C));  // per block: mean [0, C), M2 [C, 2C)
+  parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> spread, scratch, hi(static_cast<size_t>(C)), lo(static_cast<size_t>(C));
+    std::vector<double> s1(static_cast<size_t>(C)), s2(static_cast<size_t>(2 * C));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * rows, i1 = std::min(N, i0 + rows);
+      const double n = double((i1 - i0) * L);
+      std::fill(s1.begin(), s1.end(), 0.0);
+      slab_block_sums<T, 1, 0>(i0, i1, C, L, {}, spread, false, scratch, true, s1.data(),
+                               [&](int64_t off, auto at, auto, V* acc) { acc[0] += at(x + off); });
+      for (int64_t c = 0; c < C; ++c) {
+        hi[size_t(c)] = T(s1[size_t(c)] / n);
+        lo[size_t(c)] = T(s1[size_t(c)] / n - double(hi[size_t(c)]));
+      }
+      std::fill(s2.begin(), s2.end(), 0.0);
+      slab_block_sums<T, 2, 2>(i0, i1, C, L, {hi.data(), lo.data()}, spread, true, scratch, true, s2.data(),
+                               [&](int64_t off, auto at, auto par, V* acc) {
+                                 const V d = (at(x + off) - par(0)) - par(1);
+                                 acc[0] += d;
+                                 acc[1] += d * d;
+                               });
+      double* pm = part.data() + b * 2 * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const double sd = s2[size_t(c)], m0 = double(hi[size_t(c)]) + double(lo[size_t(c)]);
+        pm[c] = m0 + sd / n;
+        pm[C + c] = std::max(0.0, s2[size_t(C + c)] - sd * sd / n);
+      }
+    }
+  });
+  mean.assign(size_t(C), 0.0);
+  std::vector<double> m2(size_t(C), 0.0);
+  double n = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const double nb = double((std::min(N, (b + 1) * rows) - b * rows) * L), total = n + nb;
+    const double* pm = part.data() + b * 2 * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const double delta = pm[c] - mean[size_t(c)];
+      mean[size_t(c)] += delta * nb / total;
+      m2[size_t(c)] += pm[C + c] + delta * delta * n * nb / total;
+    }
+    n = total;
+  }
+  var.resize(size_t(C));
+  for (int64_t c = 0; c < C; ++c) var[size_t(c)] = m2[size_t(c)] / n;
+}
+
+// y = ((x - mean_hi) - mean_lo) * (rstd * gamma) + beta, as column_apply.
+template <class S>
+void slab_apply(S* y, const S* x, const S* gamma, const S* beta, const std::vector<double>& mean,
+                const std::vector<double>& rstd, int64_t N, int64_t C, int64_t L) {
+  using T = math_t<S>;
+  std::vector<T> hi(static_cast<size_t>(C)), lo(static_cast<size_t>(C)), scale(static_cast<size_t>(C));
+  const std::vector<T> b = as_values<T>(beta, C, 0.0);
+  for (int64_t c = 0; c < C; ++c) {
+    hi[size_t(c)] = T(mean[size_t(c)]);
+    lo[size_t(c)] = T(mean[size_t(c)] - double(hi[size_t(c)]));
+    scale[size_t(c)] = T(rstd[size_t(c)] * (gamma ? double(to_math(gamma[c])) : 1.0));
+  }
+  slab_map<T, 4>(N, C, L, {hi.data(), lo.data(), scale.data(), b.data()}, [&](int64_t off, auto at, auto par) {
+    at.store(y + off, ((at(x + off) - par(0)) - par(1)) * par(2) + par(3));
+  });
+}
+
+// The backward for (N, C, L), as batch_norm_backward_cpu's for (N, C): pass 1 the per-channel sums
+// of dy * xhat and dy (per block, added in double in block order), pass 2 dx.
+template <class S>
+void slab_backward(S* dx, S* dgamma, S* dbeta, const S* dy, const S* x, const S* gamma, const math_t<S>* mean,
+                   const math_t<S>* rstd, int64_t N, int64_t C, int64_t L, bool training) {
+  using T = math_t<S>;
+  using V = simd::Vec<T>;
+  const bool dx_sums = dx && training;
+  std::vector<double> col(size_t(2 * C), 0.0);  // [0, C): sum dy * xhat, [C, 2C): sum dy
+  if (dgamma || dbeta || dx_sums) {
+    const int64_t rows = slab_block_rows(N, C * L), blocks = (N + rows - 1) / rows;
+    std::vector<double> part(size_t(blocks * 2 * C), 0.0);
+    parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> spread, scratch;
+      for (int64_t b = b0; b < b1; ++b)
+        slab_block_sums<T, 2, 2>(b * rows, std::min(N, (b + 1) * rows), C, L, {mean, rstd}, spread, b == b0,
+                                 scratch, false, part.data() + b * 2 * C,
+                                 [&](int64_t off, auto at, auto par, V* acc) {
+                                   const V d = at(dy + off), xhat = (at(x + off) - par(0)) * par(1);
+                                   acc[0] += d * xhat;
+                                   acc[1] += d;
+                                 });
+    });
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t j = 0; j < 2 * C; ++j) col[size_t(j)] += part[size_t(b * 2 * C + j)];
+    for (int64_t c = 0; c < C; ++c) {
+      if (dgamma) dgamma[c] = to_storage<S>(col[size_t(c)]);
+      if (dbeta) dbeta[c] = to_storage<S>(col[size_t(C + c)]);
+    }
+  }
+  if (!dx) return;
+  // dx = rstd * (dy * gamma - mean_dxhat - xhat * mean_dxhat_xhat), the means zero in eval.
+  const std::vector<T> g = as_values<T>(gamma, C, 1.0);
+  std::vector<T> mean_dxhat(size_t(C), T(0)), mean_dxhat_xhat(size_t(C), T(0));
+  const double count = double(N * L);
+  if (dx_sums)
+    for (int64_t c = 0; c < C; ++c) {
+      mean_dxhat[size_t(c)] = T(double(g[size_t(c)]) * col[size_t(C + c)] / count);
+      mean_dxhat_xhat[size_t(c)] = T(double(g[size_t(c)]) * col[size_t(c)] / count);
+    }
+  slab_map<T, 5>(N, C, L, {mean, rstd, g.data(), mean_dxhat.data(), mean_dxhat_xhat.data()},
+                 [&](int64_t off, auto at, auto par) {
+                   const V rs = par(1), xhat = (at(x + off) - par(0)) * rs;
+                   at.store(dx + off, rs * (at(dy + off) * par(2) - par(3) - xhat * par(4)));
+                 });
+}
+
+}  // namespace
+
+// Scalar math: batch_norm_forward_train above. (N, C): the statistics in one pass
+// (column_mean_var), then y (column_apply); (N, C, L): slab_mean_var, then slab_apply.
 template <class T>
 void batch_norm_forward_train_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var,
                                   const T* x, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L,
                                   double eps, double momentum) {
-  if (L != 1)
-    return batch_norm_forward_train(y, mean, rstd, running_mean, running_var, x, gamma, beta, N, C, L, eps,
-                                    momentum);
-  const double count = double(N);
+  const double count = double(N * L);
   std::vector<double> mu, var;
-  column_mean_var(mu, var, x, N, C);
+  if (L == 1)
+    column_mean_var(mu, var, x, N, C);
+  else
+    slab_mean_var(mu, var, x, N, C, L);
   std::vector<double> rs(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
     rs[size_t(c)] = 1.0 / std::sqrt(var[size_t(c)] + eps);
     update_statistics(mean, rstd, running_mean, running_var, c, mu[size_t(c)], rs[size_t(c)], var[size_t(c)], count,
                       momentum);
   }
-  column_apply(y, x, gamma, beta, mu, rs, N, C);
+  if (L == 1)
+    column_apply(y, x, gamma, beta, mu, rs, N, C);
+  else
+    slab_apply(y, x, gamma, beta, mu, rs, N, C, L);
 }
 
-// Scalar math: batch_norm_forward_eval above, for L = 1 (column_apply).
+// Scalar math: batch_norm_forward_eval above (column_apply for (N, C), slab_apply for (N, C, L)).
 template <class T>
 void batch_norm_forward_eval_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, const T* x, const T* gamma, const T* beta,
                                  const T* running_mean, const T* running_var, int64_t N, int64_t C, int64_t L,
                                  double eps) {
-  if (L != 1)
-    return batch_norm_forward_eval(y, mean, rstd, x, gamma, beta, running_mean, running_var, N, C, L, eps);
   std::vector<double> mu, rs;
   eval_statistics(mu, rs, mean, rstd, running_mean, running_var, C, eps);
-  column_apply(y, x, gamma, beta, mu, rs, N, C);
+  if (L == 1)
+    column_apply(y, x, gamma, beta, mu, rs, N, C);
+  else
+    slab_apply(y, x, gamma, beta, mu, rs, N, C, L);
 }
 
-// Scalar math: batch_norm_backward above, for L = 1 (other L run the reference kernel). Pass 1
+// Scalar math: batch_norm_backward above; for (N, C, L) slab_backward, for (N, C) this. Pass 1
 // down the rows: per channel, sum dy and dy * xhat in C-wide vector partials per block of rows
 // (sum_rows: added in double in block order); pass 2: dx, row by row.
 template <class S>
 void batch_norm_backward_cpu(S* dx, S* dgamma, S* dbeta, const S* dy, const S* x, const S* gamma,
                              const math_t<S>* mean, const math_t<S>* rstd, int64_t N, int64_t C, int64_t L,
                              bool training) {
-  if (L != 1) return batch_norm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, L, training);
+  if (L != 1) return slab_backward(dx, dgamma, dbeta, dy, x, gamma, mean, rstd, N, C, L, training);
   using T = math_t<S>;
   using V = simd::Vec<T>;
   const bool dx_sums = dx && training;
@@ -479,9 +733,9 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
   if (want_dx) g.dx = empty(x.shape(), x.dtype());
   if (want_dgamma) g.dgamma = empty({C}, x.dtype());
   if (want_dbeta) g.dbeta = empty({C}, x.dtype());
-  // BatchNorm over (N, C): the column kernels (batch_norm_backward_cpu); GroupNorm (statistics per
-  // sample and group): its row kernels (group_norm_backward_cpu).
-  const bool columns = S == 1 && map.per_sample == 0 && map.channels_per_stat == 1;
+  // BatchNorm (statistics per channel): its fast kernels (batch_norm_backward_cpu); GroupNorm
+  // (statistics per sample and group): its row kernels (group_norm_backward_cpu).
+  const bool per_channel_stats = map.per_sample == 0 && map.channels_per_stat == 1;
   const bool groups = map.per_sample > 0 && !fixed_stats;
   dispatch_norm_dtype(x.dtype(), who, [&]<class scalar_t>(scalar_t) {
     scalar_t* dx = ptr_or_null<scalar_t>(g.dx);
@@ -490,8 +744,8 @@ NormGrads channel_norm_backward(const Tensor& dy_in, const Tensor& x, const Tens
     const scalar_t* gp = ptr_or_null<scalar_t>(gamma);
     const math_t<scalar_t>* mp = mean_c.data<math_t<scalar_t>>();
     const math_t<scalar_t>* rp = rstd_c.data<math_t<scalar_t>>();
-    if (columns)
-      batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, 1,
+    if (per_channel_stats)
+      batch_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S,
                               !fixed_stats);
     else if (groups)
       group_norm_backward_cpu(dx, dgamma, dbeta, dy.data<scalar_t>(), xc.data<scalar_t>(), gp, mp, rp, N, C, S,

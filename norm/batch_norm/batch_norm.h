@@ -66,11 +66,13 @@ void batch_norm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, co
 
 // ---- Fast CPU kernels, same signatures: for (N, C) (L = 1) they run down the rows with C-wide
 // vectors of math_t<T>: Welford statistics per block of rows merged in double (one pass over x),
-// the backward's column sums in per-block partials (deterministic); other L run the reference
-// kernels. Checked against the reference; the Tensor level runs these. T is float, double, bf16
-// or f16; bf16 and f16 as in layer_norm_forward_cpu: widened to f32 as it loads, f32 math, mean,
-// rstd and partials, each output (y, dx, dgamma, dbeta, the running statistics) rounded once to T
-// (bit for bit the f32 kernel's on the widened values, rounded). ----
+// the backward's column sums in per-block partials (deterministic); for (N, C, L) over fixed blocks
+// of samples, the statistics in two centred passes per block (in cache) merged in double, the
+// backward's sums in per-block partials. Checked against the reference; the Tensor level runs
+// these. T is float, double, bf16 or f16; bf16 and f16 as in layer_norm_forward_cpu: widened to
+// f32 as it loads, f32 math, mean, rstd and partials, each output (y, dx, dgamma, dbeta, the
+// running statistics) rounded once to T (bit for bit the f32 kernel's on the widened values,
+// rounded). ----
 template <class T>
 void batch_norm_forward_train_cpu(T* y, math_t<T>* mean, math_t<T>* rstd, T* running_mean, T* running_var,
                                   const T* x, const T* gamma, const T* beta, int64_t N, int64_t C, int64_t L,

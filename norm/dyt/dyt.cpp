@@ -70,98 +70,124 @@ void dyt_backward(T* dx, T* dalpha, T* dgamma, T* dbeta, const T* dy, const T* x
   }
 }
 
-namespace {
-// dt/du = 1 - tanh(u)^2 given t = tanh(u). In f32, where t is near +-1, 1 - t^2 cancels (and is 0
-// once t rounds to 1); there it is 4 / (e + 2 + 1/e) with e = e^{2|u|}, which does not.
-template <class T>
-inline T tanh_slope(T u, T t) {
-  if constexpr (std::is_same_v<T, float>) {
-    const float e = exp_f32(2.0f * std::fabs(u));
-    return std::fabs(u) < 0.625f ? 1.0f - t * t : 4.0f / (e + 2.0f + 1.0f / e);
-  } else {
-    return T(1) - t * t;
-  }
-}
-}  // namespace
-
-// Scalar math: dyt_forward above, in T with fast_tanh (framework/fast_math.h): a plain loop the
-// compiler vectorizes. S is the storage type of the rows and parameters, T = math_t<S> that of the
-// math (layer_norm_rows.h): a bf16 or f16 value widens to f32 as it loads, y is rounded once as it is stored.
+// Scalar math: dyt_forward above, in T. f32 (and bf16/f16 storage, widened as it loads and y
+// rounded once as it is stored) in vectors of 16 (framework/simd.h) with tanh_rational_f32
+// (framework/fast_math.h: no exp, one divide, within 4e-7 of tanh); f64 a plain loop on std::tanh.
 template <class S>
 void dyt_forward_cpu(S* y, const S* x, double alpha, const S* gamma, const S* beta, int64_t M, int64_t N,
                      bool identity) {
   using T = math_t<S>;
-  const T a = T(alpha);
   const std::vector<T> gv = as_values<T>(gamma, N, 1.0), bv = as_values<T>(beta, N, 0.0);
   const T* g = gv.data();
   const T* b = bv.data();
-  parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0; i < r1; ++i) {
-      const S* xi = x + i * N;
-      S* yi = y + i * N;
-      if (identity)
-        for (int64_t j = 0; j < N; ++j) yi[j] = S(g[j] * (a * T(xi[j])) + b[j]);
-      else
-        for (int64_t j = 0; j < N; ++j) yi[j] = S(g[j] * fast_tanh(a * T(xi[j])) + b[j]);
-    }
-  });
+  if constexpr (std::is_same_v<T, double>) {
+    const T a = T(alpha);
+    parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const S* xi = x + i * N;
+        S* yi = y + i * N;
+        for (int64_t j = 0; j < N; ++j) yi[j] = S(g[j] * (identity ? a * xi[j] : std::tanh(a * xi[j])) + b[j]);
+      }
+    });
+  } else {
+    using V = simd::Vec<float>;
+    const V a = simd::splat(float(alpha));
+    simd::with_row_length(N, [&](auto n) {
+      parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+        for (int64_t i = r0; i < r1; ++i) {
+          const S* xi = x + i * N;
+          S* yi = y + i * N;
+          if (identity)
+            simd::row_for<float>(n, [&](int64_t j, auto at) {
+              at.store(yi + j, at(g + j) * (a * at(xi + j)) + at(b + j));
+            });
+          else
+            simd::row_for<float>(n, [&](int64_t j, auto at) {
+              at.store(yi + j, at(g + j) * tanh_rational_f32(a * at(xi + j)) + at(b + j));
+            });
+        }
+      });
+    });
+  }
 }
 
 // Scalar math: dyt_backward above, in T. One pass over the rows: dx, and into the block's
 // partials (sum_rows: T partials per block, added in double in block order) dy * t, dy and
-// du * x per feature (dalpha is the sum of the last over the features): elementwise loops the
-// compiler vectorizes. S and T as in dyt_forward_cpu.
+// du * x per feature (dalpha is the sum of the last over the features). f32 (and bf16/f16
+// storage) in vectors of 16 with tanh_with_slope_f32 (framework/fast_math.h): t and dt/du from one
+// exp and one divide, dt/du accurate where t rounds to +-1; f64 on std::tanh and 1 - t^2.
 template <class S>
 void dyt_backward_cpu(S* dx, S* dalpha, S* dgamma, S* dbeta, const S* dy, const S* x, double alpha, const S* gamma,
                       int64_t M, int64_t N, bool identity) {
   using T = math_t<S>;
-  const T a = T(alpha);
+  using V = simd::Vec<T>;
   const std::vector<T> gv = as_values<T>(gamma, N, 1.0);
-  // The row loop for each combination of the flags, so that each one is a straight loop that
-  // vectorizes (no branch or possible aliasing inside).
-  auto row = [&](int64_t i, T* __restrict acc, auto want_dx, auto want_acc, auto ident) {
-    const S* __restrict xi = x + i * N;
-    const S* __restrict dyi = dy + i * N;
-    const T* __restrict g = gv.data();
-    S* __restrict dxi = want_dx ? dx + i * N : nullptr;
-    for (int64_t j = 0; j < N; ++j) {
-      const T xj = T(xi[j]), dyj = T(dyi[j]);
-      const T u = a * xj;
-      T t, du;
-      if constexpr (decltype(ident)::value) {
-        t = u;
-        du = dyj * g[j];
-      } else {
-        t = fast_tanh(u);
-        du = dyj * g[j] * tanh_slope(u, t);
-      }
-      if constexpr (decltype(want_dx)::value) dxi[j] = S(du * a);
-      if constexpr (decltype(want_acc)::value) {
-        acc[j] += dyj * t;
-        acc[N + j] += dyj;
-        acc[2 * N + j] += du * xj;
-      }
+  const T* g = gv.data();
+  // t = tanh(u) (identity: u) and du = dy * gamma * dt/du for a vector of values.
+  auto squash = [](V u, V dyg, V& du, auto ident) {
+    if constexpr (decltype(ident)::value) {
+      du = dyg;
+      return u;
+    } else if constexpr (std::is_same_v<T, float>) {
+      V slope;
+      const V t = tanh_with_slope_f32(u, slope);
+      du = dyg * slope;
+      return t;
+    } else {
+      V t{};
+      for (int64_t l = 0; l < simd::lanes<T>; ++l) t[l] = std::tanh(u[l]);
+      du = dyg * (T(1) - t * t);
+      return t;
     }
   };
-  auto run = [&](auto want_dx, auto want_acc, int64_t i, T* acc) {
+  const V a = simd::splat(T(alpha));
+  // Row i for each combination of the flags, so that each is a straight loop with no branch:
+  // dx when want_dx; into acc when want_acc: [0, N) dy * t, [N, 2N) dy, [2N, 3N) du * x per feature.
+  // Everything the loop reads is in locals and the pointers are __restrict, so that its stores
+  // (dx, acc) do not force reloads of alpha or the pointers each step.
+  auto row = [&](int64_t i, T* __restrict acc, auto n, auto want_dx, auto want_acc, auto ident) {
+    const S* __restrict xi = x + i * N;
+    const S* __restrict dyi = dy + i * N;
+    const T* __restrict gp = g;
+    S* __restrict dxi = decltype(want_dx)::value ? dx + i * N : nullptr;
+    T* __restrict acc_dy = decltype(want_acc)::value ? acc + N : nullptr;
+    T* __restrict acc_dux = decltype(want_acc)::value ? acc + 2 * N : nullptr;
+    const V av = a;
+    simd::row_for<T>(n, [&](int64_t j, auto at) {
+      const V xj = at(xi + j), dyj = at(dyi + j);
+      V du;
+      const V t = squash(av * xj, dyj * at(gp + j), du, ident);
+      if constexpr (decltype(want_dx)::value) at.store(dxi + j, du * av);
+      if constexpr (decltype(want_acc)::value) {
+        at.store(acc + j, at(acc + j) + dyj * t);
+        at.store(acc_dy + j, at(acc_dy + j) + dyj);
+        at.store(acc_dux + j, at(acc_dux + j) + du * xj);
+      }
+    });
+  };
+  auto run = [&](int64_t i, T* acc, auto n, auto want_dx, auto want_acc) {
     if (identity)
-      row(i, acc, want_dx, want_acc, std::true_type{});
+      row(i, acc, n, want_dx, want_acc, std::true_type{});
     else
-      row(i, acc, want_dx, want_acc, std::false_type{});
+      row(i, acc, n, want_dx, want_acc, std::false_type{});
   };
   if (!dalpha && !dgamma && !dbeta) {
     if (dx)
-      parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
-        for (int64_t i = r0; i < r1; ++i) run(std::true_type{}, std::false_type{}, i, nullptr);
+      simd::with_row_length(N, [&](auto n) {
+        parallel_for(0, M, row_grain(N), [&](int64_t r0, int64_t r1) {
+          for (int64_t i = r0; i < r1; ++i) run(i, nullptr, n, std::true_type{}, std::false_type{});
+        });
       });
     return;
   }
-  // [0, N): dgamma, [N, 2N): dbeta, [2N, 3N): dalpha per feature
-  const std::vector<double> acc = sum_rows<T>(M, 3 * N, [&](int64_t i, T* a_row) {
-    if (dx)
-      run(std::true_type{}, std::true_type{}, i, a_row);
-    else
-      run(std::false_type{}, std::true_type{}, i, a_row);
+  std::vector<double> acc;
+  simd::with_row_length(N, [&](auto n) {
+    acc = sum_rows<T>(M, 3 * N, [&](int64_t i, T* a_row) {
+      if (dx)
+        run(i, a_row, n, std::true_type{}, std::true_type{});
+      else
+        run(i, a_row, n, std::false_type{}, std::true_type{});
+    });
   });
   double sum_dalpha = 0;
   for (int64_t j = 0; j < N; ++j) {
