@@ -110,11 +110,6 @@ inline V tanh_with_slope_f32(V u, V& slope) {
   return small ? t_small : t_large;
 }
 
-template <class T> inline T fast_tanh(T x) {
-  if constexpr (std::is_same_v<T, float>) return tanh_f32(x);
-  else return std::tanh(x);
-}
-
 template <class T> inline T fast_exp(T x) {
   if constexpr (std::is_same_v<T, float>) return exp_f32(x);
   else return std::exp(x);

@@ -412,8 +412,8 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(batch_norm_is_the_f32_kernel_rounded_once, S, LowP
   constexpr DType kLow = dtype_v<S>;
   const double eps = 1e-5, momentum = 0.25;
   // Variants: training on [N, C] with gamma, beta and running statistics (the fast column kernels);
-  // training on [N, C, L] without affine or running statistics (L > 1: the reference kernels, double
-  // math); eval on [N, C] with gamma alone. Training needs N L > 1; eval stands in where it is not.
+  // training on [N, C, L] without affine or running statistics (L > 1: the (N, C, L) kernels, down
+  // the samples for short L, along rows for long L); eval on [N, C] with gamma alone. Training needs N L > 1; eval stands in where it is not.
   for_each_case<S>("batch_norm", 50, [&](const Shape& s, const LowInput& in, int variant, Generator& gen) {
     const Tensor x = variant == 1 ? in.x.reshape(channel_shape(s)) : in.x;
     const int64_t C = x.size(1);
