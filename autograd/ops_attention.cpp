@@ -369,6 +369,22 @@ void probabilities_group(scalar_t* St, scalar_t* dPt, const scalar_t* lse, const
     }
 }
 
+// Asks for the cache lines of slice bh's rows of x (T rows of hd values) ahead of their use: the
+// next slice's inputs while this one computes, and this slice's outputs before their stores. In
+// training, a layer's attention inputs and gradient buffers come from memory (its backward runs
+// long after its forward), and a slice's rows lie a whole row of the packed projection apart: with
+// the caches flushed before each call, these prefetches take about a fifth off a call at [8, 2, 64,
+// 16]. Inputs get a low-locality hint, since the current slice's buffers fill most of L1.
+template <bool kWrite, class scalar_t>
+void prefetch_slice(const Heads<scalar_t>& x, int64_t bh, int64_t H, int64_t T, int64_t hd) {
+  const int64_t b = bh / H, h = bh % H;
+  const int64_t bytes = hd * int64_t(sizeof(scalar_t));
+  for (int64_t t = 0; t < T; ++t) {
+    const char* row = reinterpret_cast<const char*>(x.row(b, h, t));
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, kWrite, kWrite ? 3 : 1);
+  }
+}
+
 // Work per (batch, head) slice is ~T^2 hd: slices per thread chunk so a chunk is worth a thread.
 int64_t slice_grain(int64_t T, int64_t hd) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(T * T * hd, 1)); }
 
@@ -390,6 +406,9 @@ void causal_attention_forward(const Heads<scalar_t>& O, scalar_t* lse, scalar_t*
                           inv_l = buffer<scalar_t>(kRows);
     for (int64_t bh = bh0; bh < bh1; ++bh) {
       const int64_t b = bh / H, h = bh % H;
+      if (bh + 1 < bh1)
+        for (const Heads<const scalar_t>* x : {&q, &k, &v}) prefetch_slice<false>(*x, bh + 1, H, T, hd);
+      prefetch_slice<true>(O, bh, H, T, hd);
       copy_slice<scalar_t>(nullptr, qt.data(), q, b, h, dims);
       const SliceRows<scalar_t> k_r = slice_rows(k_rows, k, b, h, dims), v_r = slice_rows(v_rows, v, b, h, dims);
       for (int64_t i0 = 0; i0 < T; i0 += kRows) {
@@ -441,6 +460,9 @@ void causal_attention_backward(const Heads<scalar_t>& dq, const Heads<scalar_t>&
                           D = buffer<scalar_t>(kRows);
     for (int64_t bh = bh0; bh < bh1; ++bh) {
       const int64_t b = bh / H, h = bh % H;
+      if (bh + 1 < bh1)
+        for (const Heads<const scalar_t>* x : {&dO, &q, &k, &v, &O}) prefetch_slice<false>(*x, bh + 1, H, T, hd);
+      for (const Heads<scalar_t>* x : {&dq, &dk, &dv}) prefetch_slice<true>(*x, bh, H, T, hd);
       copy_slice<scalar_t>(sq_rows.data(), qt.data(), q, b, h, dims, s);  // scale q_i, and q^T
       copy_slice<scalar_t>(nullptr, dOt.data(), dO, b, h, dims);
       const SliceRows<scalar_t> dO_r = slice_rows(dO_rows, dO, b, h, dims), k_r = slice_rows(k_rows, k, b, h, dims),
