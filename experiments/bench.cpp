@@ -161,6 +161,39 @@ struct NormCase {
   std::function<void()> bwd, bwd_onednn;
 };
 
+// The fused causal attention at the toy models' shapes, with q, k and v head views of one packed
+// [B, T, 3 H hd] projection as the model makes them: forward, and forward + backward, with warm
+// caches and cold ones (each call after a write to every cache line of 128 MiB, as in a deep
+// model's backward, whose inputs were written long before); the fastest call of each (see
+// time_interleaved).
+void bench_attention() {
+  std::printf("\ncausal_attention, f32, %d threads (us per call)\n", num_threads());
+  std::printf("%-18s %10s %10s %14s\n", "[B, H, T, hd]", "forward", "fwd+bwd", "fwd+bwd cold");
+  Generator gen(5);
+  std::vector<char> sweep(size_t(128) << 20);
+  const Shape shapes[] = {{8, 2, 64, 16}, {8, 2, 64, 32}, {8, 2, 64, 64}, {8, 2, 128, 16}, {8, 2, 256, 16}};
+  for (const Shape& s : shapes) {
+    const int64_t B = s[0], H = s[1], T = s[2], hd = s[3];
+    const Tensor qkv = randn({B, T, 3 * H * hd}, gen), seed = randn({B, H, T, hd}, gen);
+    auto call = [&](bool backward) {
+      const Variable x(qkv, true);
+      const std::vector<Variable> p = split(x, H * hd, -1);
+      auto heads = [&](const Variable& t) { return transpose(reshape(t, {B, T, H, hd}), 1, 2); };
+      const Variable O = causal_attention(heads(p[0]), heads(p[1]), heads(p[2]), 1.0 / std::sqrt(double(hd)));
+      if (backward) O.backward(seed);
+    };
+    const std::vector<double> warm = time_interleaved(400, {[&] { call(false); }, [&] { call(true); }});
+    double cold = 1e300;
+    for (int r = 0; r < 30; ++r) {
+      for (size_t i = 0; i < sweep.size(); i += 64) sweep[i] = char(sweep[i] + r);
+      const auto start = std::chrono::steady_clock::now();
+      call(true);
+      cold = std::min(cold, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    std::printf("%-18s %10.1f %10.1f %14.1f\n", to_string(s).c_str(), warm[0] * 1e6, warm[1] * 1e6, cold * 1e6);
+  }
+}
+
 // Norm kernels side by side with a copy of the same bytes and oneDNN's primitives (cached by
 // shape) on the same tensors: GB/s counting every [M, N] tensor read or written (statistics and
 // parameters are small and not counted), the ratio to the copy, and the speed ratio to oneDNN.
@@ -581,6 +614,7 @@ void run_foundation_bench(int depth) {
   bench_engine();
   bench_copy();
   bench_exp();
+  bench_attention();
   bench_norms();
   bench_transformer_step(depth, true);
   bench_transformer_step(depth, false);
