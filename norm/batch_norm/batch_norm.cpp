@@ -255,27 +255,40 @@ void column_mean_var(std::vector<double>& mean, std::vector<double>& var, const 
   for (int64_t c = 0; c < C; ++c) var[size_t(c)] = m2[size_t(c)] / n;
 }
 
-// y = ((x - mean_hi) - mean_lo) * rstd * gamma + beta, down the rows: the mean split into two T
-// (mean_hi + mean_lo) keeps y exact for a mean of 1e4 in f32.
+// Per channel, y = ((x - hi) - lo) * scale + b: the mean split into two T (hi + lo) keeps y exact
+// for a mean of 1e4 in f32; scale = rstd * gamma.
+template <class T>
+struct ChannelAffine {
+  std::vector<T> hi, lo, scale, b;
+};
+template <class S>
+ChannelAffine<math_t<S>> channel_affine(const S* gamma, const S* beta, const std::vector<double>& mean,
+                                        const std::vector<double>& rstd, int64_t C) {
+  using T = math_t<S>;
+  ChannelAffine<T> a{std::vector<T>(size_t(C)), std::vector<T>(size_t(C)), std::vector<T>(size_t(C)),
+                     as_values<T>(beta, C, 0.0)};
+  for (int64_t c = 0; c < C; ++c) {
+    a.hi[size_t(c)] = T(mean[size_t(c)]);
+    a.lo[size_t(c)] = T(mean[size_t(c)] - double(a.hi[size_t(c)]));
+    a.scale[size_t(c)] = T(rstd[size_t(c)] * (gamma ? double(to_math(gamma[c])) : 1.0));
+  }
+  return a;
+}
+
+// y = ((x - mean_hi) - mean_lo) * rstd * gamma + beta (channel_affine), down the rows.
 template <class S>
 void column_apply(S* y, const S* x, const S* gamma, const S* beta, const std::vector<double>& mean,
                   const std::vector<double>& rstd, int64_t N, int64_t C) {
   using T = math_t<S>;
   using V = simd::Vec<T>;
-  std::vector<T> hi(static_cast<size_t>(C)), lo(static_cast<size_t>(C)), scale(static_cast<size_t>(C));
-  const std::vector<T> b = as_values<T>(beta, C, 0.0);
-  for (int64_t c = 0; c < C; ++c) {
-    hi[size_t(c)] = T(mean[size_t(c)]);
-    lo[size_t(c)] = T(mean[size_t(c)] - double(hi[size_t(c)]));
-    scale[size_t(c)] = T(rstd[size_t(c)] * (gamma ? double(to_math(gamma[c])) : 1.0));
-  }
+  const ChannelAffine<T> a = channel_affine(gamma, beta, mean, rstd, C);
   parallel_for(0, N, row_grain(C), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const S* xi = x + i * C;
       S* yi = y + i * C;
       simd::row_for<T>(C, [&](int64_t j, auto at) {
-        const V c = (at(xi + j) - at(hi.data() + j)) - at(lo.data() + j);
-        at.store(yi + j, c * at(scale.data() + j) + at(b.data() + j));
+        const V c = (at(xi + j) - at(a.hi.data() + j)) - at(a.lo.data() + j);
+        at.store(yi + j, c * at(a.scale.data() + j) + at(a.b.data() + j));
       });
     }
   });
@@ -470,14 +483,8 @@ template <class S>
 void slab_apply(S* y, const S* x, const S* gamma, const S* beta, const std::vector<double>& mean,
                 const std::vector<double>& rstd, int64_t N, int64_t C, int64_t L) {
   using T = math_t<S>;
-  std::vector<T> hi(static_cast<size_t>(C)), lo(static_cast<size_t>(C)), scale(static_cast<size_t>(C));
-  const std::vector<T> b = as_values<T>(beta, C, 0.0);
-  for (int64_t c = 0; c < C; ++c) {
-    hi[size_t(c)] = T(mean[size_t(c)]);
-    lo[size_t(c)] = T(mean[size_t(c)] - double(hi[size_t(c)]));
-    scale[size_t(c)] = T(rstd[size_t(c)] * (gamma ? double(to_math(gamma[c])) : 1.0));
-  }
-  slab_map<T, 4>(N, C, L, {hi.data(), lo.data(), scale.data(), b.data()}, [&](int64_t off, auto at, auto par) {
+  const ChannelAffine<T> a = channel_affine(gamma, beta, mean, rstd, C);
+  slab_map<T, 4>(N, C, L, {a.hi.data(), a.lo.data(), a.scale.data(), a.b.data()}, [&](int64_t off, auto at, auto par) {
     at.store(y + off, ((at(x + off) - par(0)) - par(1)) * par(2) + par(3));
   });
 }
