@@ -2,14 +2,11 @@
 
 #include <algorithm>
 
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
-
 #include "autograd/ops.h"
 #include "framework/elementwise.h"
 #include "framework/enum_names.h"
 #include "framework/parallel.h"
+#include "framework/simd.h"
 
 namespace normlab {
 
@@ -21,20 +18,11 @@ Precision parse_precision(const std::string& name) { return parse_enum(kPrecisio
 
 namespace {
 
-float round_bf16(float v) { return float(bf16(v)); }
-float round_fp16(float v) { return float(f16(v)); }
-
-// n contiguous floats rounded through fp16: eight at a time with F16C's conversions (round to
-// nearest even, as f16(float)), the tail through f16.
-void round_fp16_row(float* out, const float* in, int64_t n) {
-  int64_t i = 0;
-#if defined(__F16C__)
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
-  }
-#endif
-  for (; i < n; ++i) out[i] = round_fp16(in[i]);
+// out = in rounded through storage type S, over n contiguous floats: the norm kernels' row
+// narrowing and widening (simd.h), bit for bit S(float) and back.
+template <class S>
+void round_row(float* out, const float* in, int64_t n) {
+  simd::row_for<float>(n, [&](int64_t j, auto at) { at.store(out + j, simd::widen<S>(simd::narrow<S>(at(in + j)))); });
 }
 
 }  // namespace
@@ -45,17 +33,14 @@ Tensor round_to(const Tensor& x, Precision p) {
            dtype_name(x.dtype()));
   if (!x.is_contiguous() || x.device() != Device::cpu())
     return map_unary(x, "round_to", [p](auto v) {
-      return decltype(v)(p == Precision::bf16 ? round_bf16(float(v)) : round_fp16(float(v)));
+      return decltype(v)(p == Precision::bf16 ? float(bf16(float(v))) : float(f16(float(v))));
     });
   Tensor out = empty(x.shape(), DType::f32);
   const float* in = x.data<float>();
   float* o = out.data<float>();
   parallel_for(0, x.numel(), kElementwiseGrain, [&](int64_t i0, int64_t i1) {
-    if (p == Precision::fp16) {
-      round_fp16_row(o + i0, in + i0, i1 - i0);
-    } else {
-      for (int64_t i = i0; i < i1; ++i) o[i] = round_bf16(in[i]);
-    }
+    if (p == Precision::fp16) round_row<f16>(o + i0, in + i0, i1 - i0);
+    else round_row<bf16>(o + i0, in + i0, i1 - i0);
   });
   return out;
 }
