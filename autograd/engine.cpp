@@ -5,8 +5,11 @@
 // run reaches only the nodes of its own graph, and the stack grows with the nesting of such
 // nodes, never with a graph's depth.
 #include <atomic>
+#include <exception>
+#include <unordered_map>
 
 #include "autograd/variable.h"
+#include "framework/parallel.h"
 #include "framework/tensor_ops.h"
 
 namespace normlab {
@@ -42,13 +45,30 @@ void accumulate_output(Node& node, int output_nr, const Tensor& g) {
   accumulate(slots[output_nr], g);
 }
 
-void accumulate_leaf(VariableImpl& leaf, const Tensor& g) {
-  if (!leaf.grad.defined()) {
+// A leaf's gradient slot += g: the first gradient is kept (copied unless this is its only
+// reference), later ones added in place.
+void accumulate_leaf_slot(Tensor& slot, const Tensor& g) {
+  if (!slot.defined()) {
     const bool owned = g.is_contiguous() && g.storage().use_count() == 1 && g.offset() == 0;
-    leaf.grad = owned ? g : g.clone();
+    slot = owned ? g : g.clone();
   } else {
-    add_(leaf.grad, g);
+    add_(slot, g);
   }
+}
+
+// The gradients of run_parts' leaves in the part this thread runs.
+struct PartGrads {
+  const std::unordered_map<const VariableImpl*, size_t>* index = nullptr;
+  std::vector<Tensor> slots;  // one per leaf
+};
+thread_local PartGrads* t_part = nullptr;
+
+void accumulate_leaf(VariableImpl& leaf, const Tensor& g) {
+  if (t_part) {
+    const auto it = t_part->index->find(&leaf);
+    if (it != t_part->index->end()) return accumulate_leaf_slot(t_part->slots[it->second], g);
+  }
+  accumulate_leaf_slot(leaf.grad, g);
 }
 
 uint64_t next_backward_id() {
@@ -156,6 +176,54 @@ void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& see
       node->release();
     }
   }
+}
+
+void run_parts(int64_t parts, const std::vector<Variable>& leaves, const std::function<void(int64_t part)>& part) {
+  NL_CHECK(parts >= 1, "run_parts: parts must be >= 1, got ", parts);
+  std::unordered_map<const VariableImpl*, size_t> index;
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    NL_CHECK(leaves[i].defined() && leaves[i].is_leaf(), "run_parts: variable ", i, " is not a leaf");
+    index.emplace(leaves[i].impl(), i);
+  }
+  // Part 0 accumulates where a backward on this thread would (into grad(), or the enclosing
+  // part's slots when this runs inside a part); the others into slots of their own.
+  PartGrads* const enclosing = t_part;
+  std::vector<PartGrads> grads(static_cast<size_t>(parts - 1), PartGrads{&index, std::vector<Tensor>(leaves.size())});
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(parts));
+  auto run = [&](int64_t k) {
+    PartGrads* const outer = t_part;
+    t_part = k == 0 ? enclosing : &grads[size_t(k - 1)];
+    try {
+      part(k);
+    } catch (...) {
+      errors[size_t(k)] = std::current_exception();
+    }
+    t_part = outer;
+  };
+  const int threads = int(std::min<int64_t>(parts, num_threads()));
+  if (threads <= 1) {
+    for (int64_t k = 0; k < parts; ++k) run(k);
+  } else {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int64_t k = 0; k < parts; ++k) run(k);
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  // Each leaf's sum in part order, the leaves side by side.
+  parallel_for(0, int64_t(leaves.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      VariableImpl& leaf = *leaves[size_t(i)].impl();
+      Tensor* slot = &leaf.grad;
+      if (enclosing) {
+        const auto it = enclosing->index->find(&leaf);
+        if (it != enclosing->index->end()) slot = &enclosing->slots[it->second];
+      }
+      for (PartGrads& p : grads) {
+        const Tensor g = std::move(p.slots[size_t(i)]);  // the only reference: kept, not copied
+        if (g.defined()) accumulate_leaf_slot(*slot, g);
+      }
+    }
+  });
 }
 
 }  // namespace normlab

@@ -147,4 +147,14 @@ Variable make_output(const char* name, std::vector<Variable> inputs, Tensor outp
 // Runs backward from several roots at once (each with its seed).
 void backward(const std::vector<Variable>& roots, const std::vector<Tensor>& seeds, bool retain_graph = false);
 
+// Gradient accumulation over the parts of a batch, the parts run side by side: calls part(k)
+// for k = 0 .. parts - 1, each on one thread (up to num_threads() parts at once; the ops inside
+// a part run on its thread alone), each part a forward and backward of its own. Part 0 adds its
+// gradients into the leaves' grad() as a plain backward would; the gradients that later parts
+// send to `leaves` are kept per part and added after part 0's, in part order, once every part
+// is done, so the sums never depend on the thread count. Other leaves get theirs as usual (they
+// must belong to one part). When a part throws, the others still finish and the lowest part's
+// exception is rethrown, the gradients left partial.
+void run_parts(int64_t parts, const std::vector<Variable>& leaves, const std::function<void(int64_t part)>& part);
+
 }  // namespace normlab

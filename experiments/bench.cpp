@@ -406,27 +406,25 @@ TrainConfig bench_config(int64_t depth, int64_t steps) {
   return c;
 }
 
-// Seconds of one training step's phases (as Trainer::train_step runs them, on train batch 0).
+// Seconds of one training step's phases (as Trainer::train_step runs them, on train batch 0):
+// forward and backward together (the micro-batches run each in turn, side by side), then
+// clipping and the update.
 struct StepTimes {
-  double forward = 0, backward = 0, update = 0, loss = 0;
-  double total() const { return forward + backward + update; }
+  double forward_backward = 0, update = 0, loss = 0;
+  double total() const { return forward_backward + update; }
 };
 
 StepTimes time_step(Trainer& trainer) {
   const Batch batch = trainer.data().batch(Split::train, 0, 8);
   Transformer& model = trainer.model();
+  const std::vector<Variable> params = model.parameters();
   StepTimes s;
   auto t0 = std::chrono::steady_clock::now();
   trainer.optimizer().zero_grad();
-  Variable loss = model.loss(batch.tokens, batch.targets);
-  s.forward = seconds_since(t0);
+  s.loss = forward_backward(model, params, batch, trainer.config());
+  s.forward_backward = seconds_since(t0);
   t0 = std::chrono::steady_clock::now();
-  loss.backward();
-  s.backward = seconds_since(t0);
-  s.loss = loss.item();
-  loss = Variable();  // the graph is freed before the update, as in Trainer::train_step
-  t0 = std::chrono::steady_clock::now();
-  clip_grad_norm(model.parameters(), 1.0);
+  clip_grad_norm(params, 1.0);
   trainer.optimizer().step();
   s.update = seconds_since(t0);
   return s;
@@ -494,30 +492,30 @@ void print_step_work(const StepWork& w, double step_seconds) {
               w.matmul_flops / w.matmul_seconds * 1e-9, w.matmul_seconds * 1e3, step_seconds * 1e3);
 }
 
-void bench_training_throughput(int64_t depth, int64_t steps) {
+void bench_training_throughput(int64_t depth, int64_t steps, int64_t micro_batches) {
   CpuAllocator::instance().empty_cache();  // the first step starts cold, as in a new process
-  const TrainConfig c = bench_config(depth, steps + 3);
+  TrainConfig c = bench_config(depth, steps + 3);
+  c.micro_batches = micro_batches;
   Trainer trainer(c);
   auto start = std::chrono::steady_clock::now();
   trainer.train_step();  // the first step: the allocator's cache and oneDNN's primitives fill here
   const double first = seconds_since(start);
-  std::vector<double> forward, backward, update;
+  std::vector<double> forward_backward, update;
   for (int64_t i = 0; i < steps; ++i) {
     const StepTimes s = time_step(trainer);
-    forward.push_back(s.forward);
-    backward.push_back(s.backward);
+    forward_backward.push_back(s.forward_backward);
     update.push_back(s.update);
   }
   start = std::chrono::steady_clock::now();
   trainer.train_step();
   const double whole = seconds_since(start);
-  const double f = median(forward), b = median(backward), u = median(update);
+  const double fb = median(forward_backward), u = median(update);
   const double tokens = 8.0 * 64.0;
-  std::printf("depth %4lld: %8.0f tokens/s  step %8.1f ms = forward %7.1f + backward %7.1f + clip/update %6.1f "
-              "(medians of %lld steps; Trainer::train_step %.1f ms; first step %.1f ms, %.2fx)\n",
-              (long long)depth, tokens / (f + b + u), (f + b + u) * 1e3, f * 1e3, b * 1e3, u * 1e3, (long long)steps,
-              whole * 1e3, first * 1e3, first / (f + b + u));
-  print_step_work(measure_step_work(trainer, c), f + b + u);
+  std::printf("depth %4lld: %8.0f tokens/s  step %6.1f ms = forward + backward %6.1f + clip/update %5.1f (micro-batches "
+              "%lld; medians of %lld steps; Trainer::train_step %.1f ms; first step %.1f ms, %.2fx)\n",
+              (long long)depth, tokens / (fb + u), (fb + u) * 1e3, fb * 1e3, u * 1e3, (long long)micro_batches,
+              (long long)steps, whole * 1e3, first * 1e3, first / (fb + u));
+  print_step_work(measure_step_work(trainer, c), fb + u);
 }
 
 // A model of the floor's shape at `depth` and `d_model`, from a cold allocator (as in a new
@@ -538,9 +536,10 @@ void bench_deep_step(int64_t depth, int64_t d_model, bool recompute) {
               (long long)depth, (long long)d_model, recompute ? "on" : "off", build, later.total(),
               8.0 * 64.0 / later.total(), first.total(), first.total() / later.total(), first.loss, later.loss,
               (long long)trainer.model().num_parameters());
-  std::printf("            step = forward %.2f s + backward %.2f s + clip/update %.1f ms (first step: %.2f + %.2f s + "
-              "%.1f ms)\n",
-              later.forward, later.backward, later.update * 1e3, first.forward, first.backward, first.update * 1e3);
+  std::printf("            step = forward + backward %.2f s + clip/update %.1f ms (first step: %.2f s + %.1f ms); "
+              "micro-batches %lld\n",
+              later.forward_backward, later.update * 1e3, first.forward_backward, first.update * 1e3,
+              (long long)c.micro_batches);
   const AllocatorStats mem = CpuAllocator::instance().stats();
   std::printf("            peak tensor memory %.0f MiB; allocator arenas %.0f MiB\n",
               double(mem.peak_bytes_in_use) / (1 << 20), double(mem.bytes_mapped) / (1 << 20));
@@ -591,11 +590,15 @@ void run_train_bench() {
               num_threads());
   const int threads = num_threads();
   if (threads > 1) bench_threads_per_op(threads);
-  bench_training_throughput(48, 10);
+  // The default (the batch in two micro-batches, side by side on the threads), and the whole
+  // batch at once (its ops split over the threads).
+  bench_training_throughput(48, 10, 2);
+  bench_training_throughput(48, 10, 1);
   if (threads > 1) {  // the same model on one thread, in the same run
     set_num_threads(1);
     std::printf("1 thread:\n");
-    bench_training_throughput(48, 10);
+    bench_training_throughput(48, 10, 2);
+    bench_training_throughput(48, 10, 1);
     set_num_threads(threads);
   }
   bench_deep_step(1000, 32, false);

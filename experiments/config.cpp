@@ -78,6 +78,12 @@ void check(const TrainConfig& c) {
   NL_CHECK(std::isfinite(c.z_loss) && c.z_loss >= 0, "config: z_loss must be >= 0, got ", c.z_loss);
   NL_CHECK(std::isfinite(c.stop_learned) && c.stop_learned >= 0 && c.stop_learned < 1,
            "config: stop_learned must be in [0, 1), got ", c.stop_learned);
+  NL_CHECK(c.micro_batches >= 1 && c.micro_batches <= c.batch, "config: micro_batches must be in [1, batch=", c.batch,
+           "], got ", c.micro_batches);
+  NL_CHECK(c.micro_batches == 1 || m.norm != NormKind::batch, "config: micro_batches=", c.micro_batches,
+           " with norm batch: BatchNorm's statistics are over the whole batch; use micro_batches 1");
+  NL_CHECK(c.micro_batches == 1 || m.dropout == 0, "config: micro_batches=", c.micro_batches, " with dropout=",
+           m.dropout, ": the micro-batches would draw their masks from one generator; use micro_batches 1");
   NL_CHECK(std::isfinite(c.loss_scale) && c.loss_scale >= LossScaler::kMinScale &&
                std::exp2(std::round(std::log2(c.loss_scale))) == c.loss_scale,
            "config: loss_scale must be a power of two >= 2^-24, got ", c.loss_scale);
@@ -105,15 +111,16 @@ void check(const TrainConfig& c) {
 // (d x d) and the FFN (2 or 3 matrices of d x f), their biases, up to six norms of 2d; the
 // token embedding, positions and the head. Weights: parameter, gradient and optimizer state
 // (Adam: m and v; SGD: momentum). Activations per block, in elements, for N = batch x seq_len
-// tokens and h heads: about 20 N d + 4 N f (the saved inputs and outputs of each op; the
-// fused attention keeps no seq_len^2 tensor); plus h batch seq_len^2 (the attention logits of
-// the one block whose largest logit a metrics probe is taking) and 4 N vocab for the logits and
-// the loss. Against the allocator's peak over a training step, the estimate is 1.49x to 1.88x
-// (depth 1 to 24, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu, adamw, adam and sgd).
-// With recompute, the graph keeps one N d input per block and one block's activations exist
-// at a time: L N d + 20 N d + 4 N f in place of L (20 N d + 4 N f) (1.12x to 1.72x, depth 1 to
-// 200). test_train's memory_estimate_brackets_the_measured_peak prints the ratios and requires
-// [1, 2].
+// tokens and h heads: about 18 N d + 4 N f (the saved inputs and outputs of each op; the fused
+// attention keeps no seq_len^2 tensor); plus h batch seq_len^2 (the attention logits of the one
+// block whose largest logit a metrics probe is taking) and 4 N vocab for the logits and the
+// loss. With recompute, the graph keeps one N d input per block and one block's activations
+// exist at a time: L N d + 18 N d + 4 N f in place of L (18 N d + 4 N f). Micro-batches run side
+// by side hold the same activations in all, and a gradient each past the first. Against the
+// allocator's peak over a training step with the micro-batches on as many threads, the estimate
+// is 1.10x to 1.81x (depth 1 to 200, d_model 16 to 128, seq_len 16 to 256, gelu and swiglu,
+// adamw, adam and sgd, recompute on and off, f32, bf16, fp16, 1 to 4 micro-batches); test_train's
+// memory_estimate_brackets_the_measured_peak prints the ratios and requires [1, 2].
 MemoryEstimate estimate_memory(const TrainConfig& c) {
   const ModelConfig& m = c.model;
   // Doubles: a config of 10^9 layers must not overflow.
@@ -132,10 +139,15 @@ MemoryEstimate estimate_memory(const TrainConfig& c) {
   // (round_to) of the stream, the norms' outputs and the linear layers' inputs, each saved
   // beside the unfused add and norm nodes.
   const double stored = m.precision == Precision::f32 ? 0 : 16 * N * d;
-  const double block = 20 * N * d + stored + 4 * N * f, probe_logits = H * double(c.batch) * T * T;
+  const double block = 18 * N * d + stored + 4 * N * f, probe_logits = H * double(c.batch) * T * T;
   // With recompute the graph keeps each block's input, and one block's activations live at a time.
   const double kept = m.recompute ? L * N * d + block : L * block;
-  e.activations = (kept + probe_logits + 4 * N * V) * element;
+  const double activations = (kept + probe_logits + 4 * N * V) * element;
+  // Each micro-batch past the first keeps a gradient of its own until they are summed. Those grow
+  // in backward as the stored activations are freed, so the peak holds the larger of the two;
+  // with recompute the activations are the blocks' inputs, kept until the end.
+  const double gradients = e.parameters * double(c.micro_batches - 1) * element;
+  e.activations = m.recompute ? activations + gradients : std::max(activations, gradients);
   return e;
 }
 
@@ -320,6 +332,9 @@ std::vector<ConfigField> make_fields() {
                                     stop_learned)),
       absent_means_default(NL_FIELD("loss_scale", "precision fp16: the first loss scale (a power of two)",
                                     loss_scale)),
+      absent_means_default(NL_FIELD("micro_batches",
+                                    "parts of the batch run side by side on the threads, gradients summed in order",
+                                    micro_batches)),
   };
 }
 

@@ -48,6 +48,11 @@ struct TrainConfig {
   double stop_learned = 0.0;
   // precision fp16: the loss scaler's first scale (a power of two; LossScaler).
   double loss_scale = LossScaler::kInitialScale;
+  // The batch is cut into this many micro-batches (consecutive sequences), each a forward and
+  // backward of its own, run side by side on the threads (run_parts), each op of one on its
+  // thread alone; their gradients are summed in order, so a run's numbers depend on this but
+  // never on the thread count. Not with BatchNorm (statistics over the whole batch) or dropout.
+  int64_t micro_batches = 1;
 };
 
 // Throws normlab::Error naming the first bad field and value (model, task, optimizer, loop),
@@ -89,7 +94,9 @@ std::string unused_reason(const TrainConfig& c, const std::string& key);
 struct MemoryEstimate {
   double parameters = 0;   // the parameter count
   double weights = 0;      // parameters + gradients + optimizer state
-  double activations = 0;  // saved for backward, with the logits
+  // Saved for backward, with the logits; with micro-batches, also the gradients of those past
+  // the first where they outgrow them (estimate_memory).
+  double activations = 0;
   double total() const { return weights + activations; }
 };
 MemoryEstimate estimate_memory(const TrainConfig& c);

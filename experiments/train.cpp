@@ -69,19 +69,12 @@ double Trainer::train_step() {
   const bool scaled = config_.model.precision == Precision::fp16;
   model_->train();
   optimizer_->zero_grad();
-  Variable loss = model_->loss(batch.tokens, batch.targets, config_.z_loss);
-  const double loss_value = loss.item();
+  const double loss_value = forward_backward(*model_, params_, batch, config_, scaled ? scaler_.scale() : 1.0);
   double norm = NAN;
   if (std::isfinite(loss_value)) {
-    if (scaled) {
-      mul_scalar(loss, scaler_.scale()).backward();
-      scale_grads(params_, 1.0 / scaler_.scale());
-    } else {
-      loss.backward();
-    }
+    if (scaled) scale_grads(params_, 1.0 / scaler_.scale());
     norm = config_.optim.clip > 0 ? clip_grad_norm(params_, config_.optim.clip) : grad_norm(params_);
   }
-  loss = Variable();
   const double lr = schedule_.lr(t);
   history_.loss.push_back(loss_value);
   history_.grad_norm.push_back(norm);
@@ -111,6 +104,45 @@ double Trainer::train_step() {
     history_.eval_loss.push_back(evaluate());
   }
   return loss_value;
+}
+
+double forward_backward(Transformer& model, const std::vector<Variable>& params, const Batch& batch,
+                        const TrainConfig& config, double seed_scale) {
+  const int64_t parts = config.micro_batches, B = batch.tokens.size(0);
+  auto backward_of = [&](const Variable& loss, double scale) {
+    if (scale == 1.0) loss.backward();
+    else mul_scalar(loss, scale).backward();
+  };
+  if (parts == 1) {
+    const Variable loss = model.loss(batch.tokens, batch.targets, config.z_loss);
+    const double value = loss.item();
+    if (std::isfinite(value)) backward_of(loss, seed_scale);
+    return value;
+  }
+  // Micro-batch k: sequences [first[k], first[k + 1]), `targets[k]` of the batch's counted targets.
+  const size_t K = static_cast<size_t>(parts);
+  std::vector<int64_t> first(K + 1), targets(K);
+  for (int64_t k = 0; k < parts; ++k) first[size_t(k) + 1] = first[size_t(k)] + B / parts + (k < B % parts);
+  const Tensor all_targets = batch.targets.contiguous();
+  const int64_t* target = all_targets.data<int64_t>();
+  const int64_t T = all_targets.numel() / std::max<int64_t>(B, 1);
+  int64_t counted = 0;
+  for (int64_t k = 0; k < parts; ++k) {
+    for (int64_t i = first[size_t(k)] * T; i < first[size_t(k) + 1] * T; ++i) targets[size_t(k)] += target[i] != -100;
+    counted += targets[size_t(k)];
+  }
+  std::vector<double> losses(K, 0.0);
+  run_parts(parts, params, [&](int64_t k) {
+    if (targets[size_t(k)] == 0) return;
+    const int64_t b = first[size_t(k)], n = first[size_t(k) + 1] - b;
+    const Variable loss = model.loss(batch.tokens.narrow(0, b, n), batch.targets.narrow(0, b, n), config.z_loss);
+    const double share = double(targets[size_t(k)]) / double(counted);
+    losses[size_t(k)] = share * loss.item();
+    if (std::isfinite(losses[size_t(k)])) backward_of(loss, share * seed_scale);
+  });
+  double total = counted == 0 ? NAN : 0.0;  // no target to average over, as cross_entropy
+  for (const double l : losses) total += l;
+  return total;
 }
 
 bool Trainer::learned() const {

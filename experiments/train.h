@@ -38,7 +38,8 @@ class Trainer {
   // and the optimizer. Throws normlab::Error before allocating the model on a bad config.
   explicit Trainer(const TrainConfig& config);
 
-  // One step (number step() + 1): loss and gradients on the step's train batch; a
+  // One step (number step() + 1): loss and gradients on the step's train batch (in
+  // micro-batches: forward_backward); a
   // non-finite loss or gradient norm marks the run diverged and leaves the parameters as
   // they were; otherwise clip, set the scheduled lr and update. Returns the loss. With
   // precision fp16 the backward runs on the scaled loss (loss_scaler()); a non-finite gradient
@@ -100,6 +101,13 @@ class Trainer {
   int64_t steps_timed_ = 0;
   int64_t checkpoint_every_ = 0;
 };
+
+// One forward and backward over `batch` in config.micro_batches parts (run_parts): returns the
+// mean loss over the batch's targets and adds the gradient of seed_scale x that loss into the
+// parameters' grad(). Each micro-batch's mean loss is weighted by its share of the targets; one
+// whose loss is not finite runs no backward (the returned loss is then not finite either).
+double forward_backward(Transformer& model, const std::vector<Variable>& params, const Batch& batch,
+                        const TrainConfig& config, double seed_scale = 1.0);
 
 // Erases the progress line Trainer::run draws on a terminal (a no-op elsewhere).
 void clear_progress_line();

@@ -6,6 +6,7 @@
 #include <numbers>
 
 #include "autograd/ops.h"
+#include "framework/parallel.h"
 #include "framework/tensor_ops.h"
 #include "test_util.h"
 
@@ -180,6 +181,38 @@ BOOST_AUTO_TEST_CASE(dropout_masks_scales_and_is_seeded) {
 // function that reads a parameter twice, draws dropout masks and updates a buffer in place
 // (once: the recomputation leaves it as it found it), also into gradients that already hold
 // a value, and nested one checkpoint inside another.
+// run_parts: each part's gradients of the listed leaves are kept apart and added in part order
+// (x.grad = 1 + 2 + 3 + 4 from four parts, exactly, at 1, 2 and 3 threads); a leaf not listed
+// gets its part's gradient directly; when parts throw, the lowest part's error comes out.
+BOOST_AUTO_TEST_CASE(run_parts_sums_each_parts_gradients_in_order) {
+  const int saved = num_threads();
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    Variable x = leaf({0.5, 0.25}, {2});
+    std::vector<Variable> own(4);
+    run_parts(4, {x}, [&](int64_t k) {
+      own[size_t(k)] = leaf({1.0, 1.0}, {2});
+      sum(mul_scalar(x, double(k + 1)) * own[size_t(k)]).backward();
+    });
+    BOOST_TEST(x.grad().at({0}) == 10.0);
+    BOOST_TEST(x.grad().at({1}) == 10.0);
+    for (int64_t k = 0; k < 4; ++k) BOOST_TEST(own[size_t(k)].grad().at({0}) == 0.5 * double(k + 1));
+    // Added to what grad() held before.
+    run_parts(2, {x}, [&](int64_t) { sum(x).backward(); });
+    BOOST_TEST(x.grad().at({0}) == 12.0);
+    Variable y = leaf({1.0}, {1});
+    const std::string error = error_of([&] {
+      run_parts(3, {y}, [&](int64_t k) {
+        sum(y).backward();
+        if (k >= 1) NL_FAIL("part ", k, " failed");
+      });
+    });
+    BOOST_TEST(contains(error, "part 1 failed"));
+  }
+  set_num_threads(saved);
+  BOOST_TEST(contains(error_of([] { run_parts(0, {}, [](int64_t) {}); }), "parts must be >= 1, got 0"));
+}
+
 BOOST_AUTO_TEST_CASE(checkpoint_gives_the_stored_graphs_numbers) {
   Generator init(3);
   const Tensor x0 = randn({4, 6}, init, DType::f64), w0 = randn({6, 6}, init, DType::f64);

@@ -11,6 +11,7 @@
 
 #include "experiments/train.h"
 #include "framework/allocator.h"
+#include "framework/parallel.h"
 #include "framework/tensor_ops.h"
 #include "tests/test_util.h"
 #include "tests/train_test_util.h"
@@ -251,6 +252,7 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     OptimizerKind optimizer;
     bool recompute = false;
     Precision precision = Precision::f32;
+    int64_t micro_batches = 1;
   };
   const Case cases[] = {
       {1, 16, 2, 16, 8, Activation::gelu, OptimizerKind::adamw},
@@ -269,6 +271,11 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
       {4, 64, 4, 128, 4, Activation::swiglu, OptimizerKind::sgd, false, Precision::fp16},
       {24, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, false, Precision::fp16},
       {48, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true, Precision::bf16},
+      {8, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, false, Precision::f32, 2},
+      {24, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, false, Precision::f32, 2},
+      {4, 64, 4, 128, 4, Activation::swiglu, OptimizerKind::sgd, false, Precision::fp16, 4},
+      {48, 32, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true, Precision::f32, 2},
+      {24, 128, 2, 64, 8, Activation::gelu, OptimizerKind::adamw, true, Precision::f32, 2},
   };
   for (const Case& k : cases) {
     TrainConfig c = small();
@@ -281,23 +288,89 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     c.optim.kind = k.optimizer;
     c.model.recompute = k.recompute;
     c.model.precision = k.precision;
+    c.micro_batches = k.micro_batches;
     c.steps = 3;
     CpuAllocator::instance().empty_cache();
     CpuAllocator::instance().reset_peak();
     const size_t before = CpuAllocator::instance().stats().bytes_in_use;
     {
+      // The micro-batches side by side, as the estimate assumes (one thread runs them in turn).
+      const int saved = num_threads();
+      set_num_threads(int(c.micro_batches));
       Trainer t(c);
       t.run(0, false);
+      set_num_threads(saved);
     }
     const double peak = double(CpuAllocator::instance().stats().peak_bytes_in_use - before);
     const double estimate = estimate_memory(c).total();
     BOOST_TEST_MESSAGE("depth " << k.depth << " d_model " << k.d_model << " seq_len " << k.seq_len
-                                << (k.recompute ? " recompute" : "") << " " << to_string(k.precision) << ": estimate "
+                                << (k.recompute ? " recompute" : "") << " " << to_string(k.precision) << " micro-batches "
+                                << k.micro_batches << ": estimate "
                                 << estimate / (1 << 20) << " MiB, measured peak " << peak / (1 << 20) << " MiB, ratio "
                                 << estimate / peak);
     BOOST_TEST(estimate >= peak);
     BOOST_TEST(estimate <= 2 * peak);
   }
+}
+
+// A batch's gradient in micro-batches is the batch's: the loss is the mean over the batch's
+// counted targets and the gradients its gradient (in f64, to rounding), for any split (uneven,
+// with a different number of ignored targets in each sequence); and one split gives the same
+// bits at any thread count.
+BOOST_AUTO_TEST_CASE(micro_batches_give_the_batch_gradient) {
+  TrainConfig c = small();
+  c.batch = 5;
+  for (DType dtype : {DType::f64, DType::f32}) {
+    c.model.dtype = dtype;
+    Trainer t(c);
+    Batch b = t.data().batch(Split::train, 0, c.batch);
+    b.targets = b.targets.contiguous().clone();
+    const int64_t T = b.targets.size(1);
+    for (int64_t s = 0; s < c.batch; ++s)
+      for (int64_t j = 0; j < 3 * s; ++j) b.targets.data<int64_t>()[s * T + j] = -100;
+    const std::vector<Variable> params = t.model().parameters();
+    auto run = [&](int64_t parts, int threads) {
+      const int saved = num_threads();
+      set_num_threads(threads);
+      TrainConfig k = c;
+      k.micro_batches = parts;
+      t.model().zero_grad();
+      std::vector<Tensor> out{from_vector({forward_backward(t.model(), params, b, k)}, {1}, DType::f64)};
+      for (const Variable& p : params) out.push_back(p.grad().to(DType::f64));
+      set_num_threads(saved);
+      return out;
+    };
+    if (dtype == DType::f64) {
+      const auto whole = run(1, 1);
+      for (int64_t parts : {2, 3, 5}) {
+        const auto split = run(parts, 2);
+        BOOST_REQUIRE(split.size() == whole.size());
+        for (size_t i = 0; i < whole.size(); ++i)
+          BOOST_TEST(max_abs(sub(whole[i], split[i])) <= 1e-13 * (1 + max_abs(whole[i])),
+                     parts << " parts, tensor " << i);
+      }
+    } else {
+      const auto one = run(3, 1);
+      for (int threads : {2, 3}) {
+        const auto many = run(3, threads);
+        for (size_t i = 0; i < one.size(); ++i) BOOST_TEST(same_bits(one[i], many[i]), threads << " threads, " << i);
+      }
+    }
+  }
+  // More micro-batches than sequences, or several with BatchNorm or dropout, are refused.
+  TrainConfig k = small();
+  k.model.dropout = 0.1;
+  k.micro_batches = 2;
+  BOOST_TEST(contains(error_of([&] { Trainer t(k); }), "micro_batches=2 with dropout=0.1"));
+  k = small();
+  k.model.norm = NormKind::batch;
+  k.micro_batches = 4;
+  BOOST_TEST(contains(error_of([&] { Trainer t(k); }), "micro_batches=4 with norm batch"));
+  k = small();
+  k.micro_batches = 9;
+  BOOST_TEST(contains(error_of([&] { Trainer t(k); }), "micro_batches must be in [1, batch=8], got 9"));
+  k.micro_batches = 0;
+  BOOST_TEST(contains(error_of([&] { Trainer t(k); }), "micro_batches must be in [1, batch=8], got 0"));
 }
 
 // Recomputing each block in backward changes no number: a few AdamW steps with dropout
