@@ -53,12 +53,19 @@ Trainer::Trainer(const TrainConfig& config) : config_(config) {
   params_ = model_->parameters();
   schedule_ = Schedule{config_.optim.schedule, config_.optim.lr, config_.optim.warmup, config_.steps,
                        config_.optim.min_lr};
-  // What the first step takes from the allocator (gradients, optimizer state, activations),
-  // mapped and faulted in now, so that the first step runs as fast as later ones instead of
-  // page-faulting all of it. Activations: half their estimate, which errs high (up to 2x).
+  // So that the first step runs as fast as later ones: what it takes from the allocator
+  // (gradients, optimizer state, activations: their whole estimate, which errs high by up to 2x
+  // and covers the blocks carved beside those cached in other sizes) is mapped and faulted in
+  // now, and so are oneDNN's kernels for the step's matmul shapes, compiled the first time each
+  // shape runs: a one-block model of the same config runs a forward and backward on this run's
+  // first batch (every block has the same shapes; the run's model and state are untouched).
   const MemoryEstimate e = estimate_memory(config_);
   const double parameters = e.parameters * double(dtype_size(config_.model.dtype));
-  CpuAllocator::instance().reserve(size_t(e.weights - parameters + e.activations / 2));
+  CpuAllocator::instance().reserve(size_t(e.weights - parameters + e.activations));
+  TrainConfig one_block = config_;
+  one_block.model.depth = 1;
+  Transformer warm_up(one_block.model);
+  forward_backward(warm_up, warm_up.parameters(), data_->batch(Split::train, 0, config_.batch), one_block);
 }
 
 double Trainer::train_step() {
