@@ -63,13 +63,17 @@ struct PartGrads {
 };
 thread_local PartGrads* t_part = nullptr;
 
-void accumulate_leaf(VariableImpl& leaf, const Tensor& g) {
-  if (t_part) {
-    const auto it = t_part->index->find(&leaf);
-    if (it != t_part->index->end()) return accumulate_leaf_slot(t_part->slots[it->second], g);
+// Where a leaf's gradients go while `part` runs (null: none does): the part's slot for it, or
+// its grad() when the part does not list it.
+Tensor& leaf_slot(PartGrads* part, VariableImpl& leaf) {
+  if (part) {
+    const auto it = part->index->find(&leaf);
+    if (it != part->index->end()) return part->slots[it->second];
   }
-  accumulate_leaf_slot(leaf.grad, g);
+  return leaf.grad;
 }
+
+void accumulate_leaf(VariableImpl& leaf, const Tensor& g) { accumulate_leaf_slot(leaf_slot(t_part, leaf), g); }
 
 uint64_t next_backward_id() {
   static std::atomic<uint64_t> id{0};
@@ -212,15 +216,10 @@ void run_parts(int64_t parts, const std::vector<Variable>& leaves, const std::fu
   // Each leaf's sum in part order, the leaves side by side.
   parallel_for(0, int64_t(leaves.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      VariableImpl& leaf = *leaves[size_t(i)].impl();
-      Tensor* slot = &leaf.grad;
-      if (enclosing) {
-        const auto it = enclosing->index->find(&leaf);
-        if (it != enclosing->index->end()) slot = &enclosing->slots[it->second];
-      }
+      Tensor& slot = leaf_slot(enclosing, *leaves[size_t(i)].impl());
       for (PartGrads& p : grads) {
         const Tensor g = std::move(p.slots[size_t(i)]);  // the only reference: kept, not copied
-        if (g.defined()) accumulate_leaf_slot(*slot, g);
+        if (g.defined()) accumulate_leaf_slot(slot, g);
       }
     }
   });

@@ -590,8 +590,8 @@ void run_train_bench() {
               num_threads());
   const int threads = num_threads();
   if (threads > 1) bench_threads_per_op(threads);
-  // The default (the batch in two micro-batches, side by side on the threads), and the whole
-  // batch at once (its ops split over the threads).
+  // The batch in two micro-batches (side by side on the threads), and the whole batch at once
+  // (the default; its ops split over the threads).
   bench_training_throughput(48, 10, 2);
   bench_training_throughput(48, 10, 1);
   if (threads > 1) {  // the same model on one thread, in the same run

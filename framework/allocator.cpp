@@ -21,9 +21,9 @@ constexpr size_t kMaxArena = size_t(64) << 20;
 
 size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
-// `bytes` of fresh memory with every page faulted in now, in one call (MADV_POPULATE_WRITE; a
-// write per page on kernels before 5.14) instead of one page fault per 4 KiB on first use.
-// Then one write per page from user space: on a virtual machine with shadow page tables the
+// `bytes` of fresh memory with every page faulted in now, in one call (MADV_POPULATE_WRITE, on
+// kernels from 5.14) instead of one page fault per 4 KiB on first use, then one write per page
+// from user space (which alone faults the pages in on older kernels): on a virtual machine with shadow page tables the
 // first user access to a page still traps to the hypervisor after the populate (about 5 us a
 // page on the development VM, which made a first step 3-4x slower than later ones).
 // Null when the OS has no memory. (Transparent huge pages, asked for with MADV_HUGEPAGE, made

@@ -290,26 +290,36 @@ BOOST_AUTO_TEST_CASE(memory_estimate_brackets_the_measured_peak) {
     c.model.precision = k.precision;
     c.micro_batches = k.micro_batches;
     c.steps = 3;
-    CpuAllocator::instance().empty_cache();
-    CpuAllocator::instance().reset_peak();
-    const size_t before = CpuAllocator::instance().stats().bytes_in_use;
-    {
-      // The micro-batches side by side, as the estimate assumes (one thread runs them in turn).
+    // The allocator's peak over a few steps of `config`, on `threads` threads.
+    auto measured_peak = [](const TrainConfig& config, int threads) {
+      CpuAllocator::instance().empty_cache();
+      CpuAllocator::instance().reset_peak();
+      const size_t before = CpuAllocator::instance().stats().bytes_in_use;
       const int saved = num_threads();
-      set_num_threads(int(c.micro_batches));
-      Trainer t(c);
-      t.run(0, false);
+      set_num_threads(threads);
+      {
+        Trainer t(config);
+        t.run(0, false);
+      }
       set_num_threads(saved);
-    }
-    const double peak = double(CpuAllocator::instance().stats().peak_bytes_in_use - before);
+      return double(CpuAllocator::instance().stats().peak_bytes_in_use - before);
+    };
+    // Micro-batches on as many threads, as the estimate assumes. How far they overlap depends on
+    // the scheduler (on cores busy with other tests they may run nearly in turn), so their peak
+    // lies between one part's activations and all parts'; the upper bound is checked against the
+    // whole batch's peak, the activations all parts hold together when they do overlap.
+    const double peak = measured_peak(c, int(c.micro_batches));
+    TrainConfig whole = c;
+    whole.micro_batches = 1;
+    const double whole_peak = c.micro_batches == 1 ? peak : measured_peak(whole, 1);
     const double estimate = estimate_memory(c).total();
     BOOST_TEST_MESSAGE("depth " << k.depth << " d_model " << k.d_model << " seq_len " << k.seq_len
                                 << (k.recompute ? " recompute" : "") << " " << to_string(k.precision) << " micro-batches "
                                 << k.micro_batches << ": estimate "
                                 << estimate / (1 << 20) << " MiB, measured peak " << peak / (1 << 20) << " MiB, ratio "
-                                << estimate / peak);
+                                << estimate / peak << " (to the whole batch's peak " << estimate / whole_peak << ")");
     BOOST_TEST(estimate >= peak);
-    BOOST_TEST(estimate <= 2 * peak);
+    BOOST_TEST(estimate <= 2 * whole_peak);
   }
 }
 
